@@ -1,0 +1,80 @@
+"""``cxrseg`` command line: one sub-command per module.
+
+Each sub-command lives in its own module, which defines ``add_arguments(parser)`` and
+``run_cli(args) -> int``. Modules are imported only when their command runs (and for
+``--help``), so ``cxrseg --help`` is fast and imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+
+#: command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("cxrseg.train_cli", "train a multi-label or per-region U-Net on a JSRT/SCR folder"),
+    "tune": ("cxrseg.tune", "k-fold cross-validated Bayesian hyper-parameter search (Optuna TPE)"),
+    "evaluate": ("cxrseg.evaluate", "Jaccard, Dice, contour distance and HD95 per case and region"),
+    "predict": ("cxrseg.predict_cli", "segment images and folders; write masks, heatmaps and a CSV"),
+    "finetune": ("cxrseg.finetune", "fine-tune a checkpoint on corrected masks with replay"),
+    "bench": ("cxrseg.bench", "benchmark the prediction engine against the poster's approach"),
+    "samples": ("cxrseg.phantom", "write synthetic phantom cases in the JSRT/SCR layout"),
+}
+
+
+def _available(name: str) -> bool:
+    mod = COMMANDS[name][0]
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrseg",
+        description="Segmentation of chest radiographs: heart, clavicles and lungs (patient's left/right).",
+    )
+    parser.add_argument("--version", action="version", version=f"cxrseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:]
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (mod, help_) in COMMANDS.items():
+        if not _available(name):
+            continue
+        p = sub.add_parser(name, help=help_, description=help_)
+        # Import a command's module only when it is the one being run.
+        if name == wanted:
+            m = importlib.import_module(mod)
+            m.add_arguments(p)
+            p.set_defaults(_run=m.run_cli)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0]] + list(argv)
+    parser = build_parser()
+    args = parser.parse_args()
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        if os.environ.get("CXRSEG_DEBUG"):
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cxrseg {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""The U-Net, its encoder weights, and safetensors checkpoints with JSON metadata.
+
+A checkpoint is a single ``.safetensors`` file: the weights, and in the safetensors
+header a ``cxrseg`` entry holding JSON metadata: ``config`` (:class:`ModelConfig`),
+``regions``, ``train_config``, ``data_fingerprint``, ``metrics``, ``parent_id``,
+``code_version``, ``date``, ``model_id`` and free-form extras. Loading never unpickles
+anything: safetensors holds only tensors and strings.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ModelConfig, to_dict
+
+FORMAT_VERSION = "1"
+DEFAULT_MODEL_NAME = "cxrseg-unet-r34-multilabel.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, not a cxrseg safetensors file, or inconsistent."""
+
+
+class EncoderWeightsError(RuntimeError):
+    """Pretrained encoder weights were asked for but cannot be found offline."""
+
+
+def default_checkpoint_path() -> Path:
+    """The model shipped inside the package (the plugin's and CLI's default)."""
+    return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME
+
+
+def build_model(config: ModelConfig, *, encoder_weights: str | os.PathLike | None = None):
+    """Build the ``segmentation_models_pytorch.Unet`` described by ``config``.
+
+    The model outputs logits, one channel per region; apply a sigmoid for probabilities
+    (the loss and the prediction engine do).
+
+    Parameters
+    ----------
+    config : ModelConfig
+    encoder_weights : None, "none", "imagenet" or a path
+        ``"imagenet"`` uses smp's ImageNet weights if they are already in the local
+        Hugging Face cache (nothing is downloaded); a path loads a torchvision/timm
+        ResNet state dict (``.pth``/``.pt`` loaded with ``weights_only=True``, or
+        ``.safetensors``).
+    """
+    import segmentation_models_pytorch as smp
+
+    model = smp.Unet(
+        encoder_name=config.encoder_name,
+        encoder_depth=config.encoder_depth,
+        encoder_weights=None,
+        decoder_channels=config.decoder_channels,
+        in_channels=config.in_channels,
+        classes=len(config.regions),
+        activation=None,
+    )
+    spec = None if encoder_weights in (None, "none", "None", "") else encoder_weights
+    if spec is not None:
+        state = load_encoder_state(spec, config.encoder_name)
+        missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+        if unexpected or len(missing) > 0:
+            raise EncoderWeightsError(
+                f"encoder weights {spec}: do not match encoder {config.encoder_name!r} "
+                f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+            )
+    return model
+
+
+_HOW_TO_WEIGHTS = (
+    "Provide them offline in one of these ways: (1) pass --encoder-weights PATH to a "
+    "torchvision ResNet state dict (e.g. resnet34-b627a593.pth, from "
+    "torchvision.models.resnet34(weights='IMAGENET1K_V1') on a machine with internet); "
+    "(2) pre-fill the Hugging Face cache with smp-hub/{name}.imagenet (set HF_HOME); or "
+    "(3) pass --encoder-weights none to train from scratch."
+)
+
+
+def load_encoder_state(spec: str | os.PathLike, encoder_name: str = "resnet34") -> dict:
+    """Encoder weights as a state dict, from ``"imagenet"`` (local cache only) or a file."""
+    import torch
+
+    if str(spec).lower() == "imagenet":
+        try:
+            from huggingface_hub import hf_hub_download
+            from segmentation_models_pytorch.encoders import encoders
+
+            settings = encoders[encoder_name]["pretrained_settings"]["imagenet"]
+            path = None
+            for fname in ("model.safetensors", "pytorch_model.bin"):
+                try:
+                    path = hf_hub_download(
+                        settings["repo_id"],
+                        filename=fname,
+                        revision=settings.get("revision"),
+                        local_files_only=True,
+                    )
+                    break
+                except Exception:
+                    continue
+            if path is None:
+                raise FileNotFoundError(settings["repo_id"])
+        except Exception as exc:
+            raise EncoderWeightsError(
+                f"ImageNet weights for {encoder_name} are not available offline ({exc}). "
+                + _HOW_TO_WEIGHTS.format(name=encoder_name)
+            ) from None
+        spec = path
+    p = Path(spec)
+    if not p.is_file():
+        raise EncoderWeightsError(f"encoder weights file {p} not found. " + _HOW_TO_WEIGHTS.format(name=encoder_name))
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        try:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise EncoderWeightsError(
+                f"encoder weights file {p}: cannot be read as a plain state dict ({exc})"
+            ) from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "encoder.", "model."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        if k.startswith("fc.") or k.startswith("classifier."):
+            continue
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with its configuration and metadata."""
+
+    model: Any
+    config: ModelConfig
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def model_id(self) -> str:
+        return str(self.metadata.get("model_id", "unknown"))
+
+
+def _check_safetensors_file(path: Path) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) < 10:
+        raise CheckpointError(f"checkpoint {path}: empty or truncated; expected a .safetensors file")
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"checkpoint {path} is a pickle/torch.save file; cxrseg loads only .safetensors "
+            "checkpoints, because unpickling can run arbitrary code. Convert trusted weights "
+            "with safetensors.torch.save_file(state_dict, 'model.safetensors')."
+        )
+    n = int.from_bytes(head[:8], "little")
+    if not 2 <= n <= 100_000_000 or head[8:9] != b"{":
+        raise CheckpointError(f"checkpoint {path}: not a safetensors file (bad header)")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without loading its weights."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_safetensors_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("cxrseg")
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path}: unreadable safetensors file ({exc})") from None
+    if raw is None:
+        raise CheckpointError(
+            f"checkpoint {path}: no 'cxrseg' metadata; expected a checkpoint written by cxrseg "
+            "(save_checkpoint / cxrseg train)"
+        )
+    try:
+        meta = json.loads(raw)
+        ModelConfig.from_dict(meta["config"])
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path}: invalid metadata ({exc})") from None
+    return meta
+
+
+def weights_fingerprint(state: dict) -> str:
+    """A short, stable id of a set of weights (sha256 over names, shapes and bytes)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().contiguous().cpu()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.float().numpy().tobytes() if t.dtype.is_floating_point else t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(
+    model,
+    config: ModelConfig,
+    path: str | os.PathLike,
+    *,
+    metadata: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write ``model`` and its metadata to ``path`` (``.safetensors``), atomically.
+
+    ``half=True`` stores float16 weights (the shipped model; about 49 MB for ResNet34).
+    Returns the path. The metadata gets ``config``, ``regions``, ``code_version``, ``date``,
+    ``format`` and ``model_id`` (a fingerprint of the weights) filled in.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    module = model.module if hasattr(model, "module") else model
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    if half:
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    else:
+        state = {k: (v.float() if v.is_floating_point() and v.dtype != torch.float32 else v) for k, v in state.items()}
+    meta = dict(metadata or {})
+    meta.update(
+        {
+            "format": FORMAT_VERSION,
+            "config": to_dict(config),
+            "regions": list(config.regions),
+            "code_version": __version__,
+            "date": meta.get("date") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model_id": weights_fingerprint(state),
+            "dtype": "float16" if half else "float32",
+        }
+    )
+    meta.setdefault("parent_id", None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"cxrseg": json.dumps(meta), "format": "pt"})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike | None = None, *, device="cpu", dtype=None) -> Checkpoint:
+    """Load a checkpoint (default: the shipped model) into a ready-to-use ``eval()`` model.
+
+    Weights are converted to float32 (or ``dtype``) on ``device``. Files that are not
+    cxrseg safetensors checkpoints (a pickle, a ``.pt``, a truncated file) are refused
+    with a :class:`CheckpointError` naming the file.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else default_checkpoint_path()
+    if path.is_dir():
+        for name in ("best.safetensors", "model.safetensors", DEFAULT_MODEL_NAME):
+            if (path / name).is_file():
+                path = path / name
+                break
+    meta = read_metadata(path)
+    config = ModelConfig.from_dict(meta["config"])
+    model = build_model(config)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read weights ({exc})") from None
+    target = dtype or torch.float32
+    state = {k: (v.to(target) if v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path}: weights do not match its config ({exc})") from None
+    model.to(device).eval()
+    return Checkpoint(model=model, config=config, metadata=meta, path=path)
+
+
+def save_training_state(state: dict, path: str | os.PathLike) -> Path:
+    """Optimiser/scheduler/epoch state for resuming (torch.save, read back with weights_only)."""
+    import torch
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """Read a resume state with ``weights_only=True``: a restricted unpickler that refuses
+    arbitrary objects (a malicious pickle raises :class:`CheckpointError`)."""
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"training state {path}: refused or unreadable ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
