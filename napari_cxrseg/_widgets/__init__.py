@@ -1,0 +1,1 @@
+"""napari widgets of napari-cxrseg (Qt/magicgui; compute lives in :mod:`cxrseg`)."""
