@@ -86,6 +86,24 @@ def make_scheduler(opt, cfg: TrainConfig, total_steps: int):
     return None
 
 
+def _broadcast_buffers(model) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    import torch.distributed as dist
+
+    for b in model.buffers():
+        dist.broadcast(b.data, src=0)
+
+
+def _rank0_flag(flag: bool, device) -> bool:
+    """Rank 0's value of ``flag`` on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def _restore_scheduler(sched, saved: dict) -> None:
     """Load a saved LR-scheduler state; when the schedule's length changed (resuming
     with more or fewer epochs), rebuild it at the new length and fast-forward it by the
@@ -382,6 +400,11 @@ def train_iter(
                    "lr": opt.param_groups[0]["lr"]}
             if max_steps is not None and total_steps_done >= max_steps:
                 break
+        if distributed:
+            # DDP syncs buffers only at the start of a forward pass, so after the last step
+            # every rank has its own BatchNorm running statistics: use rank 0's everywhere,
+            # or the ranks would validate (and decide early stopping) differently.
+            _broadcast_buffers(model)
         val = validate(model, val_data, model_config, dev, precision, channels_last=train_config.channels_last) \
             if val_data is not None and len(val_data) else {}
         score = val.get("mean", -float(np.mean(losses)))
@@ -430,7 +453,10 @@ def train_iter(
         if max_steps is not None and total_steps_done >= max_steps:
             break
         pat = train_config.early_stopping_patience
-        if pat and epoch - best_epoch >= pat:
+        stop = bool(pat and epoch - best_epoch >= pat)
+        if distributed:
+            stop = _rank0_flag(stop, dev)  # all ranks leave the loop together
+        if stop:
             stopped_early = True
             break
     if distributed:

@@ -100,6 +100,11 @@ def run_cli(args) -> int:
     if not args.data:
         raise ValueError("no data folder: pass --data or set CXRSEG_DATA")
     regions = parse_regions(args.regions)
+    if str(args.encoder_weights).lower() not in ("none", "") and not args.init:
+        # Fail before the (slow) pre-processing of the data when the weights are missing.
+        from .model import load_encoder_state
+
+        load_encoder_state(args.encoder_weights, args.encoder)
     jobs = [(r,) for r in regions] if args.per_region else [regions]
     for regs in jobs:
         out = args.out / regs[0] if args.per_region else args.out
