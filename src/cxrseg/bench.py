@@ -1,0 +1,771 @@
+"""``cxrseg bench``: how fast the prediction engine is, measured side by side in one run.
+
+Sections (all measured in the same process, on the same device, one after the other):
+
+1. ``models`` - all five regions of one case: the poster's approach (five per-region
+   U-Nets with one output each, fp32, eager, batch 1, contiguous memory) against this
+   engine (one multi-label pass; batch norm folded; channels_last; fp32 and bf16), in
+   ms per case, with the speed-ups.
+2. ``flops`` - achieved GFLOP/s of one forward pass (FLOPs counted with
+   ``torch.utils.flop_counter.FlopCounterMode``) against a square matmul of the same
+   precision sized to do as many FLOPs, timed right after it.
+3. ``decode`` - reading a JSRT ``.IMG`` (``read_jsrt_img``) and resizing it to the model
+   input (``image_to_input``) against a bare ``numpy.fromfile`` of the same file.
+4. ``folder`` - images per second of ``cxrseg predict``'s pipeline on a folder of phantom
+   PNG and ``.IMG`` files, with and without DataLoader workers.
+5. ``accuracy`` (``--accuracy-data ROOT``) - whether bf16 changes the Jaccard index on
+   real cases compared with fp32.
+
+Timings are medians of ``--repeats`` runs after ``--warmup`` runs, with torch's thread
+count as it is (``--threads`` changes it). Without ``--model`` the shipped model is used,
+or a randomly initialised ResNet34 U-Net when none is installed: the timings do not
+depend on the weights (the accuracy section does, and needs a trained model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SECTIONS = ("models", "flops", "decode", "folder", "accuracy")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint to time (default: the shipped model if installed, else a random "
+        "ResNet34 U-Net; a tiny random model with --smoke)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes and repeats: "
+        "checks that everything runs, in seconds (numbers meaningless)",
+    )
+    p.add_argument(
+        "--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per measurement (default 7; smoke 2)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed runs first (default 2; smoke 1)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: as it is)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="batch size of the batched engine runs (default 8)",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="phantom files for the folder test (default 16; smoke 4)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers for the folder test (default: cxrseg predict's default)",
+    )
+    p.add_argument(
+        "--only", default=None, help=f"comma list of sections to run: {', '.join(SECTIONS)}"
+    )
+    p.add_argument(
+        "--accuracy-data",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="JSRT/SCR folder: compare bf16 with fp32 Jaccard on real cases",
+    )
+    p.add_argument(
+        "--accuracy-cases",
+        type=int,
+        default=20,
+        help="cases for the accuracy check (default 20; the checkpoint's validation cases first)",
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_fn(fn, device, *, warmup: int, repeats: int) -> dict:
+    """Run ``fn`` ``warmup`` times, then time it ``repeats`` times; seconds."""
+    for _ in range(max(0, warmup)):
+        fn()
+    _sync(device)
+    ts = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "n": len(ts)}
+
+
+def time_interleaved(fns: dict, device, *, warmup: int, repeats: int) -> dict:
+    """Time several functions round-robin (one run of each per round), so that a change
+    of machine load affects all of them alike; seconds per function."""
+    for _ in range(max(0, warmup)):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    ts: dict = {k: [] for k in fns}
+    for _ in range(max(1, repeats)):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            ts[k].append(time.perf_counter() - t0)
+    return {
+        k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
+        for k, v in ts.items()
+    }
+
+
+def count_flops(fn) -> int:
+    """FLOPs of ``fn()`` as counted by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def flop_convention() -> str:
+    """``"FLOPs"`` if the counter reports 2 x multiply-accumulates (checked on a 1x1
+    convolution), ``"MACs"`` if it reports one per multiply-accumulate."""
+    import torch
+
+    conv = torch.nn.Conv2d(8, 4, 1, bias=False)
+    x = torch.zeros(1, 8, 5, 5)
+    macs = 8 * 4 * 5 * 5
+    with torch.inference_mode():
+        n = count_flops(lambda: conv(x))
+    if n == 2 * macs:
+        return "FLOPs"
+    if n == macs:
+        return "MACs"
+    return f"unknown ({n} for {macs} MACs)"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+class _Out:
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def __call__(self, msg: str = "") -> None:
+        print(msg, file=self.stream, flush=True)
+
+
+# --------------------------------------------------------------------------- model setup
+
+
+def _prepare_model(args, tmp: Path):
+    """The checkpoint to time, and a note on where it came from."""
+    from .config import ModelConfig
+    from .model import build_model, default_checkpoint_path, save_checkpoint
+
+    if args.model is not None or (not args.smoke and default_checkpoint_path().is_file()):
+        import shutil
+
+        from .predict import resolve_checkpoint_path
+
+        src = resolve_checkpoint_path(args.model)
+        # a snapshot, so that a checkpoint rewritten meanwhile (a training run saving its
+        # best epoch) cannot give the fp32 and bf16 runs different weights
+        snap = tmp / "snapshot.safetensors"
+        shutil.copyfile(src, snap)
+        return snap, f"{'given checkpoint' if args.model is not None else 'shipped model'} {src}"
+    import torch
+
+    torch.manual_seed(0)
+    if args.smoke:
+        cfg = ModelConfig(
+            encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64
+        )
+        note = "tiny random resnet18 U-Net (smoke)"
+    else:
+        cfg = ModelConfig()
+        note = (
+            "random-initialised ResNet34 U-Net (no shipped model installed; "
+            "timings do not depend on weights)"
+        )
+    path = save_checkpoint(build_model(cfg).eval(), cfg, tmp / "random.safetensors")
+    return path, note
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def bench_models(pred32, pred_low, args, out, res) -> None:
+    """Section 1: the poster's five models against one multi-label pass."""
+    import dataclasses
+
+    import torch
+
+    from .model import build_model
+
+    dev = pred32.device
+    cfg = pred32.config
+    s = cfg.input_size
+    w, r = args.warmup, args.repeats
+    gen = torch.Generator().manual_seed(0)
+    img = torch.rand(1, s, s, generator=gen)
+    x = ((img.expand(3, -1, -1) - 0.45) / 0.226).unsqueeze(0).to(dev)  # (1, 3, S, S), contiguous
+    torch.manual_seed(1)
+    poster = [
+        build_model(dataclasses.replace(cfg, regions=(reg,))).eval().to(dev) for reg in cfg.regions
+    ]
+
+    def run_poster():
+        with torch.inference_mode():
+            return [torch.sigmoid(m(x)) for m in poster]
+
+    from .model import load_checkpoint
+
+    pred32_raw = load_checkpoint(pred32.path, device=dev).model.eval()
+
+    def run_onepass_raw():
+        with torch.inference_mode():
+            return torch.sigmoid(pred32_raw(x))
+
+    inp1 = img.numpy()
+    inpb = np.repeat(inp1, args.batch_size, axis=0)
+    fns = {
+        "poster": run_poster,
+        "onepass_fp32_contig": run_onepass_raw,
+        "engine_fp32_cl": lambda: pred32.forward(inp1),
+    }
+    if pred_low is not None:
+        fns["engine_low_cl"] = lambda: pred_low.forward(inp1)
+    fns["engine_fp32_cl_batch"] = lambda: pred32.forward(inpb)
+    if pred_low is not None:
+        fns["engine_low_cl_batch"] = lambda: pred_low.forward(inpb)
+    t = time_interleaved(fns, dev, warmup=w, repeats=r)
+    base = t["poster"]["median_s"]
+    n_reg = len(cfg.regions)
+    low = pred_low.precision if pred_low is not None else None
+    rows = [
+        ("poster", f"{n_reg} per-region U-Nets, fp32, eager, batch 1, contiguous", 1),
+        (
+            "onepass_fp32_contig",
+            "one multi-label pass, fp32, batch 1, contiguous (no other change)",
+            1,
+        ),
+        ("engine_fp32_cl", "engine: one pass, fp32, BN folded, channels_last, batch 1", 1),
+    ]
+    if low:
+        rows.append(
+            ("engine_low_cl", f"engine: one pass, {low}, BN folded, channels_last, batch 1", 1)
+        )
+    rows.append(
+        (
+            "engine_fp32_cl_batch",
+            f"engine: fp32 channels_last, batch {args.batch_size}",
+            args.batch_size,
+        )
+    )
+    if low:
+        rows.append(
+            (
+                "engine_low_cl_batch",
+                f"engine: {low} channels_last, batch {args.batch_size}",
+                args.batch_size,
+            )
+        )
+    out(
+        f"[1] all {n_reg} regions of one {s}x{s} case "
+        f"(model only: normalised input -> sigmoid maps)"
+    )
+    section = {}
+    for key, label, per in rows:
+        ms = t[key]["median_s"] * 1000 / per
+        speed = base / (t[key]["median_s"] / per)
+        section[key] = {"label": label, "ms_per_case": ms, "speedup_vs_poster": speed, **t[key]}
+        out(f"    {label:<72s} {ms:9.1f} ms/case   x{speed:5.2f}")
+    best = min((k for k in section if k != "poster"), key=lambda k: section[k]["ms_per_case"])
+    b1 = "engine_low_cl" if low else "engine_fp32_cl"
+    out(
+        f"    speed-up of the engine at batch 1 ({section[b1]['label'].split(': ', 1)[1]}): "
+        f"x{section[b1]['speedup_vs_poster']:.2f}  (issue target >= 8x on CPU)"
+    )
+    out(f"    best: x{section[best]['speedup_vs_poster']:.2f} ({section[best]['label']})")
+    res["models"] = section
+
+
+def bench_flops(pred32, pred_low, args, out, res) -> None:
+    """Section 2: achieved GFLOP/s of the model against a matmul of the same precision."""
+    import torch
+
+    dev = pred32.device
+    s = pred32.config.input_size
+    conv = flop_convention()
+    img1 = np.random.default_rng(0).random((1, s, s), dtype=np.float32)
+    with torch.inference_mode():
+        flops1 = count_flops(
+            lambda: pred32.model(torch.zeros(1, pred32.config.in_channels, s, s, device=dev))
+        )
+    out("[2] achieved throughput of one forward pass vs a matmul of the same precision")
+    out(
+        f"    FlopCounterMode counts {flops1 / 1e9:.2f} G{conv} per {s}x{s} image "
+        f"(it reports {conv}: 2 x multiply-accumulates; convolutions/matmuls only, "
+        f"i.e. {flops1 / 2e9:.2f} GMACs)"
+    )
+    section = {"flops_per_image": flops1, "counter_unit": conv, "runs": []}
+    preds = [pred32] + ([pred_low] if pred_low is not None else [])
+    for pred in preds:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            pred.precision
+        ]
+        for b in (1, args.batch_size):
+            inp = np.repeat(img1, b, axis=0)
+
+            def fwd(pred=pred, inp=inp):
+                return pred.forward(inp)
+
+            tm = time_fn(fwd, dev, warmup=args.warmup, repeats=args.repeats)
+            f = flops1 * b
+
+            def mm_for(n, dtype=dtype):
+                a = torch.randn(n, n, device=dev).to(dtype)
+                bm = torch.randn(n, n, device=dev).to(dtype)
+
+                def mm():
+                    with torch.inference_mode():
+                        return a @ bm
+
+                return mm
+
+            # a square matmul that takes about as long as the forward pass: start from the
+            # same FLOP count, then rescale n by the cube root of the time ratio
+            n = max(64, int(round((f / 2) ** (1 / 3) / 64)) * 64)
+            t0 = time_fn(mm_for(n), dev, warmup=1, repeats=max(1, args.repeats // 2))["median_s"]
+            n = max(64, int(round(n * (tm["median_s"] / t0) ** (1 / 3) / 64)) * 64)
+            pair = time_interleaved(
+                {"model": fwd, "mm": mm_for(n)},
+                dev,
+                warmup=args.warmup,
+                repeats=args.repeats,
+            )
+            tm, tmm = pair["model"], pair["mm"]
+            achieved = f / tm["median_s"] / 1e9
+            mm_gf = 2 * n**3 / tmm["median_s"] / 1e9
+            ratio = mm_gf / achieved
+            out(
+                f"    {pred.precision} batch {b:<2d}: model {achieved:8.1f} GFLOP/s "
+                f"({tm['median_s'] * 1e3:8.1f} ms)  "
+                f"matmul {n}x{n} {mm_gf:8.1f} GFLOP/s ({tmm['median_s'] * 1e3:7.1f} ms)  "
+                f"matmul/model x{ratio:.2f}"
+            )
+            section["runs"].append(
+                {
+                    "precision": pred.precision,
+                    "batch": b,
+                    "model_gflops": achieved,
+                    "model_s": tm["median_s"],
+                    "matmul_n": n,
+                    "matmul_gflops": mm_gf,
+                    "matmul_s": tmm["median_s"],
+                    "ratio": ratio,
+                }
+            )
+    low = [x for x in section["runs"] if x["precision"] != "fp32"]
+    if low:
+        best = min(low, key=lambda x: x["ratio"])
+        out(
+            f"    {best['precision']}: the model reaches 1/{best['ratio']:.2f} of "
+            f"matmul throughput at batch "
+            f"{best['batch']} (issue target: within 1.5x)"
+        )
+    res["flops"] = section
+
+
+def bench_decode(args, out, res, tmp: Path, size: int) -> None:
+    """Section 3: JSRT decode + resize against numpy.fromfile."""
+    from .io import read_jsrt_img, write_jsrt_img
+    from .phantom import make_phantom
+    from .transforms import image_to_input
+
+    ph = make_phantom(0, size=256 if args.smoke else 1024)
+    k = 2048 // ph.image.shape[0]
+    path = write_jsrt_img(np.repeat(np.repeat(ph.image, k, 0), k, 1), tmp / "PHANTOM.IMG")
+    w, r = args.warmup, args.repeats
+    t_raw = time_fn(lambda: np.fromfile(path, dtype=">u2"), _cpu(), warmup=w, repeats=r)
+    t_read = time_fn(lambda: read_jsrt_img(path), _cpu(), warmup=w, repeats=r)
+    img = read_jsrt_img(path).data
+    t_resize = time_fn(lambda: image_to_input(img, size), _cpu(), warmup=w, repeats=r)
+    t_both = time_fn(
+        lambda: image_to_input(read_jsrt_img(path).data, size), _cpu(), warmup=w, repeats=r
+    )
+    out(f"[3] JSRT .IMG (2048x2048, 8 MiB, in the page cache) to a {size}x{size} model input")
+    out(f"    numpy.fromfile                          {t_raw['median_s'] * 1e3:8.1f} ms")
+    out(f"    read_jsrt_img                           {t_read['median_s'] * 1e3:8.1f} ms")
+    out(f"    image_to_input (pad + area resize)      {t_resize['median_s'] * 1e3:8.1f} ms")
+    ratio = t_both["median_s"] / t_raw["median_s"]
+    out(
+        f"    read_jsrt_img + image_to_input          {t_both['median_s'] * 1e3:8.1f} ms   "
+        f"x{ratio:.1f} the bare fromfile"
+    )
+    res["decode"] = {
+        "fromfile_s": t_raw["median_s"],
+        "read_jsrt_img_s": t_read["median_s"],
+        "image_to_input_s": t_resize["median_s"],
+        "read_and_resize_s": t_both["median_s"],
+        "ratio_vs_fromfile": ratio,
+    }
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+def bench_folder(pred, args, out, res, tmp: Path) -> None:
+    """Section 4: throughput of the ``cxrseg predict`` pipeline with and without workers."""
+    from .io import write_jsrt_img
+    from .phantom import _write_png8, make_phantom
+    from .predict_cli import default_workers, run_predict
+
+    n = args.images
+    folder = tmp / "folder"
+    folder.mkdir()
+    n_img = 0 if args.smoke else n // 2
+    for i in range(n):
+        if i < n_img:
+            ph = make_phantom(i, size=512)
+            write_jsrt_img(np.repeat(np.repeat(ph.image, 4, 0), 4, 1), folder / f"PH{i:03d}.IMG")
+        else:
+            ph = make_phantom(i, size=128 if args.smoke else 1024)
+            _write_png8(ph.image, folder / f"PH{i:03d}.png")
+    workers = default_workers() if args.workers is None else args.workers
+    what = f"{n - n_img} PNG ({128 if args.smoke else 1024}^2)" + (
+        f" + {n_img} JSRT .IMG (2048^2)" if n_img else ""
+    )
+    out(
+        f"[4] cxrseg predict pipeline on {what}, all regions, masks at native size + CSV, "
+        f"{pred.precision}, batch {args.batch_size}"
+    )
+    # warm-up: one small run
+    run_predict(
+        [folder / sorted(os.listdir(folder))[-1]],
+        tmp / "warm",
+        predictor=pred,
+        progress=False,
+        workers=0,
+        batch_size=args.batch_size,
+    )
+    section = {}
+    variants = [
+        ("serial", "no workers, files written after each batch (fully serial)", 0, False),
+        ("workers0", "no workers, writer thread overlaps the next batch", 0, True),
+        ("workers", f"{workers} DataLoader worker(s) + writer thread", workers, True),
+    ]
+    for key, label, nw, overlap in variants:
+        s = run_predict(
+            [folder],
+            tmp / f"out-{key}",
+            predictor=pred,
+            progress=False,
+            workers=nw,
+            batch_size=args.batch_size,
+            overwrite=True,
+            overlap=overlap,
+        )
+        if s.failed:
+            raise RuntimeError(f"benchmark folder run failed: {s.errors[:2]}")
+        section[key] = {
+            "label": label,
+            "workers": nw,
+            "images_per_s": s.images_per_second,
+            "seconds": s.seconds,
+        }
+        out(f"    {label:<58s} {s.images_per_second:7.2f} images/s ({s.seconds:6.2f} s)")
+    ratio = section["workers"]["images_per_s"] / section["serial"]["images_per_s"]
+    out(f"    with workers vs fully serial: x{ratio:.2f}")
+    section["ratio_workers_vs_serial"] = ratio
+    res["folder"] = section
+
+
+def bench_accuracy(path, device, args, out, res) -> None:
+    """Section 5: bf16 vs fp32 Jaccard on real cases."""
+    from .dataset import DatasetIndex
+    from .metrics import jaccard
+    from .predict import Predictor, threshold
+
+    p32 = Predictor(path, device=str(device), precision="fp32")
+    low_prec = "fp16" if device.type in ("cuda", "mps") and not _cuda_bf16(device) else "bf16"
+    plow = Predictor(path, device=str(device), precision=low_prec)
+    index = DatasetIndex(args.accuracy_data)
+    cases = index.with_regions(p32.regions)
+    if not cases:
+        out(
+            f"[5] accuracy: no case under {args.accuracy_data} "
+            f"has masks of {', '.join(p32.regions)}; skipped"
+        )
+        return
+    val = set(p32.metadata.get("val_cases") or [])
+    ordered = [c for c in cases if c.case_id in val] + [c for c in cases if c.case_id not in val]
+    chosen = ordered[: max(1, args.accuracy_cases)]
+    n_val = sum(1 for c in chosen if c.case_id in val)
+    th = p32.thresholds
+    d_truth = {r: [] for r in p32.regions}
+    j32 = {r: [] for r in p32.regions}
+    agree = {r: [] for r in p32.regions}
+    for c in chosen:
+        img = c.load_image().data
+        truth = c.load_masks(p32.regions)
+        a = p32.predict(img)
+        b = plow.predict(img)
+        for r in p32.regions:
+            shape = truth[r].shape
+            pa, pb = _resize_to(a[r], shape), _resize_to(b[r], shape)
+            ma = threshold({r: pa}, th)[r]
+            mb = threshold({r: pb}, th)[r]
+            ja, jb = jaccard(ma, truth[r]), jaccard(mb, truth[r])
+            j32[r].append(ja)
+            d_truth[r].append(jb - ja)
+            agree[r].append(jaccard(ma, mb))
+    out(
+        f"[5] {low_prec} vs fp32 on {len(chosen)} real cases of {args.accuracy_data} "
+        f"({n_val} of them validation cases of this checkpoint), "
+        f"thresholded masks, no post-processing"
+    )
+    out(
+        f"    model {p32.model_id} (epoch {(p32.metadata.get('metrics') or {}).get('epoch', '?')} "
+        f"of its training run)"
+    )
+    out(
+        f"    {'region':<16s} {'J fp32':>8s} {'J ' + low_prec + ' - J fp32':>16s} "
+        f"{'max |diff|':>11s} "
+        f"{'J(' + low_prec + ', fp32)':>16s} {'min':>7s}"
+    )
+    section = {"precision": low_prec, "cases": [c.case_id for c in chosen], "regions": {}}
+    worst = 0.0
+    for r in p32.regions:
+        md = float(np.mean(d_truth[r]))
+        worst = max(worst, abs(md))
+        section["regions"][r] = {
+            "jaccard_fp32": float(np.mean(j32[r])),
+            "delta_mean": md,
+            "delta_max_abs": float(np.max(np.abs(d_truth[r]))),
+            "agreement_mean": float(np.mean(agree[r])),
+            "agreement_min": float(np.min(agree[r])),
+        }
+        e = section["regions"][r]
+        out(
+            f"    {r:<16s} {e['jaccard_fp32']:8.4f} {md:+16.5f} {e['delta_max_abs']:11.5f} "
+            f"{e['agreement_mean']:16.5f} {e['agreement_min']:7.4f}"
+        )
+    verdict = "yes" if worst < 0.002 else "NO"
+    out(f"    largest |mean Jaccard change| {worst:.5f} < 0.002: {verdict}")
+    section["max_abs_mean_delta"] = worst
+    section["below_0_002"] = worst < 0.002
+    res["accuracy"] = section
+
+
+def _cuda_bf16(device) -> bool:
+    import torch
+
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def _resize_to(prob: np.ndarray, shape) -> np.ndarray:
+    if prob.shape == tuple(shape):
+        return prob
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
+    mode = "area" if prob.shape[0] >= shape[0] else "bilinear"
+    kw = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(t, size=tuple(shape), mode=mode, **kw)[0, 0].numpy()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_bench(args, out=None) -> dict:
+    """Run the selected sections; print as they finish; return the results dict."""
+    import torch
+
+    from .device import cpu_supports_bf16, select_device
+    from .predict import Predictor
+
+    out = out or _Out()
+    if args.repeats is None:
+        args.repeats = 2 if args.smoke else 7
+    if args.warmup is None:
+        args.warmup = 1 if args.smoke else 2
+    if args.images is None:
+        args.images = 4 if args.smoke else 16
+    if args.repeats < 1 or args.warmup < 0 or args.images < 1 or args.batch_size < 1:
+        raise ValueError("--repeats, --images and --batch-size must be >= 1, --warmup >= 0")
+    only = set(SECTIONS)
+    if args.only:
+        only = {s.strip() for s in args.only.split(",") if s.strip()}
+        unknown = sorted(only - set(SECTIONS))
+        if unknown:
+            raise ValueError(
+                f"--only: unknown sections {unknown}; expected some of {', '.join(SECTIONS)}"
+            )
+    if args.accuracy_data is None:
+        only.discard("accuracy")
+    elif not Path(args.accuracy_data).is_dir():
+        raise FileNotFoundError(f"--accuracy-data {args.accuracy_data}: no such folder")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    dev = select_device(args.device)
+    res: dict = {
+        "args": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not k.startswith("_")
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="cxrseg-bench-") as td:
+        tmp = Path(td)
+        path, note = _prepare_model(args, tmp)
+        pred32 = Predictor(path, device=str(dev), precision="fp32")
+        if dev.type == "cpu":
+            low = "bf16"
+            low_note = (
+                "native (AVX512-BF16/AMX)"
+                if cpu_supports_bf16()
+                else "EMULATED: this CPU has no native bf16"
+            )
+        elif dev.type == "cuda":
+            low = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            low_note = "CUDA"
+        else:
+            low, low_note = "fp16", dev.type
+        pred_low = Predictor(path, device=str(dev), precision=low)
+        env = {
+            "torch": torch.__version__,
+            "device": str(dev),
+            "cpu": _cpu_name(),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_before": _load(),
+            "low_precision": low,
+            "low_precision_note": low_note,
+            "model_id": pred32.model_id,
+            "model_note": note,
+            "input_size": pred32.config.input_size,
+            "encoder": pred32.config.encoder_name,
+            "folded_batchnorm": pred32.folded_batchnorm,
+            "smoke": bool(args.smoke),
+        }
+        res["env"] = env
+        out(f"cxrseg bench{' --smoke (tiny sizes: numbers are meaningless)' if args.smoke else ''}")
+        out(
+            f"    torch {env['torch']}, device {dev} ({env['cpu'] if dev.type == 'cpu' else dev}), "
+            f"{env['threads']} torch threads, {env['cpu_count']} CPUs, "
+            f"load average {env['load_before']}"
+        )
+        out(
+            f"    model: {note} ({pred32.model_id}): {pred32.config.encoder_name} U-Net, "
+            f"{len(pred32.regions)} regions, "
+            f"input {pred32.config.input_size}, {pred32.folded_batchnorm} batch norms folded"
+        )
+        out(
+            f"    low precision: {low} ({low_note}); "
+            f"median of {args.repeats} runs after {args.warmup} warm-up"
+        )
+        out()
+        if "models" in only:
+            bench_models(pred32, pred_low, args, out, res)
+            out()
+        if "flops" in only:
+            bench_flops(pred32, pred_low, args, out, res)
+            out()
+        if "decode" in only:
+            bench_decode(args, out, res, tmp, pred32.config.input_size)
+            out()
+        if "folder" in only:
+            bench_folder(
+                pred_low if dev.type != "cpu" or cpu_supports_bf16() else pred32,
+                args,
+                out,
+                res,
+                tmp,
+            )
+            out()
+        if "accuracy" in only:
+            if note.startswith(("random", "tiny")):
+                out(
+                    "[5] accuracy: skipped, the model is random "
+                    "(pass --model with a trained checkpoint)"
+                )
+            else:
+                bench_accuracy(path, dev, args, out, res)
+            out()
+    res["env"]["load_after"] = _load()
+    out(f"load average after: {res['env']['load_after']}")
+    if args.json is not None:
+        from .io import atomic_write
+
+        text = json.dumps(res, indent=1, default=_json_default)
+        atomic_write(args.json, lambda fh: fh.write(text.encode("utf-8")))
+        out(f"results written to {args.json}")
+    return res
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)
+
+
+def run_cli(args) -> int:
+    run_bench(args)
+    return 0

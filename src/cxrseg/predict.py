@@ -1,0 +1,554 @@
+"""The prediction engine: all five regions in one pass, as probability maps.
+
+One multi-label U-Net predicts every region at once; the result is a probability map
+(sigmoid) per region at the input image's own resolution. Thresholding
+(:func:`threshold`) and clean-up (:func:`cxrseg.postprocess.postprocess`) are separate
+steps, so a viewer can re-threshold without running the model again.
+
+Pre- and post-processing are those of training (:mod:`cxrseg.transforms`): the image is
+padded to a square and area-resized to the model's input size, normalised, and the
+probabilities are resized back (bilinear, in torch) and cropped to the image's shape.
+
+Speed
+-----
+* the model is loaded once (:func:`get_predictor` caches it per checkpoint, modification
+  time, device and precision);
+* batch-norm layers are folded into the preceding convolutions at load time (exact in
+  eval mode, checked numerically against the unfolded model);
+* ``channels_last`` memory format and ``torch.inference_mode()``;
+* ``bf16`` (or ``fp16`` on CUDA) when :func:`cxrseg.device.resolve_precision` says the
+  hardware supports it: the folded weights are stored in that type and the forward pass
+  runs under :func:`cxrseg.device.autocast`; probabilities are always float32.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ModelConfig
+from .model import DEFAULT_MODEL_NAME, CheckpointError, default_checkpoint_path
+from .regions import canonical_region, parse_regions
+
+__all__ = [
+    "Predictor",
+    "get_predictor",
+    "clear_cache",
+    "predict",
+    "threshold",
+    "parse_thresholds",
+    "resolve_checkpoint_path",
+    "fold_batchnorm",
+    "as_unit_image",
+    "PRECISIONS",
+]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def resolve_checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file that ``checkpoint`` names.
+
+    ``None`` is the model shipped in the package (:func:`cxrseg.model.default_checkpoint_path`);
+    a folder is searched for ``best.safetensors``, ``model.safetensors`` or the shipped
+    model's name (a training output folder works).
+
+    Raises
+    ------
+    CheckpointError
+        The file (or the shipped model) does not exist.
+    """
+    if checkpoint is None:
+        path = default_checkpoint_path()
+        if not path.is_file():
+            raise CheckpointError(
+                f"the shipped model {path} is not installed (this copy of cxrseg has no bundled "
+                "weights); pass a checkpoint instead, e.g. --model runs/x/best.safetensors written "
+                "by 'cxrseg train'"
+            )
+        return path.resolve()
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        for name in ("best.safetensors", "model.safetensors", DEFAULT_MODEL_NAME):
+            if (path / name).is_file():
+                return (path / name).resolve()
+        raise CheckpointError(
+            f"checkpoint folder {path} holds no best.safetensors, "
+            f"model.safetensors or {DEFAULT_MODEL_NAME}"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    return path.resolve()
+
+
+# --------------------------------------------------------------------------- model surgery
+
+
+def fold_batchnorm(model) -> int:
+    """Fold eval-mode ``BatchNorm2d`` layers into the ``Conv2d`` layers before them, in place.
+
+    Handles the patterns of smp's U-Net and torchvision ResNets: ``Sequential(conv, bn,
+    ...)`` and sibling attributes ``convN`` / ``bnN`` (the folded batch norm becomes an
+    ``Identity``). The caller should check the result numerically (:class:`Predictor`
+    does). Returns the number of folded layers.
+    """
+    import torch.nn as nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def ok(conv, bn) -> bool:
+        return (
+            isinstance(conv, nn.Conv2d)
+            and isinstance(bn, nn.BatchNorm2d)
+            and bn.track_running_stats
+            and bn.running_mean is not None
+            and conv.out_channels == bn.num_features
+        )
+
+    count = 0
+    for mod in list(model.modules()):
+        names = list(mod._modules)
+        if isinstance(mod, nn.Sequential):
+            for a, b in zip(names, names[1:], strict=False):
+                ca, cb = mod._modules[a], mod._modules[b]
+                if ok(ca, cb):
+                    mod._modules[a] = fuse_conv_bn_eval(ca, cb)
+                    mod._modules[b] = nn.Identity()
+                    count += 1
+        else:
+            for name in names:
+                if not name.startswith("conv"):
+                    continue
+                bn_name = "bn" + name[4:]
+                conv, bn = mod._modules.get(name), mod._modules.get(bn_name)
+                if ok(conv, bn):
+                    mod._modules[name] = fuse_conv_bn_eval(conv, bn)
+                    mod._modules[bn_name] = nn.Identity()
+                    count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def as_unit_image(image, *, name: str = "image") -> np.ndarray:
+    """A 2-D ``float32`` image in [0, 1] from any 2-D array.
+
+    Floats already in [0, 1] pass unchanged; ``bool`` -> {0, 1}; ``uint8`` / ``uint16`` are
+    divided by their maximum; other values are min-max scaled; NaN becomes the minimum.
+
+    Raises
+    ------
+    ValueError
+        Not a non-empty 2-D array.
+    """
+    a = np.asarray(image)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 2-D grayscale image, got shape {a.shape}")
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / np.float32(255)
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / np.float32(65535)
+    a = a.astype(np.float32, copy=False)
+    finite = np.isfinite(a)
+    if not finite.all():
+        if not finite.any():
+            return np.zeros(a.shape, np.float32)
+        a = np.where(finite, a, np.nanmin(np.where(finite, a, np.nan)))
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return a
+    if hi <= lo:
+        return np.zeros(a.shape, np.float32)
+    return ((a - lo) / (hi - lo)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class Predictor:
+    """A loaded model that turns radiographs into per-region probability maps.
+
+    Parameters
+    ----------
+    checkpoint : str or Path, optional
+        A cxrseg ``.safetensors`` checkpoint or a training output folder; ``None`` is
+        the model shipped with the package.
+    device : str, optional
+        ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    precision : str, optional
+        ``auto`` (bf16 on CUDA and on CPUs with native bf16 - AVX512-BF16 or AMX -, else
+        fp32), ``fp32``, ``bf16`` or ``fp16`` (fp16 needs CUDA or MPS; on a CPU it falls
+        back to fp32).
+    channels_last : bool, optional
+        Run convolutions in NHWC memory format (faster with oneDNN and cuDNN).
+
+    Attributes
+    ----------
+    config : ModelConfig
+        The checkpoint's model configuration.
+    regions : tuple of str
+        The regions the model predicts, in output-channel order.
+    model_id : str
+        Fingerprint of the weights (from the checkpoint metadata).
+    metadata : dict
+        The checkpoint's metadata.
+    path : Path
+        The checkpoint file.
+    device : torch.device
+    precision : str
+        The resolved precision: ``fp32``, ``bf16`` or ``fp16``.
+    thresholds : dict
+        The checkpoint's per-region thresholds (0.5 unless calibrated).
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint is missing, not a cxrseg safetensors file (a pickle is refused),
+        or inconsistent.
+    """
+
+    def __init__(self, checkpoint=None, *, device="auto", precision="auto", channels_last=True):
+        import torch
+
+        from .device import resolve_precision, select_device
+        from .model import load_checkpoint
+
+        if str(precision).lower() not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.path: Path = resolve_checkpoint_path(checkpoint)
+        self.device = select_device(device)
+        prec = resolve_precision(str(precision).lower(), self.device)
+        if prec == "fp16" and self.device.type == "cpu":
+            prec = "fp32"
+        self.precision: str = prec
+        self.channels_last = bool(channels_last)
+        ck = load_checkpoint(self.path, device="cpu")
+        self.config: ModelConfig = ck.config
+        self.metadata: dict[str, Any] = dict(ck.metadata)
+        self.model_id: str = ck.model_id
+        self.regions: tuple[str, ...] = tuple(ck.config.regions)
+        self.thresholds: dict[str, float] = dict(ck.config.thresholds)
+        self.input_size: int = int(ck.config.input_size)
+        self.folded_batchnorm = 0
+        model = ck.model.eval()
+        model = self._fold_checked(model)
+        if self.precision in ("bf16", "fp16"):
+            model = model.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self._lock = threading.Lock()
+
+    def _fold_checked(self, model):
+        """Fold batch norms into convolutions; keep the folded model only if it gives the
+        same logits as the original (fp32, a random input)."""
+        import copy
+
+        import torch
+
+        folded = copy.deepcopy(model)
+        try:
+            n = fold_batchnorm(folded)
+        except Exception:
+            return model
+        if n == 0:
+            return model
+        gen = torch.Generator().manual_seed(0)
+        s = 64
+        x = torch.rand(1, self.config.in_channels, s, s, generator=gen) * 4 - 2
+        with torch.inference_mode():
+            a = model(x)
+            b = folded(x)
+        tol = 1e-3 * max(1.0, float(a.abs().max()))
+        if not torch.isfinite(b).all() or float((a - b).abs().max()) > tol:
+            return model
+        self.folded_batchnorm = n
+        return folded
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({str(self.path)!r}, regions={self.regions}, device={self.device}, "
+            f"precision={self.precision!r}, model_id={self.model_id!r})"
+        )
+
+    # ----------------------------------------------------------------- building blocks
+    def select(self, regions=None) -> tuple[str, ...]:
+        """The requested regions (names or groups), checked against the model's."""
+        if regions is None:
+            return self.regions
+        wanted = parse_regions(regions)
+        missing = [r for r in wanted if r not in self.regions]
+        if missing:
+            raise ValueError(
+                f"model {self.path.name} does not predict {', '.join(missing)}; "
+                f"it predicts {', '.join(self.regions)}"
+            )
+        return wanted
+
+    def preprocess(self, image) -> tuple[np.ndarray, Any]:
+        """One 2-D image -> the model's ``(S, S)`` float32 input and its
+        :class:`cxrseg.transforms.PadInfo` (padding to a square, area resize)."""
+        from .transforms import image_to_input
+
+        return image_to_input(as_unit_image(image), self.input_size)
+
+    def forward(self, inputs, *, regions=None):
+        """Probabilities at the model's resolution for pre-processed inputs.
+
+        Parameters
+        ----------
+        inputs : ndarray or torch.Tensor, shape (B, S, S) or (B, 1, S, S)
+            [0, 1] images from :meth:`preprocess`.
+        regions : optional
+            Output channels to keep.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, R, S, S), float32, on :attr:`device`
+        """
+        import torch
+
+        from .device import autocast
+        from .transforms import normalize
+
+        idx = [self.regions.index(r) for r in self.select(regions)]
+        x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(
+                f"expected inputs of shape (B, S, S) or (B, 1, S, S), got {tuple(x.shape)}"
+            )
+        x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+        x = normalize(x, self.config.mean, self.config.std)
+        if self.precision != "fp32":
+            x = x.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._lock, torch.inference_mode(), autocast(self.device, self.precision):
+            logits = self.model(x)
+        with torch.inference_mode():
+            if len(idx) != logits.shape[1]:
+                logits = logits[:, idx]
+            return torch.sigmoid(logits.float()).contiguous()
+
+    def to_native(self, prob, info):
+        """One image's ``(R, S, S)`` probabilities (a tensor from :meth:`forward`) resized
+        back to its own shape: ``(R, rows, cols)`` float32 tensor on :attr:`device`
+        (bilinear, :func:`cxrseg.transforms.output_to_image`)."""
+        import torch
+
+        from .transforms import output_to_image
+
+        with torch.inference_mode():
+            return output_to_image(prob, info)
+
+    # ----------------------------------------------------------------- public API
+    def predict(self, image, *, regions=None, dtype=np.float32) -> dict[str, np.ndarray]:
+        """Probability maps of one radiograph.
+
+        Parameters
+        ----------
+        image : ndarray, shape (rows, cols)
+            Grayscale, values in [0, 1] (``uint8``/``uint16`` are scaled, other ranges
+            min-max scaled), any size.
+        regions : str or iterable of str, optional
+            Regions or groups to return (default: all the model predicts).
+        dtype : numpy dtype, optional
+            ``float32`` (default) or ``float16``.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Region -> probability map in [0, 1], shape ``(rows, cols)``.
+        """
+        return self.predict_batch([image], regions=regions, dtype=dtype)[0]
+
+    def predict_batch(
+        self, images: Sequence[np.ndarray], *, regions=None, dtype=np.float32, batch_size: int = 8
+    ) -> list[dict[str, np.ndarray]]:
+        """Probability maps of several radiographs (any sizes), ``batch_size`` per forward
+        pass. Returns one dict per image, as :meth:`predict`."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float16):
+            raise ValueError(f"dtype must be float32 or float16, got {dtype}")
+        names = self.select(regions)
+        out: list[dict[str, np.ndarray]] = []
+        images = list(images)
+        bs = max(1, int(batch_size))
+        for start in range(0, len(images), bs):
+            chunk = images[start : start + bs]
+            pre = [self.preprocess(im) for im in chunk]
+            prob = self.forward(np.stack([p[0] for p in pre]), regions=names)
+            for i, (_, info) in enumerate(pre):
+                native = self.to_native(prob[i], info)
+                if dtype == np.float16:
+                    native = native.half()
+                arr = native.cpu().numpy()
+                out.append({r: arr[j] for j, r in enumerate(names)})
+        return out
+
+    def predict_logits_input(self, inputs, *, regions=None) -> np.ndarray:
+        """Probabilities ``(B, R, S, S)`` float32 (numpy) for pre-processed ``(B, S, S)``
+        inputs, at the model's resolution (no resize back)."""
+        return self.forward(inputs, regions=regions).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- cache
+
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 4
+
+
+def get_predictor(checkpoint=None, *, device="auto", precision="auto") -> Predictor:
+    """A :class:`Predictor`, cached: the same checkpoint file (resolved path and
+    modification time), device and precision give the same object. Thread-safe.
+
+    A checkpoint rewritten on disk (a new modification time) is loaded afresh. The cache
+    keeps the four most recently used predictors.
+    """
+    from .device import resolve_precision, select_device
+
+    path = resolve_checkpoint_path(checkpoint)
+    st = path.stat()
+    dev = select_device(device)
+    prec = str(precision).lower()
+    if prec not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    prec = resolve_precision(prec, dev)
+    if prec == "fp16" and dev.type == "cpu":
+        prec = "fp32"
+    key = (str(path), st.st_mtime_ns, st.st_size, str(dev), prec)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+        pred = Predictor(path, device=str(dev), precision=prec)
+        _CACHE[key] = pred
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return pred
+
+
+def clear_cache() -> None:
+    """Forget every cached :class:`Predictor` (frees their models)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def predict(
+    image, *, checkpoint=None, regions=None, device="auto", precision="auto"
+) -> dict[str, np.ndarray]:
+    """Probability maps of one radiograph with a cached predictor (see
+    :meth:`Predictor.predict` and :func:`get_predictor`)."""
+    return get_predictor(checkpoint, device=device, precision=precision).predict(
+        image, regions=regions
+    )
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def threshold(
+    probs: dict[str, np.ndarray], thresholds: float | dict[str, float] = 0.5
+) -> dict[str, np.ndarray]:
+    """Binary masks from probability maps: ``prob >= threshold``.
+
+    Parameters
+    ----------
+    probs : dict of str to ndarray
+        Region -> probability map.
+    thresholds : float or dict, optional
+        One threshold for all regions, or region -> threshold (any spelling of the region
+        names; regions not in it use 0.5).
+
+    Returns
+    -------
+    dict of str to ndarray of bool
+    """
+    if isinstance(thresholds, dict):
+        th = {canonical_region(k): float(v) for k, v in thresholds.items()}
+    else:
+        th = None
+        t_all = float(thresholds)
+    out = {}
+    for r, p in probs.items():
+        if th is None:
+            t = t_all
+        else:
+            try:
+                t = th.get(canonical_region(r), 0.5)
+            except ValueError:
+                t = th.get(r, 0.5)
+        out[r] = np.asarray(p) >= t
+    return out
+
+
+def parse_thresholds(
+    spec: str | float | dict | None,
+    regions: Sequence[str],
+    *,
+    default: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Per-region thresholds from ``0.4``, ``"heart=0.4,left_clavicle=0.5"`` or a mix
+    (``"0.45,heart=0.4"``: 0.45 for all but the heart).
+
+    Regions not named keep ``default`` (the model's calibrated thresholds) or 0.5;
+    names of regions not in ``regions`` are ignored.
+
+    Raises
+    ------
+    ValueError
+        A value outside (0, 1), or an unknown region name.
+    """
+    base = {r: float((default or {}).get(r, 0.5)) for r in regions}
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return base
+    if isinstance(spec, dict):
+        items = [(k, v) for k, v in spec.items()]
+    elif isinstance(spec, (int, float)):
+        items = [(None, spec)]
+    else:
+        items = []
+        for tok in str(spec).replace(";", ",").split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            if "=" in tok:
+                k, v = tok.split("=", 1)
+                items.append((k.strip(), v.strip()))
+            else:
+                items.append((None, tok))
+    out = dict(base)
+    named: dict[str, float] = {}
+    for k, v in items:
+        try:
+            val = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold {v!r}: expected a number in (0, 1)") from None
+        if not 0.0 < val < 1.0:
+            raise ValueError(f"threshold {val}: expected a number in (0, 1)")
+        if k is None:
+            out = {r: val for r in regions}
+        else:
+            named[canonical_region(k)] = val
+    for r, val in named.items():
+        if r in out:
+            out[r] = val
+    return out

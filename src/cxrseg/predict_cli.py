@@ -1,0 +1,790 @@
+"""``cxrseg predict``: segment radiographs and folders of them.
+
+Output layout (``--out DIR``)::
+
+    DIR/masks/<region>/<case>.png       binary masks {0, 255}, at each input's own resolution
+    DIR/heatmaps/<region>/<case>.npy    float16 probability maps (--heatmaps)
+    DIR/heatmaps/<region>/<case>.png    8-bit previews of them (--heatmap-png)
+    DIR/predictions.csv                 one row per case and region
+    DIR/errors.csv                      files that failed, with the reason (only if any did)
+    DIR/.done/<case>.json               per-case marker, written last (resume)
+
+Masks are PNG by default (``--mask-format gif`` writes SCR-style GIFs); they have the
+input's native size, e.g. 2048 x 2048 for a JSRT ``.IMG`` (the SCR reference masks are
+1024 x 1024: halve them to compare).
+
+Pipeline: a torch ``DataLoader`` decodes and pre-processes images in ``--workers``
+processes (they return only the model-sized input, not the full image), the main process
+runs batched forward passes, and a writer thread resizes probabilities back, thresholds,
+cleans up and writes the files of one batch while the next batch runs through the model.
+
+Resuming: a case is skipped when its done-marker exists, was made from the same source
+file with the same model, thresholds and post-processing, and all requested outputs
+exist; ``--overwrite`` recomputes everything. ``predictions.csv`` is rebuilt from the
+markers at the start and the end of a run and appended one complete batch at a time in
+between (one ``write`` on an ``O_APPEND`` file), so a killed run never leaves a corrupt
+CSV, and the next run repairs it.
+
+Case names are the file stems; stems that occur more than once (``a/x.png`` and
+``b/x.png``) are prefixed with their parent folders (``a__x``, ``b__x``).
+
+Exit status: 0 when every file was segmented, 1 when any failed (the others are still
+done; see ``errors.csv``), 2 for usage errors (bad options, missing inputs, a model that
+cannot be loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as _io
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import IMAGE_SUFFIXES
+from .regions import REGIONS
+
+CSV_COLUMNS = (
+    "case",
+    "source",
+    "region",
+    "area_px",
+    "area_mm2",
+    "height",
+    "width",
+    "model_id",
+    "threshold",
+)
+ERROR_COLUMNS = ("path", "case", "reason")
+MARKER_VERSION = 1
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files (JSRT .IMG, DICOM, PNG/JPEG/TIFF) and folders (searched recursively; "
+        "'masks' folders and the output folder are skipped)",
+    )
+    p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint (.safetensors) or training folder; default: the shipped model",
+    )
+    p.add_argument(
+        "--regions",
+        default="all",
+        help="all, lungs, clavicles or a comma list (heart,left_clavicle,...); default all",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32",
+    )
+    p.add_argument(
+        "--threshold",
+        default=None,
+        help="probability threshold: one value (0.4), per region (heart=0.4,left_clavicle=0.5) "
+        "or both (0.45,heart=0.4); default: the model's (0.5 unless calibrated)",
+    )
+    p.add_argument(
+        "--heatmaps",
+        action="store_true",
+        help="also write float16 probability maps: OUT/heatmaps/<region>/<case>.npy",
+    )
+    p.add_argument(
+        "--heatmap-png",
+        action="store_true",
+        help="also write 8-bit PNG previews of the probability maps "
+        "(OUT/heatmaps/<region>/<case>.png)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader processes that decode and pre-process images while the model runs "
+        "(0: decode in the main process; default: min(4, CPUs/2))",
+    )
+    p.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep each region's largest component and fill holes (default: on)",
+    )
+    p.add_argument(
+        "--mask-format",
+        choices=("png", "gif"),
+        default="png",
+        help="mask file format (default png)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="recompute cases that are already done")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def collect_inputs(inputs, *, exclude=None) -> list[Path]:
+    """Image files named by ``inputs`` (files and folders, recursively, sorted).
+
+    Folders named ``masks`` (any case), hidden folders and ``exclude`` (the output
+    folder) are skipped; in folders only files with an image suffix
+    (:data:`cxrseg.io.IMAGE_SUFFIXES`) are taken, while a file named explicitly is taken
+    whatever its suffix. Duplicates (the same file twice) are dropped.
+
+    Raises
+    ------
+    FileNotFoundError
+        An input does not exist.
+    """
+    excl = Path(exclude).expanduser().resolve() if exclude is not None else None
+    out: list[Path] = []
+    seen: set[Path] = set()
+    missing = []
+
+    def add(f: Path):
+        r = f.resolve()
+        if r not in seen:
+            seen.add(r)
+            out.append(f)
+
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            missing.append(str(raw))
+            continue
+        if p.is_file():
+            add(p)
+            continue
+        if excl is not None and p.resolve() == excl:
+            continue
+        for dirpath, dirnames, filenames in os.walk(p):
+            keep = []
+            for d in sorted(dirnames):
+                if _is_hidden(d) or d.lower() == "masks":
+                    continue
+                if excl is not None and (Path(dirpath) / d).resolve() == excl:
+                    continue
+                keep.append(d)
+            dirnames[:] = keep
+            for name in sorted(filenames):
+                if _is_hidden(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                add(Path(dirpath) / name)
+    if missing:
+        raise FileNotFoundError(f"input not found: {', '.join(missing)}")
+    return out
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def _safe(name: str) -> str:
+    s = _UNSAFE.sub("_", name).strip("._")
+    return s or "image"
+
+
+def case_names(files: list[Path]) -> list[str]:
+    """A unique, file-system-safe case name per file: its stem, or - for stems that occur
+    more than once - the stem prefixed with as many parent folders as needed
+    (``a__x``), then the suffix (``x_png``), then a counter."""
+    stems = [_safe(f.stem) for f in files]
+    names = list(stems)
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(stems):
+        groups.setdefault(s.lower(), []).append(i)
+    for idxs in groups.values():
+        if len(idxs) < 2:
+            continue
+        parents = [[_safe(x) for x in files[i].resolve().parent.parts[1:]] for i in idxs]
+        depth = max(len(pp) for pp in parents)
+        chosen = None
+        for k in range(1, depth + 1):
+            cand = ["__".join(pp[-k:] + [stems[i]]) for pp, i in zip(parents, idxs, strict=True)]
+            if len({c.lower() for c in cand}) == len(cand):
+                chosen = cand
+                break
+        if chosen is None:
+            chosen = [f"{stems[i]}_{_safe(files[i].suffix.lstrip('.')) or 'x'}" for i in idxs]
+        for i, c in zip(idxs, chosen, strict=True):
+            names[i] = c
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        base, k = n, 2
+        while n.lower() in seen:
+            n = f"{base}_{k}"
+            k += 1
+        seen.add(n.lower())
+        names[i] = n
+    return names
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class DecodeDataset:
+    """Map-style dataset for a torch ``DataLoader``: reads one image and pre-processes it
+    to the model's input size. Errors are returned (not raised) so one bad file does not
+    stop the loader. Only the small model input travels back to the main process."""
+
+    def __init__(self, paths: list[str], size: int):
+        self.paths = [str(p) for p in paths]
+        self.size = int(size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        from .io import read_image
+        from .transforms import image_to_input
+
+        path = self.paths[i]
+        try:
+            img = read_image(path)
+            x, info = image_to_input(img.data, self.size)
+            return {
+                "i": i,
+                "input": x,
+                "info": (info.top, info.left, info.rows, info.cols),
+                "shape": tuple(int(s) for s in img.data.shape),
+                "spacing": None if img.spacing is None else tuple(float(s) for s in img.spacing),
+                "error": None,
+            }
+        except Exception as exc:  # reported per file, the run goes on
+            return {"i": i, "error": _reason(exc)}
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc).strip() or type(exc).__name__
+    return msg if isinstance(exc, ValueError) else f"{type(exc).__name__}: {msg}"
+
+
+def _collate(batch):
+    return batch
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """``min(4, CPUs // 2)``, at least 1."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _append_lines(path: Path, text: str, header: str | None = None) -> None:
+    """Append complete lines with one ``write`` on an ``O_APPEND`` descriptor (a kill
+    cannot leave half a line); write ``header`` first if the file is new or empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if header is not None and os.fstat(fd).st_size == 0:
+            text = header + text
+        data = text.encode("utf-8")
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+    finally:
+        os.close(fd)
+
+
+def _csv_text(rows, columns) -> str:
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def _header(columns) -> str:
+    return ",".join(columns) + "\n"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from .io import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def read_markers(out_dir: Path) -> dict[str, dict]:
+    """Case -> done-marker of every readable ``.done/*.json`` under ``out_dir``."""
+    d = Path(out_dir) / ".done"
+    out = {}
+    if not d.is_dir():
+        return out
+    for f in sorted(d.glob("*.json")):
+        try:
+            m = json.loads(f.read_text(encoding="utf-8"))
+            if isinstance(m, dict) and isinstance(m.get("rows"), list) and m.get("case") == f.stem:
+                out[f.stem] = m
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def rebuild_csv(out_dir: Path) -> int:
+    """Rewrite ``predictions.csv`` (atomically) from the done-markers; returns the row count."""
+    out_dir = Path(out_dir)
+    rows = []
+    order = {r: i for i, r in enumerate(REGIONS)}
+    for _case, m in sorted(read_markers(out_dir).items()):
+        rows += sorted(m["rows"], key=lambda r: order.get(r.get("region"), 99))
+    _write_text_atomic(
+        out_dir / "predictions.csv", _header(CSV_COLUMNS) + _csv_text(rows, CSV_COLUMNS)
+    )
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class PredictSummary:
+    """What a :func:`run_predict` call did."""
+
+    out_dir: Path
+    total: int = 0
+    predicted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.predicted / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass
+class _Case:
+    name: str
+    path: Path
+    source: str
+
+
+class _Runner:
+    def __init__(
+        self,
+        predictor,
+        out_dir: Path,
+        regions,
+        thresholds,
+        *,
+        heatmaps,
+        heatmap_png,
+        postprocess,
+        mask_format,
+        log,
+    ):
+        self.pred = predictor
+        self.out = out_dir
+        self.regions = regions
+        self.th = thresholds
+        self.heatmaps = heatmaps
+        self.heatmap_png = heatmap_png
+        self.postprocess = postprocess
+        self.mask_format = mask_format
+        self.log = log
+        self.lock = threading.Lock()
+        self.errors: list[tuple[str, str, str]] = []
+        self.old_markers: dict[str, dict] = {}
+        self.done = 0
+
+    # paths
+    def mask_path(self, region, case):
+        return self.out / "masks" / region / f"{case}.{self.mask_format}"
+
+    def heat_path(self, region, case, ext="npy"):
+        return self.out / "heatmaps" / region / f"{case}.{ext}"
+
+    def marker_path(self, case):
+        return self.out / ".done" / f"{case}.json"
+
+    def settings(self) -> dict:
+        return {"model_id": self.pred.model_id, "postprocess": bool(self.postprocess)}
+
+    def is_done(self, c: _Case, marker: dict | None) -> bool:
+        if not marker or marker.get("version") != MARKER_VERSION:
+            return False
+        if marker.get("source") != c.source or marker.get("model_id") != self.pred.model_id:
+            return False
+        if bool(marker.get("postprocess")) != bool(self.postprocess):
+            return False
+        th = marker.get("thresholds") or {}
+        have = {r.get("region") for r in marker.get("rows", [])}
+        for r in self.regions:
+            if r not in have or th.get(r) != self.th[r]:
+                return False
+            if not self.mask_path(r, c.name).is_file():
+                return False
+            if self.heatmaps and not self.heat_path(r, c.name).is_file():
+                return False
+            if self.heatmap_png and not self.heat_path(r, c.name, "png").is_file():
+                return False
+        return True
+
+    def error(self, path, case, reason):
+        with self.lock:
+            self.errors.append((str(path), case, reason))
+            _append_lines(
+                self.out / "errors.csv",
+                _csv_text([{"path": str(path), "case": case, "reason": reason}], ERROR_COLUMNS),
+                header=_header(ERROR_COLUMNS),
+            )
+        self.log(
+            f"cxrseg predict: {reason}"
+            if str(path) in reason
+            else f"cxrseg predict: {path}: {reason}"
+        )
+
+    # one batch: native resolution, threshold, clean up, write
+    def finish(self, items: list[tuple[_Case, dict]], prob) -> int:
+        import torch
+
+        from .postprocess import postprocess as clean
+
+        rows_all = []
+        th = torch.tensor(
+            [self.th[r] for r in self.regions], dtype=torch.float32, device=prob.device
+        ).view(-1, 1, 1)
+        for k, (c, item) in enumerate(items):
+            try:
+                rows_all += self._finish_one(c, item, prob[k], th, clean)
+            except Exception as exc:
+                self.error(c.path, c.name, f"writing outputs failed: {_reason(exc)}")
+        if rows_all:
+            with self.lock:
+                _append_lines(
+                    self.out / "predictions.csv",
+                    _csv_text(rows_all, CSV_COLUMNS),
+                    header=_header(CSV_COLUMNS),
+                )
+        return len(items)
+
+    def _finish_one(self, c: _Case, item: dict, prob, th, clean) -> list[dict]:
+        import torch
+
+        from .io import atomic_write, write_mask
+        from .transforms import PadInfo
+
+        info = PadInfo(*item["info"])
+        with torch.inference_mode():
+            native = self.pred.to_native(prob, info)  # (R, H, W) float32
+            masks_t = native >= th
+            heat = native.half().cpu().numpy() if self.heatmaps or self.heatmap_png else None
+            masks_np = masks_t.cpu().numpy()
+        masks = {r: masks_np[j] for j, r in enumerate(self.regions)}
+        if self.postprocess:
+            masks = clean(masks)
+        h, w = item["shape"]
+        sp = item["spacing"]
+        rows = []
+        for j, r in enumerate(self.regions):
+            write_mask(masks[r], self.mask_path(r, c.name))
+            if self.heatmaps:
+                arr = heat[j]
+                atomic_write(self.heat_path(r, c.name), lambda fh, a=arr: np.save(fh, a))
+            if self.heatmap_png:
+                from PIL import Image
+
+                im = Image.fromarray(np.rint(heat[j].astype(np.float32) * 255).astype(np.uint8))
+                atomic_write(
+                    self.heat_path(r, c.name, "png"), lambda fh, im=im: im.save(fh, format="PNG")
+                )
+            area = int(np.count_nonzero(masks[r]))
+            rows.append(
+                {
+                    "case": c.name,
+                    "source": c.source,
+                    "region": r,
+                    "area_px": area,
+                    "area_mm2": "" if sp is None else f"{area * sp[0] * sp[1]:.3f}",
+                    "height": h,
+                    "width": w,
+                    "model_id": self.pred.model_id,
+                    "threshold": f"{self.th[r]:g}",
+                }
+            )
+        # keep rows of regions done earlier with the same source and model
+        old = self.old_markers.get(c.name)
+        thresholds = {r: self.th[r] for r in self.regions}
+        if (
+            old
+            and old.get("source") == c.source
+            and old.get("model_id") == self.pred.model_id
+            and bool(old.get("postprocess")) == bool(self.postprocess)
+        ):
+            for row in old.get("rows", []):
+                r = row.get("region")
+                if r not in self.regions and r in REGIONS and self.mask_path(r, c.name).is_file():
+                    rows.append(row)
+                    thresholds[r] = (old.get("thresholds") or {}).get(r)
+        order = {r: i for i, r in enumerate(REGIONS)}
+        rows.sort(key=lambda x: order[x["region"]])
+        marker = {
+            "version": MARKER_VERSION,
+            "case": c.name,
+            "source": c.source,
+            "model_id": self.pred.model_id,
+            "model_path": str(self.pred.path),
+            "precision": self.pred.precision,
+            "postprocess": bool(self.postprocess),
+            "thresholds": thresholds,
+            "shape": [h, w],
+            "spacing": None if sp is None else list(sp),
+            "rows": rows,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        _write_text_atomic(self.marker_path(c.name), json.dumps(marker, indent=1))
+        with self.lock:
+            self.done += 1
+        return [r for r in rows if r["region"] in self.regions]
+
+
+def run_predict(
+    inputs,
+    out_dir,
+    *,
+    predictor,
+    regions=None,
+    thresholds=None,
+    heatmaps: bool = False,
+    heatmap_png: bool = False,
+    batch_size: int = 8,
+    workers: int | None = None,
+    postprocess: bool = True,
+    overwrite: bool = False,
+    mask_format: str = "png",
+    progress: bool = True,
+    overlap: bool = True,
+    log=None,
+) -> PredictSummary:
+    """Segment every image of ``inputs`` with ``predictor`` into ``out_dir`` (see the
+    module docstring for the layout and the resume rules).
+
+    Parameters
+    ----------
+    inputs : list of path-like
+        Files and folders (:func:`collect_inputs`).
+    out_dir : path-like
+    predictor : cxrseg.predict.Predictor
+    regions : optional
+        Regions to write (default: all the model predicts).
+    thresholds : float, str or dict, optional
+        See :func:`cxrseg.predict.parse_thresholds`; default the model's.
+    heatmaps, heatmap_png : bool
+        Write float16 ``.npy`` probability maps / 8-bit PNG previews.
+    batch_size : int
+        Images per forward pass.
+    workers : int, optional
+        DataLoader worker processes (``None``: :func:`default_workers`, 0 when the run
+        fits in one batch).
+    postprocess : bool
+        Largest component + hole filling (:func:`cxrseg.postprocess.postprocess`).
+    overwrite : bool
+        Recompute cases that are done.
+    mask_format : {"png", "gif"}
+    progress : bool
+        Show a tqdm bar.
+    overlap : bool
+        Write one batch's files in a thread while the next batch runs through the model.
+    log : callable, optional
+        Called with each error line (default: print to stderr).
+
+    Returns
+    -------
+    PredictSummary
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .predict import parse_thresholds
+
+    t_start = time.perf_counter()
+    if int(batch_size) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers is not None and int(workers) < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    if mask_format not in ("png", "gif"):
+        raise ValueError(f"mask format must be png or gif, got {mask_format!r}")
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    regs = predictor.select(regions)
+    th = parse_thresholds(thresholds, regs, default=predictor.thresholds)
+    files = collect_inputs(inputs, exclude=out_dir)
+    if not files:
+        raise FileNotFoundError(
+            f"no image found in {', '.join(map(str, inputs))} "
+            f"(expected {', '.join(IMAGE_SUFFIXES)} files)"
+        )
+    names = case_names(files)
+    cases = [_Case(n, f, str(f.resolve())) for n, f in zip(names, files, strict=True)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def _log(msg):
+        if log is not None:
+            log(msg)
+        else:
+            tqdm.write(msg, file=sys.stderr)
+
+    run = _Runner(
+        predictor,
+        out_dir,
+        regs,
+        th,
+        heatmaps=heatmaps,
+        heatmap_png=heatmap_png,
+        postprocess=postprocess,
+        mask_format=mask_format,
+        log=_log,
+    )
+    markers = read_markers(out_dir)
+    todo = [c for c in cases if overwrite or not run.is_done(c, markers.get(c.name))]
+    summary = PredictSummary(out_dir=out_dir, total=len(cases), skipped=len(cases) - len(todo))
+    # Markers of cases about to be recomputed go first (their rows would be duplicated).
+    for c in todo:
+        if c.name in markers:
+            run.old_markers[c.name] = markers[c.name]
+            run.marker_path(c.name).unlink(missing_ok=True)
+    (out_dir / "errors.csv").unlink(missing_ok=True)
+    rebuild_csv(out_dir)
+
+    if todo:
+        n_workers = default_workers() if workers is None else int(workers)
+        if workers is None and len(todo) <= batch_size:
+            n_workers = 0
+        n_workers = min(n_workers, len(todo))
+        ds = DecodeDataset([c.path for c in todo], predictor.input_size)
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=int(batch_size),
+            shuffle=False,
+            num_workers=n_workers,
+            collate_fn=_collate,
+            worker_init_fn=_worker_init if n_workers else None,
+            prefetch_factor=2 if n_workers else None,
+        )
+        bar = tqdm(
+            total=len(todo),
+            desc="predict",
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        pool = None
+        if overlap:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrseg-writer")
+        pending: deque = deque()
+
+        def drain(limit):
+            while len(pending) > limit:
+                fut, n = pending.popleft()
+                fut.result()
+                bar.update(n)
+
+        try:
+            for batch in loader:
+                good = []
+                n_bad = 0
+                for item in batch:
+                    c = todo[item["i"]]
+                    if item["error"] is not None:
+                        run.error(c.path, c.name, item["error"])
+                        n_bad += 1
+                    else:
+                        good.append((c, item))
+                bar.update(n_bad)
+                if not good:
+                    continue
+                try:
+                    prob = predictor.forward(
+                        np.stack([it["input"] for _, it in good]), regions=regs
+                    )
+                except Exception as exc:
+                    for c, _ in good:
+                        run.error(c.path, c.name, f"model failed: {_reason(exc)}")
+                    bar.update(len(good))
+                    continue
+                if pool is None:
+                    bar.update(run.finish(good, prob))
+                else:
+                    pending.append((pool.submit(run.finish, good, prob), len(good)))
+                    drain(1)
+            drain(0)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            bar.close()
+        rebuild_csv(out_dir)
+    summary.predicted = run.done
+    summary.errors = list(run.errors)
+    summary.failed = len({e[0] for e in run.errors})
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def run_cli(args) -> int:
+    from .predict import Predictor
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    collect_inputs(args.inputs, exclude=args.out)  # fail fast on missing inputs
+    predictor = Predictor(args.model, device=args.device, precision=args.precision)
+    if not args.quiet:
+        print(
+            f"model {predictor.path.name} ({predictor.model_id}), device {predictor.device}, "
+            f"precision {predictor.precision}",
+            file=sys.stderr,
+        )
+    s = run_predict(
+        args.inputs,
+        args.out,
+        predictor=predictor,
+        regions=args.regions,
+        thresholds=args.threshold,
+        heatmaps=args.heatmaps,
+        heatmap_png=args.heatmap_png,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        postprocess=args.postprocess,
+        overwrite=args.overwrite,
+        mask_format=args.mask_format,
+        progress=not args.quiet,
+    )
+    print(
+        f"{s.total} image(s): {s.predicted} segmented, {s.skipped} already done, {s.failed} failed "
+        f"-> {s.out_dir}" + (f" (see {s.out_dir / 'errors.csv'})" if s.failed else "")
+    )
+    return 1 if s.failed else 0

@@ -1,0 +1,98 @@
+"""``cxrseg bench``: the smoke mode runs and prints every ratio line."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from _tiny_model import make_tiny_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _bench(*argv):
+    from cxrseg.cli import main
+
+    return main(["bench", *map(str, argv)])
+
+
+def test_smoke_prints_all_ratios(tmp_path, capsys):
+    rc = _bench("--smoke", "--json", tmp_path / "bench.json")
+    assert rc == 0
+    text = capsys.readouterr().out
+    # [1] five per-region models vs one pass, with speed-ups
+    assert "5 per-region U-Nets, fp32, eager, batch 1, contiguous" in text
+    assert re.search(r"speed-up of the engine at batch 1 .*: x\d+\.\d\d", text)
+    # [2] counted FLOPs and model vs matmul throughput
+    assert re.search(r"FlopCounterMode counts \d+\.\d\d GFLOPs per 64x64 image", text)
+    assert re.search(r"fp32 batch 1 : model +\d+\.\d GFLOP/s .* matmul/model x\d+\.\d\d", text)
+    assert re.search(r"bf16 batch 8 : model", text)
+    # [3] decode and [4] folder throughput
+    assert re.search(
+        r"read_jsrt_img \+ image_to_input +\d+\.\d ms +x\d+\.\d the bare fromfile", text
+    )
+    assert re.search(r"with workers vs fully serial: x\d+\.\d\d", text)
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert set(res) >= {"env", "models", "flops", "decode", "folder"}
+    assert res["models"]["poster"]["speedup_vs_poster"] == pytest.approx(1.0)
+    assert all(v["ms_per_case"] > 0 for v in res["models"].values())
+    assert res["flops"]["counter_unit"] == "FLOPs"
+    assert res["flops"]["flops_per_image"] > 0
+
+
+def test_flop_counter_convention():
+    import torch
+
+    from cxrseg.bench import count_flops, flop_convention
+
+    assert flop_convention() == "FLOPs"
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    n = count_flops(lambda: conv(torch.zeros(2, 4, 10, 10)))
+    assert n == 2 * (2 * 10 * 10) * 6 * 4 * 9
+
+
+def test_accuracy_section_on_phantoms(tmp_path, capsys):
+    from cxrseg.phantom import write_phantom_case
+
+    root = tmp_path / "data"
+    for i in (1, 2):
+        write_phantom_case(root, f"PH{i}", i, image_format="png", size=64)
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    rc = _bench(
+        "--smoke",
+        "--only",
+        "accuracy",
+        "--accuracy-data",
+        root,
+        "--model",
+        ckpt,
+        "--json",
+        tmp_path / "acc.json",
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "[5] bf16 vs fp32 on 2 real cases" in text
+    assert re.search(r"largest \|mean Jaccard change\| \d\.\d{5} < 0\.002: (yes|NO)", text)
+    acc = json.loads((tmp_path / "acc.json").read_text())["accuracy"]
+    assert set(acc["regions"]) == {
+        "heart",
+        "left_clavicle",
+        "right_clavicle",
+        "left_lung",
+        "right_lung",
+    }
+    assert all(0.0 <= v["agreement_mean"] <= 1.0 for v in acc["regions"].values())
+
+
+def test_bad_options_are_usage_errors(capsys):
+    assert _bench("--smoke", "--only", "nonsense") == 2
+    assert "unknown sections" in capsys.readouterr().err
