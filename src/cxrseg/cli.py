@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("cxrseg.predict_cli", "segment images and folders; write masks, heatmaps and a CSV"),
     "finetune": ("cxrseg.finetune", "fine-tune a checkpoint on corrected masks with replay"),
     "bench": ("cxrseg.bench", "benchmark the prediction engine against the poster's approach"),
+    "export": ("cxrseg.export", "write a checkpoint for shipping (fp16, evaluation summary in metadata)"),
     "samples": ("cxrseg.phantom", "write synthetic phantom cases in the JSRT/SCR layout"),
 }
 
