@@ -234,3 +234,25 @@ def test_weights_must_match_config(tmp_path):
     save_file(tensors, str(bad), metadata={"cxrseg": json.dumps(meta)})
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         load_checkpoint(bad)
+
+
+def test_header_length_with_pickle_like_first_byte_loads(tmp_path):
+    """A safetensors header length whose low byte is 0x80 (a pickle's first byte) or whose
+    first bytes spell 'PK' must still load: the format is recognised before sniffing."""
+    import torch
+
+    from cxrseg.config import ModelConfig
+    from cxrseg.model import build_model, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64)
+    model = build_model(cfg)
+    path = tmp_path / "m.safetensors"
+    for pad in range(600):
+        save_checkpoint(model, cfg, path, metadata={"pad": "." * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        raise AssertionError("could not produce a header length with low byte 0x80")
+    ck = load_checkpoint(path)
+    assert ck.config.regions == cfg.regions

@@ -223,8 +223,8 @@ def _discover(root: Path):
         dirnames.sort()
         keep = []
         for d in dirnames:
-            if _is_hidden(d):
-                continue
+            if _is_hidden(d) or d.lower() == "corrections":
+                continue  # hidden folders and a corrections store are not ground truth
             if d.lower() == _MASKS_DIR:
                 _scan_masks_dir(Path(dirpath) / d, masks)
                 continue

@@ -166,15 +166,16 @@ def _check_safetensors_file(path: Path) -> None:
         head = fh.read(16)
     if len(head) < 10:
         raise CheckpointError(f"checkpoint {path}: empty or truncated; expected a .safetensors file")
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    n = int.from_bytes(head[:8], "little")
+    if 2 <= n <= 100_000_000 and head[8:9] == b"{":
+        return  # a safetensors header: 8-byte little-endian length, then JSON
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         raise CheckpointError(
             f"checkpoint {path} is a pickle/torch.save file; cxrseg loads only .safetensors "
             "checkpoints, because unpickling can run arbitrary code. Convert trusted weights "
             "with safetensors.torch.save_file(state_dict, 'model.safetensors')."
         )
-    n = int.from_bytes(head[:8], "little")
-    if not 2 <= n <= 100_000_000 or head[8:9] != b"{":
-        raise CheckpointError(f"checkpoint {path}: not a safetensors file (bad header)")
+    raise CheckpointError(f"checkpoint {path}: not a safetensors file (bad header)")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

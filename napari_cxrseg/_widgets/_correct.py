@@ -1,0 +1,734 @@
+"""Correct masks by hand, save them as versioned corrections, fine-tune on them.
+
+The dock works on the viewer's :class:`~._state.Session` (current case, prediction,
+ground truth, model):
+
+* **Edit** turns the prediction (or the ground truth) of the chosen regions into one
+  editable Labels layer per region, ``"<case> edit <region>"``, whose value is the
+  region's label value; it is selected in paint mode, so napari's paint, erase, fill,
+  polygon and undo do the editing. An existing edit layer is never replaced (no stroke
+  is lost); delete it to start again.
+* **Save correction** writes every edit layer of the case that changed since it was
+  last saved into the :class:`cxrseg.corrections.CorrectionStore` of the dataset (a
+  new version each time; the ground truth is never touched) and reports the version
+  and the IoU against the prediction and the ground truth.
+* Unsaved edits are **autosaved** every few seconds (only layers that changed since the
+  last autosave) to :class:`cxrseg.corrections.AutosaveStore`, and right before the case
+  changes. When a case with an autosaved edit is loaded (after a crash or a restart),
+  a **Restore unsaved edit (time)** button offers it back.
+* **Fine-tune** runs :func:`cxrseg.finetune.finetune_iter` in a napari thread worker with
+  a progress bar and a **Cancel** button; when a new model was written, **Use new model
+  and re-predict** switches the session to it and predicts the current case again.
+
+Torch is imported only inside the worker (by :mod:`cxrseg.finetune`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QFont
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cxrseg.regions import DISPLAY_NAMES, LABEL_VALUES, REGIONS, canonical_region
+
+from ._common import notify_error, notify_info, start_worker
+from ._state import get_session
+
+log = logging.getLogger("napari_cxrseg")
+
+__all__ = ["CorrectWidget"]
+
+SOURCES = ("prediction", "ground truth")
+
+
+def _fingerprint(data) -> int:
+    a = np.ascontiguousarray(np.asarray(data) != 0)
+    return zlib.crc32(np.packbits(a, axis=None).tobytes()) ^ (a.shape[0] << 16) ^ a.shape[1]
+
+
+def _finetune_job(params: dict, holder: dict):
+    """Worker body: drive :func:`cxrseg.finetune.finetune_iter`, yield small events.
+
+    ``holder["gen"]`` keeps the inner generator so that a cancel can close it (which
+    stops training and removes its temporary files).
+    """
+    from cxrseg.finetune import finetune_iter
+
+    gen = finetune_iter(**params)
+    holder["gen"] = gen
+    result = None
+    try:
+        for ev in gen:
+            if ev["kind"] == "done":
+                result = ev["result"]
+                continue
+            yield {k: v for k, v in ev.items() if k != "model"}
+    finally:
+        gen.close()
+    return result
+
+
+class CorrectWidget(QWidget):
+    """Dock widget: edit, save and autosave corrections; fine-tune on them.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    #: Autosave period (milliseconds).
+    autosave_interval_ms = 3000
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        #: layer name -> {"saved": fingerprint at the last save (None: never),
+        #:                "autosaved": fingerprint at the last autosave}
+        self._track: dict[str, dict[str, Any]] = {}
+        self._stores: dict[tuple, Any] = {}
+        self._worker = None
+        self._job: dict = {}
+        self._cancelled = False
+        self.last_result = None
+        self.new_model: Path | None = None
+        self.last_saved: list = []
+
+        layout = QVBoxLayout(self)
+        self.case_label = QLabel("no case loaded")
+        layout.addWidget(self.case_label)
+
+        # -- editing
+        edit_box = QGroupBox("Correct")
+        eg = QVBoxLayout(edit_box)
+        grid = QGridLayout()
+        self.region_boxes: dict[str, QCheckBox] = {}
+        for i, r in enumerate(REGIONS):
+            cb = QCheckBox(DISPLAY_NAMES[r])
+            cb.setToolTip(f"edit the {DISPLAY_NAMES[r]} mask (label value {LABEL_VALUES[r]})")
+            self.region_boxes[r] = cb
+            grid.addWidget(cb, i // 2, i % 2)
+        eg.addLayout(grid)
+        form = QFormLayout()
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(SOURCES)
+        self.source_combo.setToolTip(
+            "start the edit from the model's prediction or from the ground truth"
+        )
+        form.addRow("start from", self.source_combo)
+        self.annotator_edit = QLineEdit(_default_annotator())
+        form.addRow("annotator", self.annotator_edit)
+        eg.addLayout(form)
+        row = QHBoxLayout()
+        self.edit_button = QPushButton("Edit")
+        self.edit_button.setToolTip(
+            "one editable Labels layer per chosen region (paint, erase, fill, polygon, undo)"
+        )
+        self.save_button = QPushButton("Save correction")
+        self.save_button.setToolTip("save the changed edit layers as new correction versions")
+        row.addWidget(self.edit_button)
+        row.addWidget(self.save_button)
+        eg.addLayout(row)
+        self.restore_button = QPushButton("Restore unsaved edit")
+        self.discard_button = QPushButton("Discard")
+        row2 = QHBoxLayout()
+        row2.addWidget(self.restore_button)
+        row2.addWidget(self.discard_button)
+        eg.addLayout(row2)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        eg.addWidget(self.status_label)
+        layout.addWidget(edit_box)
+
+        # -- fine-tuning
+        ft_box = QGroupBox("Fine-tune on corrections")
+        fg = QFormLayout(ft_box)
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 200)
+        self.epochs_spin.setValue(5)
+        fg.addRow("epochs", self.epochs_spin)
+        self.replay_spin = QDoubleSpinBox()
+        self.replay_spin.setRange(0.0, 20.0)
+        self.replay_spin.setSingleStep(0.5)
+        self.replay_spin.setValue(2.0)
+        self.replay_spin.setToolTip(
+            "replay samples of the original training data per correction sample"
+        )
+        fg.addRow("replay ratio", self.replay_spin)
+        self.tolerance_spin = QDoubleSpinBox()
+        self.tolerance_spin.setDecimals(3)
+        self.tolerance_spin.setRange(0.0, 1.0)
+        self.tolerance_spin.setSingleStep(0.001)
+        self.tolerance_spin.setValue(0.005)
+        self.tolerance_spin.setToolTip("largest allowed fall of any region's validation IoU")
+        fg.addRow("tolerance", self.tolerance_spin)
+        self.force_check = QCheckBox("write even if validation gets worse")
+        fg.addRow(self.force_check)
+        row3 = QHBoxLayout()
+        self.finetune_button = QPushButton("Fine-tune")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        row3.addWidget(self.finetune_button)
+        row3.addWidget(self.cancel_button)
+        fg.addRow(row3)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        fg.addRow(self.progress)
+        self.report_label = QLabel("")
+        self.report_label.setFont(QFont("monospace"))
+        self.report_label.setWordWrap(False)
+        self.report_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        fg.addRow(self.report_label)
+        self.use_model_button = QPushButton("Use new model and re-predict")
+        self.use_model_button.setVisible(False)
+        fg.addRow(self.use_model_button)
+        layout.addWidget(ft_box)
+        layout.addStretch(1)
+
+        self.edit_button.clicked.connect(lambda: self.edit())
+        self.save_button.clicked.connect(lambda: self.save())
+        self.restore_button.clicked.connect(lambda: self.restore())
+        self.discard_button.clicked.connect(lambda: self.discard_pending())
+        self.finetune_button.clicked.connect(lambda: self.start_finetune())
+        self.cancel_button.clicked.connect(lambda: self.cancel_finetune())
+        self.use_model_button.clicked.connect(lambda: self.use_new_model())
+
+        s = self.session
+        s.case_about_to_change.connect(self._on_case_about_to_change)
+        s.case_changed.connect(self._on_case_changed)
+        s.dataset_changed.connect(self._on_dataset_changed)
+        self._timer = QTimer(self)
+        self._timer.setInterval(int(self.autosave_interval_ms))
+        self._timer.timeout.connect(self._on_timer)
+        self._timer.start()
+        callbacks = (self._on_case_about_to_change, self._on_case_changed, self._on_dataset_changed)
+        self.destroyed.connect(lambda *_a, s=s, cb=callbacks: _disconnect(s, cb))
+        self._on_case_changed(s.case_id)
+
+    # ------------------------------------------------------------------ stores
+    def _workdir(self) -> Path:
+        from cxrseg.workspace import home, workdir
+
+        root = self.session.dataset_root
+        return workdir(root) if root is not None else home() / "no-dataset"
+
+    def store_root(self) -> Path:
+        """The corrections store of the open dataset (``<dataset>/corrections/``)."""
+        from cxrseg.workspace import corrections_dir, home
+
+        root = self.session.dataset_root
+        return corrections_dir(root) if root is not None else home() / "no-dataset" / "corrections"
+
+    def models_dir(self) -> Path:
+        """Where fine-tuned models are written (``<workdir>/models/``)."""
+        return self._workdir() / "models"
+
+    def correction_store(self):
+        """The :class:`cxrseg.corrections.CorrectionStore` of the open dataset."""
+        from cxrseg.corrections import CorrectionStore
+
+        key = (str(self.store_root()), str(self.session.dataset_root))
+        if key not in self._stores:
+            self._stores[key] = CorrectionStore(
+                self.store_root(), dataset_root=self.session.dataset_root
+            )
+        return self._stores[key]
+
+    def autosave_store(self):
+        """The :class:`cxrseg.corrections.AutosaveStore` of the open dataset."""
+        from cxrseg.corrections import AutosaveStore
+
+        return AutosaveStore(self._workdir())
+
+    # ------------------------------------------------------------------ helpers
+    def selected_regions(self) -> tuple[str, ...]:
+        return tuple(r for r in REGIONS if self.region_boxes[r].isChecked())
+
+    def set_regions(self, regions) -> None:
+        """Tick exactly these regions."""
+        from cxrseg.regions import parse_regions
+
+        chosen = set(parse_regions(regions)) if regions else set()
+        for r, cb in self.region_boxes.items():
+            cb.setChecked(r in chosen)
+
+    def edit_layers(self) -> dict[str, Any]:
+        """Region -> edit layer of the current case."""
+        s = self.session
+        out = {}
+        if s.case_id is None:
+            return out
+        for r in REGIONS:
+            name = s.layer_name("edit", r)
+            if name in self.viewer.layers:
+                out[r] = self.viewer.layers[name]
+        return out
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    def _scale(self):
+        img = self.session.image
+        if img is not None and img.spacing:
+            return tuple(float(x) for x in img.spacing)
+        return (1.0, 1.0)
+
+    def _add_edit_layer(
+        self, region: str, mask: np.ndarray, source: str, *, saved_fp=None, restored=False
+    ):
+        from napari_cxrseg._layers import labels_layer_tuple
+
+        s = self.session
+        name = s.layer_name("edit", region)
+        value = LABEL_VALUES[region]
+        data = np.where(np.asarray(mask, bool), value, 0).astype(np.uint8)
+        md = {
+            "kind": "edit",
+            "case_id": s.case_id,
+            "region": region,
+            "source": source,
+            "model_id": s.model_id,
+            "label_value": value,
+        }
+        data, kw, _lt = labels_layer_tuple(
+            data, name, scale=self._scale(), metadata=md, opacity=0.6
+        )
+        layer = self.viewer.add_labels(data, **kw)
+        layer.selected_label = value
+        layer.brush_size = max(3, int(round(max(data.shape) / 100)))
+        layer.mode = "paint"
+        self.viewer.layers.selection.active = layer
+        fp = _fingerprint(layer.data)
+        self._track[name] = {
+            "saved": fp if saved_fp == "now" else saved_fp,
+            "autosaved": fp,
+            "restored": restored,
+        }
+        return layer
+
+    # ------------------------------------------------------------------ edit
+    def edit(self, regions=None, source: str | None = None) -> list:
+        """Create (or select) the edit layers of ``regions`` (default: the ticked ones).
+
+        ``source`` is ``"prediction"`` or ``"ground truth"`` (default: the combo box).
+        Returns the edit layers.
+        """
+        s = self.session
+        try:
+            if s.case_id is None or s.image is None:
+                raise ValueError("no case is loaded: open a dataset and pick a case first")
+            if regions is not None:
+                self.set_regions(regions)
+            chosen = self.selected_regions()
+            if not chosen:
+                raise ValueError("tick at least one region to edit")
+            source = source or self.source_combo.currentText()
+            if source not in SOURCES:
+                raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+            if source == "prediction":
+                if s.probs is None:
+                    raise ValueError(
+                        f"{s.case_id} has no prediction yet: predict it first, or start from the "
+                        "ground truth"
+                    )
+                base = s.prediction_masks() or dict(s.masks or {})
+            else:
+                if not s.truth:
+                    raise ValueError(f"{s.case_id} has no ground truth; start from the prediction")
+                base = dict(s.truth)
+            layers = []
+            existing = self.edit_layers()
+            for r in chosen:
+                if r in existing:  # never replace an edit in progress
+                    layers.append(existing[r])
+                    continue
+                m = base.get(r)
+                if m is None:
+                    if source == "prediction" and s.probs is not None and r not in s.probs:
+                        raise ValueError(
+                            f"the prediction has no {r}: the model does not predict it"
+                        )
+                    m = np.zeros(s.image.shape, bool)
+                layers.append(self._add_edit_layer(r, m, source))
+            if layers:
+                self.viewer.layers.selection.active = layers[-1]
+                layers[-1].mode = "paint"
+            self._set_status(
+                f"editing {', '.join(ly.name for ly in layers)}: paint (P), erase (E), fill (F), "
+                "polygon, undo (Ctrl+Z); then Save correction"
+            )
+            return layers
+        except (ValueError, KeyError) as exc:
+            notify_error("Edit failed", exc)
+            return []
+
+    # ------------------------------------------------------------------ save
+    def save(self) -> list:
+        """Save the changed edit layers of the current case; return the new versions."""
+        s = self.session
+        try:
+            layers = self.edit_layers()
+            if not layers:
+                raise ValueError("nothing to save: click Edit first")
+            todo = {
+                r: ly
+                for r, ly in layers.items()
+                if self._track.get(ly.name, {}).get("saved") != _fingerprint(ly.data)
+            }
+            if not todo:
+                self._set_status("no change since the last save")
+                return []
+            store = self.correction_store()
+            autos = self.autosave_store()
+            annotator = self.annotator_edit.text().strip() or None
+            image_path = getattr(s.image, "path", None) or getattr(s.case, "image_path", None)
+            saved = []
+            for r, ly in todo.items():
+                data = np.asarray(ly.data)
+                mask = data != 0
+                fp = _fingerprint(data)
+                pred = (s.masks or {}).get(r)
+                truth = (s.truth or {}).get(r)
+                md = ly.metadata.get("cxrseg", {})
+                v = store.save(
+                    s.case_id,
+                    r,
+                    mask,
+                    prediction=pred,
+                    truth=truth,
+                    model_id=md.get("model_id") or s.model_id,
+                    annotator=annotator,
+                    image_path=image_path,
+                    extra={
+                        "source": md.get("source"),
+                        "label_value": LABEL_VALUES[r],
+                        "spacing": list(s.image.spacing) if s.image.spacing else None,
+                    },
+                )
+                self._track.setdefault(ly.name, {})["saved"] = fp
+                self._track[ly.name]["autosaved"] = fp
+                autos.discard(s.case_id, r)
+                saved.append(v)
+            self.last_saved = saved
+            msgs = []
+            for v in saved:
+                parts = [f"{v.region} v{v.version:03d}"]
+                if v.meta.get("iou_prediction") is not None:
+                    parts.append(f"IoU vs prediction {v.meta['iou_prediction']:.3f}")
+                if v.meta.get("iou_truth") is not None:
+                    parts.append(f"vs ground truth {v.meta['iou_truth']:.3f}")
+                if v.meta.get("pixels_changed") is not None:
+                    parts.append(f"{v.meta['pixels_changed']} px changed")
+                msgs.append(", ".join(parts))
+            text = f"Saved {s.case_id}: " + "; ".join(msgs)
+            self._set_status(text)
+            notify_info(text)
+            self._refresh_restore()
+            return saved
+        except (ValueError, OSError) as exc:
+            notify_error("Save correction failed", exc)
+            return []
+
+    # ------------------------------------------------------------------ autosave
+    def autosave_now(self, case_id: str | None = None) -> list[Path]:
+        """Autosave the edit layers that changed since their last autosave; return the files."""
+        s = self.session
+        cid = case_id or s.case_id
+        if cid is None:
+            return []
+        written = []
+        autos = None
+        for r in REGIONS:
+            name = s.layer_name("edit", r, case_id=cid)
+            if name not in self.viewer.layers:
+                continue
+            ly = self.viewer.layers[name]
+            tr = self._track.setdefault(name, {"saved": None, "autosaved": None})
+            fp = _fingerprint(ly.data)
+            if fp == tr.get("autosaved"):
+                continue
+            autos = autos or self.autosave_store()
+            try:
+                if fp == tr.get("saved"):  # back to the saved state: nothing unsaved
+                    autos.discard(cid, r)
+                else:
+                    md = ly.metadata.get("cxrseg", {})
+                    written.append(
+                        autos.save(
+                            cid,
+                            r,
+                            np.asarray(ly.data) != 0,
+                            source=md.get("source"),
+                            model_id=md.get("model_id"),
+                        )
+                    )
+                tr["autosaved"] = fp
+            except (OSError, ValueError) as exc:  # keep editing; tell the user once per failure
+                notify_error(f"Autosave of {name} failed", exc)
+        return written
+
+    def _on_timer(self) -> None:
+        try:
+            self.autosave_now()
+        except Exception as exc:  # noqa: BLE001 - a timer must never raise into Qt
+            log.exception("autosave failed")
+            self._set_status(f"autosave failed: {exc}")
+
+    def _on_case_about_to_change(self, old_case) -> None:
+        # the session is about to remove this case's layers: keep every unsaved stroke
+        try:
+            self.autosave_now(old_case)
+        except Exception as exc:  # noqa: BLE001
+            notify_error("Autosave before changing case failed", exc)
+        for name in [n for n in self._track if n.startswith(f"{old_case} edit ")]:
+            self._track.pop(name, None)
+
+    def _on_case_changed(self, case_id) -> None:
+        self.case_label.setText(f"case: {case_id}" if case_id else "no case loaded")
+        self._refresh_restore()
+
+    def _on_dataset_changed(self, _root) -> None:
+        self._stores.clear()
+        self._refresh_restore()
+
+    def pending(self) -> list:
+        """Autosaved edits of the current case that have no edit layer open."""
+        s = self.session
+        if s.case_id is None:
+            return []
+        try:
+            entries = self.autosave_store().pending(s.case_id)
+        except OSError:
+            return []
+        open_ = self.edit_layers()
+        return [e for e in entries if e.region not in open_]
+
+    def _refresh_restore(self) -> None:
+        entries = self.pending()
+        if entries:
+            when = max(e.time for e in entries)
+            t = when.replace("T", " ").replace("+00:00", " UTC")
+            regs = ", ".join(e.region for e in entries)
+            self.restore_button.setText(f"Restore unsaved edit ({t})")
+            self.restore_button.setToolTip(f"autosaved, not saved: {regs}")
+        self.restore_button.setVisible(bool(entries))
+        self.discard_button.setVisible(bool(entries))
+        self.restore_button.setEnabled(bool(entries))
+
+    def restore(self) -> list:
+        """Reopen the autosaved edits of the current case as edit layers."""
+        s = self.session
+        layers = []
+        try:
+            autos = self.autosave_store()
+            for e in self.pending():
+                r = canonical_region(e.region)
+                mask = autos.restore(s.case_id, r)
+                if s.image is not None and mask.shape != s.image.shape:
+                    raise ValueError(
+                        f"autosaved {r} edit has shape {mask.shape}, the image {s.image.shape}"
+                    )
+                name = s.layer_name("edit", r)
+                if name in self.viewer.layers:
+                    self.viewer.layers.remove(self.viewer.layers[name])
+                layers.append(
+                    self._add_edit_layer(r, mask, e.meta.get("source") or "autosave", restored=True)
+                )
+            if layers:
+                self._set_status(
+                    f"restored unsaved edit of {', '.join(ly.name for ly in layers)}; "
+                    "save it to keep it"
+                )
+        except (ValueError, KeyError, OSError) as exc:
+            notify_error("Restore failed", exc)
+        self._refresh_restore()
+        return layers
+
+    def discard_pending(self) -> None:
+        """Delete the autosaved edits of the current case."""
+        s = self.session
+        autos = self.autosave_store()
+        for e in self.pending():
+            autos.discard(s.case_id, e.region)
+        self._refresh_restore()
+
+    # ------------------------------------------------------------------ fine-tune
+    def finetune_params(self) -> dict:
+        """Arguments of :func:`cxrseg.finetune.finetune_iter` from the session and the form."""
+        import datetime as _dt
+
+        s = self.session
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        return {
+            "corrections": self.store_root(),
+            "checkpoint": s.checkpoint,
+            "out": self.models_dir() / f"finetuned-{stamp}.safetensors",
+            "data_root": s.dataset_root,
+            "replay_ratio": float(self.replay_spin.value()),
+            "epochs": int(self.epochs_spin.value()),
+            "tolerance": float(self.tolerance_spin.value()),
+            "force": bool(self.force_check.isChecked()),
+            "device": s.device or "auto",
+        }
+
+    def start_finetune(self, **overrides):
+        """Start fine-tuning in a worker (``overrides`` update :meth:`finetune_params`);
+        return the worker (``None`` when run synchronously or when it cannot start)."""
+        if self._worker is not None:
+            notify_info("fine-tuning is already running")
+            return None
+        try:
+            self.autosave_now()
+            params = self.finetune_params()
+            params.update(overrides)
+            if not Path(params["corrections"]).is_dir():
+                raise ValueError(
+                    f"no corrections saved yet (store {params['corrections']} is empty)"
+                )
+        except (ValueError, OSError) as exc:
+            notify_error("Fine-tune failed", exc)
+            return None
+        self._job = {}
+        self._cancelled = False
+        self.last_result = None
+        self.new_model = None
+        self.use_model_button.setVisible(False)
+        self.report_label.setText("")
+        self.progress.setValue(0)
+        self.finetune_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._set_status("fine-tuning...")
+        worker = start_worker(
+            _finetune_job,
+            params,
+            self._job,
+            context="Fine-tune",
+            yielded=self._on_event,
+            returned=self._on_done,
+            finished=self._on_finished,
+            progress=False,
+            sync=self.session.synchronous,
+        )
+        self._worker = worker
+        if worker is not None and hasattr(worker, "aborted"):
+            worker.aborted.connect(self._on_aborted)
+        return worker
+
+    def cancel_finetune(self) -> None:
+        """Stop the running fine-tuning (between two training steps)."""
+        if self._worker is None:
+            return
+        self._cancelled = True
+        self.cancel_button.setEnabled(False)
+        self._set_status("cancelling...")
+        self._worker.quit()
+
+    def _on_aborted(self) -> None:
+        gen = self._job.get("gen")
+        if gen is not None:
+            try:
+                gen.close()  # stops training, removes the temporary folder
+            except Exception:  # noqa: BLE001
+                log.exception("closing the fine-tuning generator")
+        self._set_status("fine-tuning cancelled; nothing was written")
+
+    def _on_event(self, ev: dict) -> None:
+        kind = ev.get("kind")
+        if kind == "stage":
+            self._set_status(ev.get("message", ""))
+        elif kind == "start":
+            self._steps = (ev["epochs"] - ev["start_epoch"] + 1) * max(1, ev["steps_per_epoch"])
+            self._step_i = 0
+            self.progress.setRange(0, 100)
+        elif kind == "step":
+            self._step_i = getattr(self, "_step_i", 0) + 1
+            total = max(1, getattr(self, "_steps", 1))
+            self.progress.setValue(min(95, int(95 * self._step_i / total)))
+        elif kind == "epoch":
+            self._set_status(
+                f"epoch {ev['epoch']}/{ev['epochs']}: loss {ev['loss']:.4f}, validation mean IoU "
+                f"{ev['val'].get('mean', float('nan')):.4f}"
+                if ev.get("val")
+                else f"epoch {ev['epoch']}/{ev['epochs']}: loss {ev['loss']:.4f}"
+            )
+        elif kind == "report":
+            self.report_label.setText(ev["table"])
+
+    def _on_done(self, result) -> None:
+        self.last_result = result
+        if result is None:
+            return
+        self.progress.setValue(100)
+        if result.before:
+            self.report_label.setText(result.table())
+        if result.written:
+            self.new_model = Path(result.path)
+            self.use_model_button.setVisible(True)
+            self.use_model_button.setEnabled(True)
+            text = f"new model {result.path.name} ({result.model_id}): {result.reason}"
+            self._set_status(text)
+            notify_info(text)
+        else:
+            self._set_status(result.reason)
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Fine-tune: {result.reason}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.finetune_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def use_new_model(self):
+        """Switch the session to the fine-tuned model (``model_changed``) and re-predict
+        the current case; returns the prediction worker."""
+        if self.new_model is None:
+            notify_error("Use new model failed", "no fine-tuned model yet")
+            return None
+        s = self.session
+        s.set_model(str(self.new_model))
+        self.use_model_button.setEnabled(False)
+        self._set_status(f"using {self.new_model.name}")
+        if s.image is not None:
+            return s.predict()
+        return None
+
+
+def _default_annotator() -> str:
+    try:
+        return os.environ.get("CXRSEG_ANNOTATOR") or getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name available
+        return ""
+
+
+def _disconnect(session, callbacks) -> None:
+    signals = (session.case_about_to_change, session.case_changed, session.dataset_changed)
+    for sig, cb in zip(signals, callbacks, strict=True):
+        try:
+            sig.disconnect(cb)
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,988 @@
+"""Fine-tune a checkpoint on hand-corrected masks, with replay, without forgetting.
+
+``cxrseg finetune --corrections DIR --from CKPT --out NEW [--data ROOT]`` trains from
+``CKPT`` (same architecture, regions and normalisation) on the newest version of every
+corrected case and region in the :class:`~cxrseg.corrections.CorrectionStore` ``DIR``,
+and writes ``NEW`` only if the model did not get worse on a fixed validation set.
+
+Training targets of a corrected case
+    * a corrected region: the newest corrected mask;
+    * the other regions of a multi-label model: the **ground truth** when the case is in
+      the dataset (``--data``) and has that mask, else the **source model's own
+      prediction** (thresholded at its thresholds) as a pseudo-label, so that the
+      correction of one region does not teach the model to forget the others. The
+      checkpoint's metadata records which source each target came from.
+
+Replay
+    Every epoch shows each correction ``--repeats`` times (differently augmented) and
+    ``--replay-ratio`` times as many samples of the dataset's original training cases
+    (the checkpoint's ``train_cases``, else every dataset case that is neither corrected
+    nor validation), walking through all of them over the epochs. Replay keeps the
+    model from drifting towards the few corrected cases.
+
+Validation and the tolerance guard
+    The validation set is fixed: ``--val-cases``, by default the checkpoint's own
+    ``val_cases`` present in the dataset, always **without** the corrected cases. Early
+    stopping (``--early-stopping`` epochs) keeps the epoch with the best validation mean
+    IoU. Before and after, both models are evaluated at native resolution through the
+    prediction engine (:func:`cxrseg.predict.get_predictor`): IoU on the corrected cases
+    against the corrected masks, and on the validation cases against the ground truth.
+    If the validation IoU of any region falls by more than ``--tolerance`` (default
+    0.005), nothing is written, unless ``--force``. Without validation cases (no
+    ``--data``) there is no evidence against forgetting and writing needs ``--force``.
+
+Lineage
+    The new checkpoint's metadata has ``parent_id`` (the source's ``model_id``),
+    ``corrections`` (case, region, version, SHA-256 of the sidecar and of the mask),
+    ``date`` and a ``finetune`` entry (settings, label sources, before/after IoU).
+
+Under ``torchrun`` the training runs distributed (see :func:`cxrseg.train.train_iter`);
+only rank 0 evaluates and writes.
+
+The Python API is :func:`finetune_iter`, a generator of progress events (a napari worker
+drives it; closing the generator cancels cleanly), and :func:`finetune`, which runs it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .corrections import CorrectionError, CorrectionStore, CorrectionVersion
+from .regions import REGIONS, parse_regions
+
+__all__ = [
+    "FinetuneError",
+    "FinetuneResult",
+    "finetune_iter",
+    "finetune",
+    "format_report",
+    "add_arguments",
+    "run_cli",
+]
+
+Event = dict[str, Any]
+
+
+class FinetuneError(ValueError):
+    """Fine-tuning cannot start: no usable corrections, an image not found, bad options."""
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run did.
+
+    Attributes
+    ----------
+    before, after : dict
+        ``{"corrected": {region: mean IoU}, "validation": {region: mean IoU},
+        "corrected_cases": {case: {region: IoU}}, "validation_cases": {case: {region: IoU}}}``
+        of the source and the fine-tuned model (native resolution; corrected cases against
+        the corrected masks, validation cases against the ground truth). Empty on ranks
+        other than 0.
+    written : bool
+        Whether the new checkpoint was written.
+    path : Path or None
+        The new checkpoint (None when not written).
+    reason : str
+        Why it was (not) written.
+    parent_id, model_id : str or None
+        The source's and the new model's ids.
+    corrections : list of dict
+        Lineage of the corrections used (case, region, version, sidecar/mask SHA-256).
+    corrected_cases, val_cases, replay_cases : list of str
+    label_sources : dict
+        ``{case: {region: "correction vN" | "ground truth" | "pseudo-label"}}``.
+    history : list of dict
+        Per-epoch training record (loss, validation IoU at training resolution).
+    best_epoch : int
+    cancelled : bool
+    """
+
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    written: bool = False
+    path: Path | None = None
+    reason: str = ""
+    parent_id: str | None = None
+    model_id: str | None = None
+    corrections: list = field(default_factory=list)
+    corrected_cases: list = field(default_factory=list)
+    val_cases: list = field(default_factory=list)
+    replay_cases: list = field(default_factory=list)
+    label_sources: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    best_epoch: int = 0
+    cancelled: bool = False
+
+    @property
+    def refused(self) -> bool:
+        """True when the run finished but the tolerance guard kept the model out."""
+        return not self.written and not self.cancelled and bool(self.after)
+
+    def table(self) -> str:
+        """The before/after report as text (see :func:`format_report`)."""
+        return format_report(self.before, self.after)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
+
+
+def _fit(mask: np.ndarray, shape) -> np.ndarray:
+    """A mask on another grid of the same aspect ratio, nearest neighbour."""
+    mask = np.asarray(mask, bool)
+    if mask.shape == tuple(shape):
+        return mask
+    r0, c0 = mask.shape
+    r1, c1 = shape
+    if abs(r0 * c1 - r1 * c0) > max(r0 * c1, r1 * c0) * 0.01:
+        raise FinetuneError(
+            f"mask of shape {mask.shape} does not fit an image of shape {tuple(shape)}"
+        )
+    ri = np.minimum(((np.arange(r1) + 0.5) * r0 / r1).astype(np.intp), r0 - 1)
+    ci = np.minimum(((np.arange(c1) + 0.5) * c0 / c1).astype(np.intp), c0 - 1)
+    return mask[ri[:, None], ci[None, :]]
+
+
+def _resolve_out(out: str | os.PathLike) -> Path:
+    """``NEW.safetensors`` is a file; anything else is a folder holding ``best.safetensors``."""
+    p = Path(out).expanduser()
+    if p.suffix.lower() == ".safetensors":
+        return p
+    return p / "best.safetensors"
+
+
+def _predictor(checkpoint, device, precision, *, cache: bool = True):
+    """The prediction engine for a checkpoint (``cache=False`` for throw-away candidates)."""
+    from .predict import Predictor, get_predictor
+
+    if cache:
+        return get_predictor(checkpoint, device=device, precision=precision)
+    return Predictor(checkpoint, device=device, precision=precision)
+
+
+def _binarise(probs: dict, thresholds: dict) -> dict[str, np.ndarray]:
+    return {r: np.asarray(p) >= float(thresholds.get(r, 0.5)) for r, p in probs.items()}
+
+
+@dataclass
+class _EvalItem:
+    case: str
+    load_image: Callable[[], np.ndarray]
+    load_masks: Callable[[], dict]  # region -> bool mask (any grid of the image's aspect)
+
+
+def _evaluate(
+    checkpoint,
+    items: Sequence[_EvalItem],
+    thresholds: dict,
+    *,
+    device,
+    precision,
+    cache=True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{case: {region: IoU}}`` at native resolution through the predictor."""
+    pred = _predictor(checkpoint, device, precision, cache=cache)
+    out: dict[str, dict[str, float]] = {}
+    for i, it in enumerate(items):
+        image = it.load_image()
+        masks = it.load_masks()
+        probs = pred.predict(image, regions=tuple(masks))
+        bins = _binarise(probs, thresholds)
+        out[it.case] = {r: _iou(bins[r], _fit(m, bins[r].shape)) for r, m in masks.items()}
+        if progress:
+            progress(i + 1, len(items))
+    return out
+
+
+def _summarise(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    acc: dict[str, list[float]] = {}
+    for row in per_case.values():
+        for r, v in row.items():
+            acc.setdefault(r, []).append(v)
+    return {r: float(np.mean(acc[r])) for r in REGIONS if r in acc}
+
+
+def format_report(before: dict, after: dict) -> str:
+    """A per-region before/after table of IoU on the corrected and the validation cases.
+
+    Examples
+    --------
+    >>> b = {"corrected": {"heart": 0.5}, "validation": {"heart": 0.8},
+    ...      "corrected_cases": {"A": {"heart": 0.5}}, "validation_cases": {"B": {"heart": 0.8}}}
+    >>> a = {"corrected": {"heart": 0.7}, "validation": {"heart": 0.81},
+    ...      "corrected_cases": {"A": {"heart": 0.7}}, "validation_cases": {"B": {"heart": 0.81}}}
+    >>> print(format_report(b, a))  # doctest: +NORMALIZE_WHITESPACE
+    region            corrected n   before   after  change | validation n   before   after  change
+    heart                       1    0.500   0.700  +0.200 |            1    0.800   0.810  +0.010
+    """
+
+    def n_of(d: dict, region: str) -> int:
+        return sum(1 for row in d.values() if region in row)
+
+    head = (
+        f"{'region':<16} {'corrected n':>13} {'before':>8} {'after':>7} {'change':>7} | "
+        f"{'validation n':>12} {'before':>8} {'after':>7} {'change':>7}"
+    )
+    lines = [head]
+    regions = [
+        r for r in REGIONS if r in before.get("corrected", {}) or r in before.get("validation", {})
+    ]
+
+    def cols(key: str, region: str) -> str:
+        b = before.get(key, {}).get(region)
+        a = after.get(key, {}).get(region)
+        n = n_of(before.get(f"{key}_cases", {}), region)
+        if b is None:
+            return f"{'-':>{13 if key == 'corrected' else 12}} {'-':>8} {'-':>7} {'-':>7}"
+        a_s = f"{a:7.3f}" if a is not None else f"{'-':>7}"
+        d_s = f"{a - b:+7.3f}" if a is not None else f"{'-':>7}"
+        return f"{n:>{13 if key == 'corrected' else 12}} {b:8.3f} {a_s} {d_s}"
+
+    for r in regions:
+        lines.append(f"{r:<16} {cols('corrected', r)} | {cols('validation', r)}")
+    return "\n".join(lines)
+
+
+def _open_store(corrections, data_root) -> CorrectionStore:
+    if isinstance(corrections, CorrectionStore):
+        return corrections
+    p = Path(corrections).expanduser()
+    if not p.is_dir():
+        raise FinetuneError(
+            f"corrections folder {p} not found "
+            "(expected a store with masks/<region>/<case>.vNNN.png)"
+        )
+    return CorrectionStore(p, dataset_root=data_root)
+
+
+def _replay_sampler(n_corr: int, n_replay: int, *, repeats: int, ratio: float, seed: int):
+    """Epoch order: every correction ``repeats`` times and ``ratio`` times as many replay
+    samples, taken in turn from one fixed shuffled stream over the replay pool (so all
+    replay cases are seen over the epochs). Returns ``(sampler, replay samples per epoch)``."""
+    per_epoch = int(round(ratio * n_corr * repeats)) if n_replay else 0
+    stream: list[int] = []
+    stream_rng = np.random.default_rng(seed + 12345)
+
+    def sampler(epoch: int, rng: np.random.Generator) -> list[int]:
+        corr = [i for _ in range(repeats) for i in range(n_corr)]
+        e = max(int(epoch), 1)  # train_iter asks for epoch 0 to count steps
+        start, stop = (e - 1) * per_epoch, e * per_epoch
+        while len(stream) < stop:
+            stream.extend(int(i) for i in stream_rng.permutation(n_replay))
+        order = corr + [n_corr + i for i in stream[start:stop]]
+        rng.shuffle(order)
+        return order
+
+    return sampler, per_epoch
+
+
+# ------------------------------------------------------------------------------ main loop
+
+
+def finetune_iter(
+    corrections,
+    checkpoint: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike | None = None,
+    replay_ratio: float = 2.0,
+    repeats: int = 2,
+    val_cases: Sequence[str] | None = None,
+    regions=None,
+    epochs: int = 5,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    scheduler: str = "cosine",
+    aug_strength: float | None = None,
+    early_stopping: int = 2,
+    tolerance: float = 0.005,
+    force: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None | bool = None,
+    max_steps: int | None = None,
+) -> Iterator[Event]:
+    """Fine-tune ``checkpoint`` on corrected masks; yield progress events.
+
+    Parameters
+    ----------
+    corrections : CorrectionStore or path
+        The corrections store (its newest version per case and region is used).
+    checkpoint : path or None
+        The source checkpoint (None: the shipped model).
+    out : path
+        The new checkpoint: a ``.safetensors`` file, or a folder (``best.safetensors``
+        in it). Never the source checkpoint.
+    data_root : path, optional
+        The dataset: ground truth for the other regions of corrected cases, replay data
+        and validation cases. Without it there is no replay and no validation.
+    replay_ratio : float
+        Replay samples per correction sample in every epoch (0: no replay).
+    repeats : int
+        Times each correction is shown per epoch.
+    val_cases : sequence of str, optional
+        Validation cases (default: the checkpoint's ``val_cases`` in the dataset);
+        corrected cases are always removed from it.
+    regions : optional
+        Use only corrections of these regions (default: every region of the model).
+    epochs, lr, batch_size, optimizer, scheduler, aug_strength, seed
+        Training settings; by default the checkpoint's own, with ``lr`` a tenth of its
+        learning rate and a cosine schedule.
+    early_stopping : int
+        Stop after this many epochs without validation improvement (0: off); the best
+        validation epoch is kept.
+    tolerance : float
+        Largest allowed fall of any region's validation IoU.
+    force : bool
+        Write even when the tolerance guard (or the lack of validation cases) says no.
+    device, precision : str
+        ``auto|cpu|cuda|mps`` and ``auto|fp32|bf16|fp16``.
+    cache_dir : optional
+        Array cache of :func:`cxrseg.data.build_arrays` (False: no cache).
+    max_steps : int, optional
+        Stop training after this many optimiser steps (tests).
+
+    Yields
+    ------
+    dict
+        ``{"kind": "stage", "stage", "message"}``; the training events of
+        :func:`cxrseg.train.train_iter` (``start``, ``step``, ``epoch``);
+        ``{"kind": "evaluate", "which", "i", "n"}``; ``{"kind": "report", "before",
+        "after", "table"}``; last ``{"kind": "done", "result": FinetuneResult}``.
+        Closing the generator cancels the run and removes its temporary files.
+
+    Raises
+    ------
+    FinetuneError
+        No usable correction, an image that cannot be found, or bad options.
+    """
+    from .config import TrainConfig
+    from .data import ArrayData, build_arrays, sample_to_arrays
+    from .dataset import DatasetIndex
+    from .io import read_image
+    from .model import default_checkpoint_path, load_checkpoint, read_metadata, save_checkpoint
+    from .train import train_iter
+
+    if replay_ratio < 0:
+        raise FinetuneError(f"replay_ratio must be >= 0, got {replay_ratio}")
+    if repeats < 1:
+        raise FinetuneError(f"repeats must be >= 1, got {repeats}")
+    if tolerance < 0:
+        raise FinetuneError(f"tolerance must be >= 0, got {tolerance}")
+    src = Path(checkpoint).expanduser() if checkpoint is not None else default_checkpoint_path()
+    if src.is_dir():
+        for name in ("best.safetensors", "model.safetensors"):
+            if (src / name).is_file():
+                src = src / name
+                break
+    out_path = _resolve_out(out)
+    if out_path.exists() and src.exists() and out_path.resolve() == src.resolve():
+        raise FinetuneError(
+            f"--out {out_path} is the source checkpoint; the parent is never overwritten"
+        )
+    rank = _rank()
+    is_main = rank == 0
+
+    yield {"kind": "stage", "stage": "load", "message": f"reading {src}"}
+    meta = read_metadata(src)
+    from .config import ModelConfig
+
+    mcfg = ModelConfig.from_dict(meta["config"])
+    parent_id = meta.get("model_id")
+    model_regions = tuple(mcfg.regions)
+    use_regions = (
+        model_regions
+        if regions is None
+        else tuple(r for r in parse_regions(regions) if r in model_regions)
+    )
+    if not use_regions:
+        raise FinetuneError(
+            f"none of the requested regions is predicted by {src} ({', '.join(model_regions)})"
+        )
+    thresholds = dict(mcfg.thresholds)
+
+    store = _open_store(corrections, data_root)
+    latest = [v for v in store.latest_versions() if v.region in use_regions]
+    if not latest:
+        raise FinetuneError(
+            f"{store.root}: no correction of {', '.join(use_regions)} (expected "
+            "masks/<region>/<case>.vNNN.png with its .json sidecar)"
+        )
+    by_case: dict[str, dict[str, CorrectionVersion]] = {}
+    for v in latest:
+        by_case.setdefault(v.case, {})[v.region] = v
+    corrected_ids = sorted(by_case)
+
+    index = None
+    if data_root is not None:
+        index = DatasetIndex(data_root)
+
+    # ---- images of the corrected cases
+    def image_path_of(case: str) -> Path:
+        if index is not None and case in index:
+            return Path(index[case].image_path)
+        for v in by_case[case].values():
+            p = v.meta.get("image_path")
+            if p and Path(p).is_file():
+                return Path(p)
+        raise FinetuneError(
+            f"correction of {case}: image not found (not in --data"
+            f"{' ' + str(data_root) if data_root else ''}, "
+            "and the sidecar's image_path is missing or gone)"
+        )
+
+    img_paths = {c: image_path_of(c) for c in corrected_ids}
+
+    # ---- validation and replay cases
+    full_cases = index.with_regions(model_regions) if index is not None else []
+    full_ids = [c.case_id for c in full_cases]
+    by_id = {c.case_id: c for c in full_cases}
+    if val_cases is None:
+        wanted_val = list(meta.get("val_cases") or [])
+    else:
+        wanted_val = list(val_cases)
+        unknown = sorted(set(wanted_val) - set(full_ids))
+        if unknown:
+            raise FinetuneError(
+                f"validation cases not in {data_root} "
+                f"(or lacking masks of {', '.join(model_regions)}): {unknown[:5]}"
+            )
+    val_ids = sorted(set(wanted_val) & set(full_ids) - set(corrected_ids))
+    dropped = sorted(set(wanted_val) & set(corrected_ids))
+    if dropped:
+        yield {
+            "kind": "stage",
+            "stage": "data",
+            "message": f"corrected cases left out of validation: {', '.join(dropped)}",
+        }
+    replay_ids: list[str] = []
+    if index is not None and replay_ratio > 0:
+        pool = [c for c in (meta.get("train_cases") or []) if c in by_id]
+        if not pool:
+            pool = full_ids
+        replay_ids = sorted(set(pool) - set(corrected_ids) - set(val_ids))
+
+    # ---- training targets of the corrected cases
+    yield {
+        "kind": "stage",
+        "stage": "data",
+        "message": f"{len(latest)} correction(s) of {len(corrected_ids)} case(s); "
+        f"{len(replay_ids)} replay case(s); {len(val_ids)} validation case(s)",
+    }
+    pdev = device
+    if os.environ.get("WORLD_SIZE", "1") != "1" and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            pdev = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    size = mcfg.input_size
+    corr_images = np.zeros((len(corrected_ids), size, size), np.float16)
+    corr_masks = np.zeros((len(corrected_ids), len(model_regions), size, size), np.float16)
+    label_sources: dict[str, dict[str, str]] = {}
+    pseudo = None
+    for i, case in enumerate(corrected_ids):
+        image = read_image(img_paths[case]).data
+        targets: dict[str, np.ndarray] = {}
+        src_of: dict[str, str] = {}
+        need_pseudo = []
+        for r in model_regions:
+            v = by_case[case].get(r)
+            if v is not None:
+                m = v.load_mask()
+                sha = v.meta.get("mask_sha256")
+                if sha:
+                    from .corrections import file_sha256
+
+                    if file_sha256(v.mask_path) != sha:
+                        raise CorrectionError(
+                            f"{v.mask_path}: does not match the SHA-256 in its sidecar "
+                            f"{v.sidecar_path.name}; "
+                            "the file was changed outside cxrseg"
+                        )
+                targets[r] = _fit(m, image.shape)
+                src_of[r] = f"correction v{v.version}"
+            elif index is not None and case in index and r in index[case].mask_paths:
+                targets[r] = index[case].load_masks([r])[r]
+                src_of[r] = "ground truth"
+            else:
+                need_pseudo.append(r)
+        if need_pseudo:
+            if pseudo is None:
+                pseudo = _predictor(src, pdev, precision)
+            probs = pseudo.predict(image, regions=tuple(need_pseudo))
+            for r, m in _binarise(probs, thresholds).items():
+                targets[r] = m
+                src_of[r] = "pseudo-label"
+        corr_images[i], corr_masks[i] = sample_to_arrays(image, targets, model_regions, size)
+        label_sources[case] = src_of
+    pseudo = None
+    corr_data = ArrayData(
+        corr_images,
+        corr_masks,
+        list(corrected_ids),
+        model_regions,
+        [str(img_paths[c]) for c in corrected_ids],
+    )
+    parts = [corr_data]
+    if replay_ids:
+        yield {
+            "kind": "stage",
+            "stage": "data",
+            "message": f"preparing {len(replay_ids)} replay case(s)",
+        }
+        parts.append(
+            build_arrays([by_id[c] for c in replay_ids], model_regions, size, cache_dir=cache_dir)
+        )
+    train_data = ArrayData.concat(parts)
+    val_data = (
+        build_arrays([by_id[c] for c in val_ids], model_regions, size, cache_dir=cache_dir)
+        if val_ids
+        else None
+    )
+
+    # ---- training configuration
+    base = meta.get("train_config")
+    try:
+        tcfg0 = (
+            TrainConfig.from_dict(base)
+            if isinstance(base, dict)
+            else TrainConfig.for_regions(model_regions)
+        )
+    except (TypeError, ValueError):
+        tcfg0 = TrainConfig.for_regions(model_regions)
+    sampler, n_replay_epoch = _replay_sampler(
+        len(corr_data), len(replay_ids), repeats=repeats, ratio=replay_ratio, seed=seed
+    )
+    per_epoch = len(corr_data) * repeats + n_replay_epoch
+    tcfg = TrainConfig(
+        **{
+            **{k: v for k, v in vars(tcfg0).items()},
+            "epochs": int(epochs),
+            "lr": float(lr) if lr is not None else tcfg0.lr / 10,
+            "batch_size": int(batch_size)
+            if batch_size is not None
+            else max(1, min(tcfg0.batch_size, per_epoch)),
+            "optimizer": optimizer or tcfg0.optimizer,
+            "scheduler": scheduler,
+            "aug_strength": tcfg0.aug_strength if aug_strength is None else float(aug_strength),
+            "aug_multiplier": 1,
+            "seed": int(seed),
+            "precision": precision,
+            "early_stopping_patience": int(early_stopping) if val_data is not None else 0,
+            "num_workers": 0,
+        }
+    )
+
+    lineage = [
+        by_case[c][r].lineage() for c in corrected_ids for r in model_regions if r in by_case[c]
+    ]
+    date = _now()
+    settings = {
+        "source_checkpoint": str(src),
+        "corrections_root": str(store.root),
+        "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
+        "replay_ratio": float(replay_ratio),
+        "repeats": int(repeats),
+        "replay_per_epoch": int(n_replay_epoch),
+        "n_replay_cases": len(replay_ids),
+        "tolerance": float(tolerance),
+        "label_sources": label_sources,
+    }
+    train_meta = {
+        "corrections": lineage,
+        "date": date,
+        "finetune": settings,
+    }
+    if data_root is not None:
+        train_meta["data_root"] = str(Path(data_root).resolve())
+
+    # ---- train in a temporary folder next to the output
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".cxrseg-finetune-", dir=out_path.parent))
+    events = None
+    result = FinetuneResult(
+        parent_id=parent_id,
+        corrections=lineage,
+        corrected_cases=list(corrected_ids),
+        val_cases=list(val_ids),
+        replay_cases=list(replay_ids),
+        label_sources=label_sources,
+    )
+    try:
+        yield {
+            "kind": "stage",
+            "stage": "train",
+            "message": f"fine-tuning {tcfg.epochs} epoch(s) of {per_epoch} samples "
+            f"(lr {tcfg.lr:g}, batch {tcfg.batch_size})",
+        }
+        events = train_iter(
+            mcfg,
+            tcfg,
+            train_data,
+            val_data,
+            tmp_dir,
+            device=device,
+            init_checkpoint=src,
+            metadata=train_meta,
+            sampler=sampler,
+            max_steps=max_steps,
+        )
+        tres = None
+        for ev in events:
+            if ev["kind"] == "done":
+                tres = ev["result"]
+                break
+            yield ev
+        events.close()
+        events = None
+        if tres is None:  # pragma: no cover - train_iter always ends with "done"
+            raise RuntimeError("training ended without a result")
+        result.history = list(tres.history)
+        result.best_epoch = int(tres.best_epoch)
+        if not is_main:
+            result.reason = f"rank {rank}: only rank 0 evaluates and writes"
+            yield {"kind": "done", "result": result}
+            return
+        cand = tres.best_path or tres.last_path
+        if cand is None:  # pragma: no cover
+            raise RuntimeError(f"training wrote no checkpoint into {tmp_dir}")
+
+        # ---- before / after at native resolution
+        corr_items = []
+        for case in corrected_ids:
+            vs = by_case[case]
+
+            def _img(p=img_paths[case]):
+                return read_image(p).data
+
+            def _msk(vs=vs):
+                return {r: v.load_mask() for r, v in vs.items()}
+
+            corr_items.append(_EvalItem(case, _img, _msk))
+        val_items = [
+            _EvalItem(
+                c,
+                (lambda c=c: by_id[c].load_image().data),
+                (lambda c=c: by_id[c].load_masks(model_regions)),
+            )
+            for c in val_ids
+        ]
+        report: dict[str, dict] = {}
+        for which, ck in (("before", src), ("after", cand)):
+            yield {"kind": "stage", "stage": "evaluate", "message": f"evaluating the {which} model"}
+            cache = which == "before"
+            per_corr = _evaluate(
+                ck, corr_items, thresholds, device=device, precision=precision, cache=cache
+            )
+            per_val = _evaluate(
+                ck, val_items, thresholds, device=device, precision=precision, cache=cache
+            )
+            report[which] = {
+                "corrected": _summarise(per_corr),
+                "validation": _summarise(per_val),
+                "corrected_cases": per_corr,
+                "validation_cases": per_val,
+            }
+            yield {"kind": "evaluate", "which": which, "i": 1, "n": 1}
+        result.before, result.after = report["before"], report["after"]
+        table = format_report(result.before, result.after)
+        yield {"kind": "report", "before": result.before, "after": result.after, "table": table}
+
+        # ---- the tolerance guard
+        drops = {
+            r: result.before["validation"][r] - result.after["validation"].get(r, float("nan"))
+            for r in result.before["validation"]
+        }
+        bad = {r: d for r, d in drops.items() if not (d <= tolerance)}
+        if not val_ids:
+            ok, reason = (
+                False,
+                (
+                    "no validation cases (pass --data, and --val-cases if the checkpoint has no "
+                    "val_cases): forgetting cannot be ruled out"
+                ),
+            )
+        elif bad:
+            ok = False
+            reason = "validation IoU fell by more than the tolerance {:g}: {}".format(
+                tolerance,
+                ", ".join(
+                    f"{r} {result.before['validation'][r]:.4f} -> "
+                    f"{result.after['validation'][r]:.4f}"
+                    for r in bad
+                ),
+            )
+        else:
+            ok, reason = True, f"validation IoU within tolerance {tolerance:g} in every region"
+        if not ok and force:
+            reason = f"written with --force although {reason}"
+        if ok or force:
+            yield {"kind": "stage", "stage": "write", "message": f"writing {out_path}"}
+            ck = load_checkpoint(cand, device="cpu")
+            new_meta = dict(ck.metadata)
+            for k in ("format", "config", "regions", "code_version", "model_id", "dtype"):
+                new_meta.pop(k, None)
+            new_meta["parent_id"] = parent_id
+            new_meta["corrections"] = lineage
+            new_meta["date"] = date
+            new_meta["finetune"] = dict(
+                settings,
+                before=_round(result.before),
+                after=_round(result.after),
+                forced=bool(force and not ok),
+                best_epoch=result.best_epoch,
+                reason=reason,
+            )
+            save_checkpoint(ck.model, ck.config, out_path, metadata=new_meta)
+            result.written, result.path = True, out_path
+            result.model_id = read_metadata(out_path).get("model_id")
+        else:
+            reason = f"not written: {reason} (use --force to write anyway)"
+        result.reason = reason
+        yield {"kind": "done", "result": result}
+    finally:
+        if events is not None:
+            events.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _round(report: dict) -> dict:
+    def rnd(x):
+        if isinstance(x, dict):
+            return {k: rnd(v) for k, v in x.items()}
+        return round(float(x), 5) if isinstance(x, float) and math.isfinite(x) else x
+
+    return rnd(report)
+
+
+def finetune(
+    corrections, checkpoint, out, *, progress: Callable[[Event], None] | None = None, **kwargs
+) -> FinetuneResult:
+    """Run :func:`finetune_iter` to the end and return its :class:`FinetuneResult`.
+
+    ``progress`` is called with every event.
+    """
+    result = None
+    for ev in finetune_iter(corrections, checkpoint, out, **kwargs):
+        if progress is not None:
+            progress(ev)
+        if ev["kind"] == "done":
+            result = ev["result"]
+    if result is None:  # pragma: no cover - finetune_iter always ends with "done"
+        raise RuntimeError("fine-tuning ended without a result")
+    return result
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(p) -> None:
+    """Arguments of ``cxrseg finetune``."""
+    from .train_cli import default_data_root
+
+    p.add_argument(
+        "--corrections",
+        required=True,
+        type=Path,
+        help="corrections store (masks/<region>/<case>.vNNN.png + .json sidecars)",
+    )
+    p.add_argument(
+        "--from",
+        dest="checkpoint",
+        default=None,
+        help="source checkpoint (.safetensors or its folder; default: the shipped model)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="new checkpoint: a .safetensors file, or a folder (best.safetensors in it)",
+    )
+    p.add_argument(
+        "--data",
+        default=default_data_root(),
+        help="dataset root: ground truth for uncorrected regions, replay and validation "
+        "cases (default $CXRSEG_DATA)",
+    )
+    p.add_argument(
+        "--replay-ratio",
+        type=float,
+        default=2.0,
+        help="replay samples of the original training data per correction sample (default 2)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="times each correction is shown per epoch (default 2)",
+    )
+    p.add_argument(
+        "--val-cases",
+        default=None,
+        help="validation cases: comma list or file (default: the checkpoint's val_cases; "
+        "corrected cases are always excluded)",
+    )
+    p.add_argument(
+        "--regions", default=None, help="use only corrections of these regions (default: all)"
+    )
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument(
+        "--lr", type=float, default=None, help="default: a tenth of the checkpoint's learning rate"
+    )
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--optimizer", choices=["sgd", "rmsprop", "adam", "adamw"], default=None)
+    p.add_argument("--scheduler", choices=["onecycle", "cosine", "none"], default="cosine")
+    p.add_argument("--aug-strength", type=float, default=None)
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        default=2,
+        metavar="EPOCHS",
+        help="stop after this many epochs without validation improvement (0: off; default 2)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.005,
+        help="largest allowed fall of any region's validation IoU (default 0.005)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="write the new model even if validation got worse"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", type=Path, default=None, help="also write the report as JSON here")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run_cli(args) -> int:
+    """Run ``cxrseg finetune``; exit status 0 when written, 1 when refused."""
+    quiet = args.quiet or _rank() != 0
+    bar = None
+
+    def progress(ev: Event) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        kind = ev["kind"]
+        if kind == "stage":
+            print(f"[{ev['stage']}] {ev['message']}", flush=True)
+        elif kind == "start":
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=(ev["epochs"] - ev["start_epoch"] + 1) * ev["steps_per_epoch"],
+                desc="finetune",
+                dynamic_ncols=True,
+            )
+        elif kind == "step" and bar is not None:
+            bar.update(1)
+            bar.set_postfix(epoch=ev["epoch"], loss=f"{ev['loss']:.4f}")
+        elif kind == "epoch":
+            v = ev["val"]
+            vs = " ".join(f"{k}={x:.4f}" for k, x in v.items()) if v else "-"
+            msg = f"epoch {ev['epoch']}/{ev['epochs']} loss {ev['loss']:.4f} val IoU {vs}"
+            (bar.write if bar is not None else print)(msg + (" *" if ev["improved"] else ""))
+        elif kind == "report":
+            if bar is not None:
+                bar.close()
+                bar = None
+            print(
+                "\nIoU at native resolution "
+                "(corrected cases vs corrected masks; validation vs ground truth):"
+            )
+            print(ev["table"])
+
+    try:
+        res = _run(args, progress)
+    except FloatingPointError as exc:  # diverged: a message, not a traceback
+        raise RuntimeError(f"{exc}") from None
+    if bar is not None:
+        bar.close()
+    return _finish_cli(args, res)
+
+
+def _run(args, progress):
+    from .train_cli import parse_case_list
+
+    return finetune(
+        args.corrections,
+        args.checkpoint,
+        args.out,
+        progress=progress,
+        data_root=args.data,
+        replay_ratio=args.replay_ratio,
+        repeats=args.repeats,
+        val_cases=parse_case_list(args.val_cases),
+        regions=args.regions,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        scheduler=args.scheduler,
+        aug_strength=args.aug_strength,
+        early_stopping=args.early_stopping,
+        tolerance=args.tolerance,
+        force=args.force,
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+    )
+
+
+def _finish_cli(args, res) -> int:
+    if _rank() != 0:
+        return 0
+    if args.report is not None:
+        from .io import atomic_write
+
+        doc = {
+            "written": res.written,
+            "path": str(res.path) if res.path else None,
+            "reason": res.reason,
+            "parent_id": res.parent_id,
+            "model_id": res.model_id,
+            "before": res.before,
+            "after": res.after,
+            "corrections": res.corrections,
+            "val_cases": res.val_cases,
+            "history": res.history,
+            "label_sources": res.label_sources,
+        }
+        text = json.dumps(doc, indent=1).encode()
+        atomic_write(args.report, lambda fh: fh.write(text))
+    if res.written:
+        print(f"wrote {res.path} (model {res.model_id}, parent {res.parent_id}): {res.reason}")
+        return 0
+    import sys
+
+    print(f"cxrseg finetune: {res.reason}", file=sys.stderr)
+    return 1

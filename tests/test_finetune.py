@@ -1,0 +1,251 @@
+"""Fine-tuning on corrections: it learns them, keeps its lineage, and refuses to forget."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cxrseg.corrections import CorrectionStore, file_sha256  # noqa: E402
+from cxrseg.dataset import DatasetIndex  # noqa: E402
+from cxrseg.finetune import FinetuneError, _replay_sampler, finetune, finetune_iter  # noqa: E402
+from cxrseg.model import read_metadata  # noqa: E402
+
+REGION = "left_lung"
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two shared cores: one torch thread is faster and steadier than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_weak_model(root: Path, *, n_cases: int = 12, steps: int = 4) -> tuple[Path, Path]:
+    """A phantom dataset (128 px) and a tiny U-Net trained for a few steps only."""
+    from cxrseg.config import ModelConfig, TrainConfig
+    from cxrseg.phantom import write_phantom_dataset
+    from cxrseg.train import train_on_dataset
+
+    ds = root / "ds"
+    write_phantom_dataset(ds, n_cases, size=128)
+    mc = ModelConfig(encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64)
+    tc = TrainConfig(
+        epochs=1, batch_size=4, lr=3e-3, precision="fp32", val_fraction=0.3, aug_strength=0.3
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXRSEG_CACHE", str(root / "cache"))  # the array cache stays in the test folder
+        res = train_on_dataset(
+            ds,
+            root / "weak",
+            model_config=mc,
+            train_config=tc,
+            encoder_weights=None,
+            device="cpu",
+            quiet=True,
+            max_steps=steps,
+        )
+    return ds, res.last_path
+
+
+@pytest.fixture(scope="module")
+def weak(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weak")
+    ds, ck = make_weak_model(root)
+    return ds, ck
+
+
+def _correct(store: CorrectionStore, ds: Path, cases, regions=(REGION,)):
+    """The phantoms' exact masks stand in for a person's corrections."""
+    index = DatasetIndex(ds)
+    for c in cases:
+        masks = index[c].load_masks(regions)
+        for r in regions:
+            store.save(
+                c, r, masks[r], annotator="test", model_id="weak", image_path=index[c].image_path
+            )
+
+
+FAST = dict(device="cpu", precision="fp32", batch_size=4, aug_strength=0.2, cache_dir=False)
+
+
+def test_replay_sampler_mixes_and_covers_the_pool():
+    sampler, per_epoch = _replay_sampler(3, 10, repeats=2, ratio=2.0, seed=0)
+    assert per_epoch == 12
+    seen = set()
+    rng = np.random.default_rng(0)
+    for epoch in range(1, 4):
+        order = sampler(epoch, rng)
+        corr = [i for i in order if i < 3]
+        replay = [i - 3 for i in order if i >= 3]
+        assert sorted(corr) == [0, 0, 1, 1, 2, 2]
+        assert len(replay) == 12
+        seen.update(replay)
+    assert seen == set(range(10))
+    assert len(sampler(0, rng)) == 18  # train_iter counts steps with epoch 0
+    s0, n0 = _replay_sampler(3, 0, repeats=1, ratio=2.0, seed=0)
+    assert n0 == 0 and sorted(s0(1, rng)) == [0, 1, 2]
+
+
+def test_finetune_learns_corrections_with_lineage(weak, tmp_path):
+    ds, ck = weak
+    gt_before = _tree_hashes(ds / "masks")
+    src_meta = read_metadata(ck)
+    train_cases = src_meta["train_cases"]
+    store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
+    corrected = train_cases[:3]
+    _correct(store, ds, corrected)
+    out = tmp_path / "new"
+    events = []
+    res = finetune(
+        store,
+        ck,
+        out,
+        data_root=ds,
+        epochs=3,
+        lr=3e-3,
+        tolerance=1.0,
+        progress=events.append,
+        **FAST,
+    )
+    kinds = [e["kind"] for e in events]
+    assert kinds[-1] == "done" and "step" in kinds and "report" in kinds
+    assert res.written and res.path == out / "best.safetensors" and res.path.is_file()
+    b, a = res.before["corrected"][REGION], res.after["corrected"][REGION]
+    assert a > b + 0.1, res.table()
+    assert set(res.before["corrected_cases"]) == set(corrected)
+    assert not set(corrected) & set(res.val_cases)
+    assert set(res.val_cases) == set(src_meta["val_cases"])
+    assert res.replay_cases and not set(res.replay_cases) & (set(corrected) | set(res.val_cases))
+    # lineage in the new checkpoint
+    meta = read_metadata(res.path)
+    assert meta["parent_id"] == src_meta["model_id"] == res.parent_id
+    assert meta["model_id"] == res.model_id != src_meta["model_id"]
+    assert meta["date"] and meta["finetune"]["replay_ratio"] == 2.0
+    got = {(c["case"], c["region"], c["version"]): c for c in meta["corrections"]}
+    assert set(got) == {(c, REGION, 1) for c in corrected}
+    for v in store.latest_versions():
+        assert got[(v.case, v.region, v.version)]["sidecar_sha256"] == file_sha256(v.sidecar_path)
+    assert meta["finetune"]["label_sources"][corrected[0]] == {
+        "heart": "ground truth",
+        "left_clavicle": "ground truth",
+        "right_clavicle": "ground truth",
+        "left_lung": "correction v1",
+        "right_lung": "ground truth",
+    }
+    assert meta["finetune"]["after"]["corrected"][REGION] == pytest.approx(a, abs=1e-4)
+    assert meta["val_cases"] == res.val_cases
+    # nothing left behind but the checkpoint; ground truth untouched
+    assert [p.name for p in out.iterdir()] == ["best.safetensors"]
+    assert _tree_hashes(ds / "masks") == gt_before
+
+
+def test_refuses_when_validation_drops_and_force_writes(weak, tmp_path, capsys):
+    from cxrseg.cli import main
+
+    ds, ck = weak
+    store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
+    _correct(store, ds, read_metadata(ck)["train_cases"][:2])
+    out = tmp_path / "wrecked.safetensors"
+    args = [
+        "finetune",
+        "--corrections",
+        str(store.root),
+        "--from",
+        str(ck),
+        "--out",
+        str(out),
+        "--data",
+        str(ds),
+        "--epochs",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "5",
+        "--replay-ratio",
+        "0",
+        "--early-stopping",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--quiet",
+        "--aug-strength",
+        "0",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "tolerance" in err and "--force" in err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".cxrseg-finetune-*"))
+    report = tmp_path / "report.json"
+    assert main(args + ["--force", "--report", str(report)]) == 0
+    meta = read_metadata(out)
+    assert meta["finetune"]["forced"] is True and "tolerance" in meta["finetune"]["reason"]
+    doc = json.loads(report.read_text())
+    assert doc["written"] is True
+    assert any(
+        doc["after"]["validation"][r] < doc["before"]["validation"][r] - 0.005
+        for r in doc["before"]["validation"]
+    )
+
+
+def test_without_dataset_uses_pseudo_labels_and_needs_force(weak, tmp_path):
+    ds, ck = weak
+    store = CorrectionStore(tmp_path / "corrections")
+    _correct(store, ds, ["PHANTOM002"])
+    res = finetune(store, ck, tmp_path / "a.safetensors", epochs=1, **FAST)
+    assert not res.written and res.refused and "no validation cases" in res.reason
+    assert not (tmp_path / "a.safetensors").exists()
+    src = res.label_sources["PHANTOM002"]
+    assert src[REGION] == "correction v1" and src["heart"] == "pseudo-label"
+    assert res.before["validation"] == {} and REGION in res.before["corrected"]
+    res = finetune(store, ck, tmp_path / "a.safetensors", epochs=1, force=True, **FAST)
+    assert res.written and read_metadata(res.path)["finetune"]["forced"] is True
+
+
+def test_cancel_by_closing_the_generator(weak, tmp_path):
+    ds, ck = weak
+    store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
+    _correct(store, ds, ["PHANTOM002"])
+    out = tmp_path / "models" / "x.safetensors"
+    gen = finetune_iter(store, ck, out, data_root=ds, epochs=50, **FAST)
+    for ev in gen:
+        if ev["kind"] == "step":
+            break
+    assert list((tmp_path / "models").glob(".cxrseg-finetune-*"))
+    gen.close()
+    assert not out.exists()
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_bad_inputs(weak, tmp_path):
+    ds, ck = weak
+    empty = CorrectionStore(tmp_path / "empty")
+    with pytest.raises(FinetuneError, match="no correction"):
+        finetune(empty, ck, tmp_path / "o.safetensors", **FAST)
+    store = CorrectionStore(tmp_path / "c", dataset_root=ds)
+    _correct(store, ds, ["PHANTOM002"])
+    with pytest.raises(FinetuneError, match="source checkpoint"):
+        finetune(store, ck, ck, **FAST)
+    with pytest.raises(FinetuneError, match="validation cases not in"):
+        finetune(store, ck, tmp_path / "o.safetensors", data_root=ds, val_cases=["NOPE"], **FAST)
+    with pytest.raises(FinetuneError, match="not found"):
+        finetune(tmp_path / "missing", ck, tmp_path / "o.safetensors", **FAST)
