@@ -257,6 +257,9 @@ def save_checkpoint(
         save_file(state, tmp, metadata={"cxrseg": json.dumps(meta), "format": "pt"})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a model is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
