@@ -1,0 +1,203 @@
+"""GUI overhead and responsiveness of the napari-cxrseg docks (run under a display).
+
+    xvfb-run -a .venv/bin/python benchmarks/bench_gui.py                      # phantoms
+    xvfb-run -a .venv/bin/python benchmarks/bench_gui.py --data /work/shared/data/jsrt-scr --n 200
+
+Two measurements, printed with their targets:
+
+1. **Click-to-layers vs. bare prediction.** As in a review: the next case is loaded, then
+   the Predict dock's *Run* button is clicked (``QPushButton.click``) and the clock stops
+   when the heatmap and prediction layers are in the viewer, filled and visible
+   (``Session.prediction_changed``). This is compared with a bare ``Predictor.predict``
+   call on the same image with the same, warmed-up predictor in the same process.
+   Medians over ``--repeats`` cases; target overhead < 20 %. The first Run (model load,
+   layer creation) is reported separately.
+2. **Longest event-loop stall during a review run.** A 10 ms ``QTimer`` records the gaps
+   between its ticks while the Review queue dock scores ``--n`` cases in its worker (the
+   table growing row by row). Target: longest gap < 100 ms.
+
+Without ``--data``, ``--n`` phantom cases (1024 px PNG) are written to a temporary folder.
+The model is ``--model``, else the shipped one, else a randomly initialised full-size
+U-Net (ResNet34, 256 px: the same compute as the real model). The review ledger is
+written to a temporary folder, never into the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _model(path_arg: str | None, tmp: Path) -> str:
+    if path_arg:
+        return path_arg
+    from cxrseg.model import default_checkpoint_path
+
+    if default_checkpoint_path().is_file():
+        return str(default_checkpoint_path())
+    import torch
+
+    from cxrseg.config import ModelConfig
+    from cxrseg.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig()
+    out = save_checkpoint(build_model(cfg).eval(), cfg, tmp / "random-r34.safetensors")
+    print(f"(no shipped model: using a random ResNet34 U-Net at {cfg.input_size} px, {out})")
+    return str(out)
+
+
+def _wait(app, cond, timeout=600.0):
+    """Run the Qt event loop (idle in C, as in the real application) until ``cond()``."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    if cond():
+        return
+    loop = QEventLoop()
+    t0 = time.perf_counter()
+
+    def check():
+        if cond() or time.perf_counter() - t0 > timeout:
+            loop.quit()
+
+    timer = QTimer()
+    timer.timeout.connect(check)
+    timer.start(2)
+    loop.exec_()
+    timer.stop()
+    if not cond():
+        raise TimeoutError("benchmark step timed out")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="dataset root (default: phantoms in a temporary folder)")
+    p.add_argument("--n", type=int, default=20, help="cases in the review run (default 20)")
+    p.add_argument("--case", help="case for the click-to-layers measurement (default: the first)")
+    p.add_argument("--model", help="checkpoint (default: shipped, else a random full-size model)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="cxrseg-bench-gui-"))
+    import os
+
+    os.environ.setdefault("CXRSEG_HOME", str(tmp / "home"))
+    os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
+    if args.data:
+        root = Path(args.data)
+    else:
+        from cxrseg.phantom import write_phantom_dataset
+
+        root = tmp / "phantoms"
+        t0 = time.perf_counter()
+        write_phantom_dataset(root, args.n, image_format="png", size=1024)
+        print(f"wrote {args.n} phantom cases (1024 px) in {time.perf_counter() - t0:.1f} s")
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_cxrseg._widgets._common import guard_triton_import
+    from napari_cxrseg._widgets._predict import PredictWidget
+    from napari_cxrseg._widgets._review import ReviewWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    guard_triton_import()
+    s = get_session(viewer)
+    s.set_model(_model(args.model, tmp), args.device)
+    predict = PredictWidget(viewer)
+    review = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(predict, name="Predict", area="right")
+    viewer.window.add_dock_widget(review, name="Review queue", area="right", tabify=True)
+
+    s.open_dataset(root)
+    _wait(app, lambda: s.index is not None)
+    s._ledger_path = tmp / "review.sqlite"  # never write into the (maybe read-only) dataset
+    cases = s.index.cases[: args.n]
+    s.index.cases = cases
+    cid = args.case or cases[0].case_id
+    s.load_case(cid)
+    _wait(app, lambda: s.case_id == cid)
+    print(f"data: {root} ({len(cases)} cases for the review run); case {cid}, image {s.image.shape}")
+
+    # ---------------------------------------------------------------- 1. click-to-layers
+    from cxrseg.predict import get_predictor
+
+    done: list[float] = []
+    s.prediction_changed.connect(lambda mid: done.append(time.perf_counter()) if mid else None)
+    _wait(app, lambda: predict.model_info.get("ok") is not None)
+    t0 = time.perf_counter()
+    predict.run_btn.click()  # warm-up: loads the model, first run, creates the layers
+    _wait(app, lambda: len(done) == 1)
+    first = done[0] - t0
+    pred = get_predictor(s.checkpoint, device=s.device)
+    print(f"model {pred.model_id} on {pred.device} ({pred.precision}), input {pred.input_size} px")
+    print(f"first Run (model load + layer creation): {first * 1000:.0f} ms")
+    bare, click, parts = [], [], []
+    order = [c.case_id for c in cases]
+    for k in range(args.repeats):
+        # the review flow: next case, then Run (its overlays reuse the parked layers)
+        nxt = order[(order.index(s.case_id) + 1) % len(order)]
+        s.load_case(nxt, predict=False)
+        _wait(app, lambda nxt=nxt: s.case_id == nxt)
+        image = s.image.data
+        if k == 0:
+            pred.predict(image)  # warm the bare path on this image size
+        t0 = time.perf_counter()
+        pred.predict(image)
+        bare.append(time.perf_counter() - t0)
+        n0 = len(done)
+        _wait(app, predict.run_btn.isEnabled)
+        t0 = time.perf_counter()
+        predict.run_btn.click()
+        _wait(app, lambda n0=n0: len(done) > n0)
+        click.append(done[-1] - t0)
+        parts.append(dict(s.last_timing))
+        names = [f"{nxt} heatmap {r}" for r in pred.regions] + [f"{nxt} prediction"]
+        assert all(n in viewer.layers and viewer.layers[n].visible for n in names)
+    mb, mc = statistics.median(bare), statistics.median(click)
+    over = (mc - mb) / mb * 100
+    print(f"bare Predictor.predict: median {mb * 1000:.0f} ms  ({', '.join(f'{x * 1000:.0f}' for x in bare)})")
+    print(f"click Run -> layers:    median {mc * 1000:.0f} ms  ({', '.join(f'{x * 1000:.0f}' for x in click)})")
+    med = {k: statistics.median(p[k] for p in parts) * 1000 for k in ("predict_s", "masks_s", "gui_s")}
+    print(f"  of which (medians): model in worker {med['predict_s']:.0f} ms, masks + labels in worker "
+          f"{med['masks_s']:.0f} ms, layer updates on the GUI thread {med['gui_s']:.0f} ms")
+    print(f"GUI overhead: {over:+.1f} %  (ratio {mc / mb:.2f}; target < 20 %) -> {'OK' if over < 20 else 'OVER'}")
+
+    # ---------------------------------------------------------------- 2. review-run stall
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    review.skip_box.setChecked(False)
+    timer.start()
+    _wait(app, lambda: len(ticks) > 20)
+    t0 = time.perf_counter()
+    w = review.run()
+    finished = []
+    w.finished.connect(lambda: finished.append(time.perf_counter()))
+    _wait(app, lambda: bool(finished), timeout=3600)
+    timer.stop()
+    run_s = finished[0] - t0
+    during = np.array([t for t in ticks if t >= t0])
+    gaps = np.diff(during) * 1000
+    print(f"review run: {len(review.scores)} cases in {run_s:.1f} s ({run_s / max(len(review.scores), 1) * 1000:.0f} ms/case), "
+          f"table rows {review.table.rowCount()}")
+    print(f"event-loop gaps (10 ms timer): median {np.median(gaps):.1f} ms, p99 {np.percentile(gaps, 99):.1f} ms, "
+          f"max {gaps.max():.1f} ms (target max < 100 ms) -> {'OK' if gaps.max() < 100 else 'OVER'}")
+    print(f"ratios: click/bare {mc / mb:.3f}; max stall / 100 ms budget {gaps.max() / 100:.2f}")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

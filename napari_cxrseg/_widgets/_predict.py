@@ -1,0 +1,355 @@
+"""Predict dock: run the U-Net on the current case and tune how its output is shown.
+
+* Model: the shipped default (``cxrseg/models/``) or a ``.safetensors`` checkpoint file.
+  A missing shipped model is reported in the dock, not as a crash.
+* Regions: any of the five, or all (the model may predict fewer).
+* Device: auto and the devices that exist here (detected in a worker: torch is never
+  imported on the GUI thread).
+* Run: one sigmoid heatmap Image layer per region (region-coloured colormap over
+  [0, 1], additive blending) and a prediction Labels layer.
+* Threshold: re-thresholds the kept probability maps at once, for one region or all,
+  without running the model again; post-processing; opacity and contour display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QLabeledDoubleSlider
+
+from cxrseg.regions import DISPLAY_NAMES, REGIONS
+
+from ._cases import SHORT_NAMES
+from ._common import Debouncer, start_worker
+from ._state import get_session
+
+__all__ = ["PredictWidget", "available_devices", "model_summary"]
+
+
+def available_devices() -> list[str]:
+    """``["auto", "cpu", ...]`` plus ``cuda`` / ``cuda:N`` / ``mps`` where they exist (imports torch)."""
+    import torch
+
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        out += ["cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def model_summary(checkpoint: str | None) -> dict:
+    """What the dock says about a model file (reads the safetensors header only)."""
+    from cxrseg.model import default_checkpoint_path, read_metadata
+
+    path = Path(checkpoint) if checkpoint else default_checkpoint_path()
+    if path.is_dir():
+        for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                path = path / name
+                break
+    if checkpoint is None and not path.is_file():
+        return {"ok": False, "path": str(path), "message": (
+            f"The shipped model is missing ({path}). Choose a checkpoint file (e.g. best.safetensors "
+            "written by `cxrseg train`), or reinstall napari-cxrseg.")}
+    meta = read_metadata(path)
+    cfg = meta.get("config", {})
+    val = (meta.get("metrics") or {}).get("val_iou") or {}
+    return {
+        "ok": True,
+        "path": str(path),
+        "model_id": meta.get("model_id"),
+        "regions": list(meta.get("regions") or cfg.get("regions") or []),
+        "input_size": cfg.get("input_size"),
+        "encoder": cfg.get("encoder_name"),
+        "val_mean_iou": val.get("mean"),
+        "date": meta.get("date"),
+    }
+
+
+class PredictWidget(QWidget):
+    """Dock widget running the model on the current case (see the module docstring)."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = s = get_session(napari_viewer)
+        self.model_info: dict = {}
+        self._worker = None
+
+        # -- model
+        self.model_edit = QLineEdit(s.checkpoint or "")
+        self.model_edit.setPlaceholderText("shipped default model")
+        self.model_edit.editingFinished.connect(self._on_model_edit)
+        browse = QPushButton("File…")
+        browse.clicked.connect(self._browse_model)
+        default = QPushButton("Default")
+        default.setToolTip("Use the model shipped with napari-cxrseg")
+        default.clicked.connect(lambda: self.set_checkpoint(None))
+        self.model_label = QLabel("Reading model …")
+        self.model_label.setWordWrap(True)
+        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu"])
+        self.device_combo.setCurrentText(s.device)
+        self.device_combo.currentTextChanged.connect(lambda d: self.session.set_model(self.session.checkpoint, d))
+
+        # -- regions
+        self.all_box = QCheckBox("all")
+        self.all_box.setChecked(True)
+        self.region_boxes: dict[str, QCheckBox] = {}
+        grid = QGridLayout()
+        grid.addWidget(self.all_box, 0, 0)
+        for i, r in enumerate(REGIONS, start=1):
+            cb = QCheckBox(SHORT_NAMES[r])
+            cb.setToolTip(DISPLAY_NAMES[r])
+            cb.setChecked(True)
+            cb.toggled.connect(self._on_region_box)
+            self.region_boxes[r] = cb
+            grid.addWidget(cb, i // 3, i % 3)
+        self.all_box.toggled.connect(self._on_all_box)
+
+        self.auto_box = QCheckBox("predict each case when it is loaded")
+        self.auto_box.setChecked(s.auto_predict)
+        self.auto_box.toggled.connect(lambda on: setattr(self.session, "auto_predict", bool(on)))
+        self.run_btn = QPushButton("Run")
+        self.run_btn.clicked.connect(self.run)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        # -- threshold + display
+        self.th_region = QComboBox()
+        self.th_region.addItem("all regions", None)
+        for r in REGIONS:
+            self.th_region.addItem(DISPLAY_NAMES[r], r)
+        self.th_region.currentIndexChanged.connect(self._sync_slider)
+        self.threshold = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.threshold.setRange(0.01, 0.99)
+        self.threshold.setDecimals(2)
+        self.threshold.setValue(0.5)
+        self._th_debounce = Debouncer(self.apply_threshold, 40, self)
+        self.threshold.valueChanged.connect(self._th_debounce.trigger)
+        self.post_box = QCheckBox("post-process (largest component, holes filled)")
+        self.post_box.setChecked(s.postprocess)
+        self.post_box.toggled.connect(self.session.set_postprocess)
+
+        self.heat_opacity = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.heat_opacity.setRange(0.0, 1.0)
+        self.heat_opacity.setValue(s.display["heatmap_opacity"])
+        self.heat_opacity.valueChanged.connect(lambda v: self.session.apply_display(heatmap_opacity=v))
+        self.mask_opacity = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.mask_opacity.setRange(0.0, 1.0)
+        self.mask_opacity.setValue(s.display["mask_opacity"])
+        self.mask_opacity.valueChanged.connect(lambda v: self.session.apply_display(mask_opacity=v))
+        self.contour_box = QCheckBox("contours only")
+        self.contour_box.setChecked(bool(s.display["contour"]))
+        self.contour_box.toggled.connect(lambda on: self.session.apply_display(contour=2 if on else 0))
+        self.heat_box = QCheckBox("show heatmaps")
+        self.heat_box.setChecked(bool(s.display["show_heatmaps"]))
+        self.heat_box.toggled.connect(lambda on: self.session.apply_display(show_heatmaps=bool(on)))
+
+        # -- layout
+        mbox = QGroupBox("Model")
+        ml = QVBoxLayout(mbox)
+        row = QHBoxLayout()
+        row.addWidget(self.model_edit, 1)
+        row.addWidget(browse)
+        row.addWidget(default)
+        ml.addLayout(row)
+        ml.addWidget(self.model_label)
+        form = QFormLayout()
+        form.addRow("device", self.device_combo)
+        ml.addLayout(form)
+        rbox = QGroupBox("Regions (patient's left/right)")
+        rbox.setLayout(grid)
+        dbox = QGroupBox("Masks and display")
+        dl = QFormLayout(dbox)
+        dl.addRow("threshold for", self.th_region)
+        dl.addRow("threshold", self.threshold)
+        dl.addRow(self.post_box)
+        dl.addRow("heatmap opacity", self.heat_opacity)
+        dl.addRow("mask opacity", self.mask_opacity)
+        dl.addRow(self.contour_box)
+        dl.addRow(self.heat_box)
+        lay = QVBoxLayout(self)
+        lay.addWidget(mbox)
+        lay.addWidget(rbox)
+        lay.addWidget(self.auto_box)
+        lay.addWidget(self.run_btn)
+        lay.addWidget(self.status)
+        lay.addWidget(dbox)
+        lay.addStretch(1)
+
+        s.model_changed.connect(self._on_model_changed)
+        s.prediction_changed.connect(self._on_prediction)
+        s.case_changed.connect(self._on_case)
+        s.thresholds_changed.connect(self._sync_slider)
+        self._detect_devices()
+        self._read_model()
+
+    # ------------------------------------------------------------------ model
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a cxrseg model", str(Path.home()),
+                                              "cxrseg models (*.safetensors);;All files (*)")
+        if path:
+            self.set_checkpoint(path)
+
+    def _on_model_edit(self) -> None:
+        self.set_checkpoint(self.model_edit.text().strip() or None)
+
+    def set_checkpoint(self, path: str | None) -> None:
+        """Use this model file (``None``: the shipped default)."""
+        self.model_edit.setText(path or "")
+        self.session.set_model(path, self.device_combo.currentText())
+
+    def _on_model_changed(self, checkpoint) -> None:
+        if self.model_edit.text().strip() != (checkpoint or ""):
+            self.model_edit.setText(checkpoint or "")
+        if self.device_combo.currentText() != self.session.device:
+            self.device_combo.setCurrentText(self.session.device)
+        self._read_model()
+
+    def _read_model(self):
+        self.model_label.setText("Reading model …")
+        return start_worker(model_summary, self.session.checkpoint, context="Read model", progress=False,
+                            returned=self._show_model, errored=self._model_error, sync=self.session.synchronous)
+
+    def _show_model(self, info: dict) -> None:
+        self.model_info = info
+        if not info.get("ok"):
+            self.model_label.setText(f"<span style='color:#ff6b6b'><b>No model.</b> {info['message']}</span>")
+            self.run_btn.setEnabled(False)
+            return
+        self.run_btn.setEnabled(True)
+        regs = info["regions"]
+        val = info.get("val_mean_iou")
+        self.model_label.setText(
+            f"<b>{Path(info['path']).name}</b> · id {info.get('model_id')} · {info.get('encoder')} "
+            f"@ {info.get('input_size')} px · regions: {', '.join(SHORT_NAMES.get(r, r) for r in regs)}"
+            + (f" · val IoU {val:.3f}" if isinstance(val, (int, float)) else "")
+        )
+        for r, cb in self.region_boxes.items():
+            cb.setEnabled(r in regs)
+            cb.setToolTip(DISPLAY_NAMES[r] + ("" if r in regs else " (this model does not predict it)"))
+
+    def _model_error(self, exc) -> None:
+        self.model_info = {"ok": False, "message": str(exc)}
+        self.model_label.setText(f"<span style='color:#ff6b6b'><b>Model unusable:</b> {exc}</span>")
+        self.run_btn.setEnabled(False)
+
+    def _detect_devices(self):
+        return start_worker(available_devices, context="Detect devices", progress=False,
+                            returned=self._set_devices, sync=self.session.synchronous)
+
+    def _set_devices(self, devices: list[str]) -> None:
+        cur = self.device_combo.currentText()
+        self.device_combo.blockSignals(True)
+        self.device_combo.clear()
+        self.device_combo.addItems(devices)
+        self.device_combo.setCurrentText(cur if cur in devices else "auto")
+        self.device_combo.blockSignals(False)
+
+    # ------------------------------------------------------------------ regions
+    def _on_all_box(self, on: bool) -> None:
+        for cb in self.region_boxes.values():
+            cb.blockSignals(True)
+            cb.setChecked(on)
+            cb.blockSignals(False)
+        self._store_regions()
+
+    def _on_region_box(self, _on: bool) -> None:
+        self.all_box.blockSignals(True)
+        self.all_box.setChecked(all(cb.isChecked() for cb in self.region_boxes.values()))
+        self.all_box.blockSignals(False)
+        self._store_regions()
+
+    def _store_regions(self) -> None:
+        chosen = self.selected_regions()
+        self.session.regions = None if chosen is None else chosen
+
+    def selected_regions(self) -> tuple[str, ...] | None:
+        """Chosen regions (``None``: all)."""
+        chosen = tuple(r for r, cb in self.region_boxes.items() if cb.isChecked())
+        return None if len(chosen) == len(REGIONS) else chosen
+
+    def set_regions(self, regions) -> None:
+        """Tick exactly these regions."""
+        from cxrseg.regions import parse_regions
+
+        want = set(parse_regions(regions))
+        for r, cb in self.region_boxes.items():
+            cb.setChecked(r in want)
+
+    # ------------------------------------------------------------------ run
+    def run(self):
+        """Predict the current case; returns the worker (``None`` if nothing to do)."""
+        regions = self.selected_regions()
+        if regions == ():
+            self.status.setText("Tick at least one region.")
+            return None
+        self.session.set_model(self.session.checkpoint, self.device_combo.currentText())
+        if self.session.image is None:
+            self.status.setText("Load a case first (Cases dock).")
+            return None
+        self.status.setText(f"Predicting {self.session.case_id} …")
+        self.run_btn.setEnabled(False)
+        w = self.session.predict(regions)
+        if w is None:
+            self.run_btn.setEnabled(True)
+            return None
+        w.finished.connect(lambda: self.run_btn.setEnabled(bool(self.model_info.get("ok", True))))
+        self._worker = w
+        return w
+
+    def _on_prediction(self, model_id) -> None:
+        self.run_btn.setEnabled(bool(self.model_info.get("ok", True)))
+        if model_id is None:
+            self.status.setText("")
+            return
+        t = self.session.last_timing
+        msg = f"{self.session.case_id}: predicted by model {model_id}"
+        if t:
+            msg += f" (model {t.get('predict_s', 0):.2f} s)"
+        self.status.setText(msg)
+        self._sync_slider()
+
+    def _on_case(self, case_id) -> None:
+        self.status.setText(f"{case_id} loaded." + ("" if self.session.auto_predict else " Press Run to predict."))
+
+    # ------------------------------------------------------------------ threshold
+    def _sync_slider(self, *_args) -> None:
+        r = self.th_region.currentData()
+        th = self.session.thresholds
+        if not th:
+            return
+        val = th.get(r) if r is not None else (sum(th.values()) / len(th))
+        if val is None:
+            return
+        self.threshold.blockSignals(True)
+        self.threshold.setValue(float(val))
+        self.threshold.blockSignals(False)
+
+    def apply_threshold(self):
+        """Apply the slider's value to the chosen region (or all); no model run."""
+        value = float(self.threshold.value())
+        r = self.th_region.currentData()
+        regions = [r] if r is not None else list(self.session.probs or self.session.thresholds or REGIONS)
+        return self.session.set_thresholds({k: value for k in regions})

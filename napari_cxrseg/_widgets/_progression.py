@@ -1,0 +1,219 @@
+"""Training progression dock: watch a tracked case's sigmoid maps evolve, epoch by epoch.
+
+``cxrseg train --track-case ID`` writes ``progression.npz`` in its run folder: ``probs``
+``(E, R, S, S)`` float16 (the case's sigmoid maps after every epoch), ``image (S, S)``,
+``epochs``, ``regions`` and ``case_id``. This dock opens such a folder as an image stack:
+one heatmap layer ``(E, S, S)`` per region over the case's (pre-processed) image, so
+napari's dims slider scrubs through the epochs; the epoch's validation IoU (from
+``history.json``) is shown below. The case's ground truth is added, resized to ``S``
+like the training targets, when the case is in the open dataset or the run's checkpoint
+metadata names its ``data_root``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+
+from cxrseg.regions import REGIONS, canonical_region
+
+from ._state import _heat_colormap, get_session
+
+__all__ = ["ProgressionWidget", "read_progression", "ground_truth_at"]
+
+
+def read_progression(run_dir: str | Path) -> dict:
+    """Read a run folder's ``progression.npz`` (and ``history.json`` if present).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``progression.npz`` (the run was not started with ``--track-case``).
+    ValueError
+        The file does not hold what ``cxrseg train`` writes.
+    """
+    run = Path(run_dir).expanduser()
+    f = run / "progression.npz" if run.is_dir() else run
+    if not f.is_file():
+        raise FileNotFoundError(f"{run}: no progression.npz (train with --track-case CASE to record one)")
+    run = f.parent
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            probs = np.asarray(z["probs"])
+            image = np.asarray(z["image"], dtype=np.float32)
+            epochs = np.asarray(z["epochs"]).astype(int).tolist() if "epochs" in z else list(range(1, len(probs) + 1))
+            regions = [canonical_region(str(r)) for r in np.atleast_1d(z["regions"])]
+            case_id = str(z["case_id"]) if "case_id" in z else run.name
+    except (KeyError, ValueError, OSError) as exc:
+        raise ValueError(f"{f}: not a cxrseg progression file (expected probs, image, epochs, regions, case_id: {exc})") from None
+    if probs.ndim != 4 or probs.shape[1] != len(regions) or probs.shape[2:] != image.shape:
+        raise ValueError(f"{f}: probs of shape {probs.shape} do not match {len(regions)} regions and image {image.shape}")
+    history = {}
+    hf = run / "history.json"
+    if hf.is_file():
+        try:
+            history = {int(h["epoch"]): h for h in json.loads(hf.read_text())}
+        except (ValueError, KeyError, TypeError):
+            history = {}
+    data_root = None
+    for name in ("best.safetensors", "last.safetensors"):
+        if (run / name).is_file():
+            try:
+                from cxrseg.model import read_metadata
+
+                data_root = read_metadata(run / name).get("data_root")
+            except ValueError:
+                pass
+            if data_root:
+                break
+    return {"run": run, "probs": probs, "image": image, "epochs": epochs, "regions": regions,
+            "case_id": case_id, "history": history, "data_root": data_root}
+
+
+def ground_truth_at(case, regions, size: int) -> dict[str, np.ndarray]:
+    """A case's masks pre-processed like training targets (pad to square, area resize) at ``size``."""
+    import torch
+
+    from cxrseg.transforms import pad_to_square, resize_area
+
+    have = [r for r in regions if r in getattr(case, "mask_paths", {})]
+    out = {}
+    for r, m in case.load_masks(have).items():
+        sq, _ = pad_to_square(np.asarray(m, np.float32), value=0.0)
+        out[r] = resize_area(torch.from_numpy(np.ascontiguousarray(sq)), size).numpy() >= 0.5
+    return out
+
+
+def _load_job(run_dir, index) -> dict:
+    prog = read_progression(run_dir)
+    case = None
+    if index is not None:
+        case = index.get(prog["case_id"]) if hasattr(index, "get") else None
+    if case is None and prog["data_root"] and Path(prog["data_root"]).is_dir():
+        from cxrseg.dataset import DatasetIndex
+
+        case = DatasetIndex(prog["data_root"]).get(prog["case_id"])
+    prog["truth"] = ground_truth_at(case, prog["regions"], prog["image"].shape[0]) if case is not None else {}
+    return prog
+
+
+class ProgressionWidget(QWidget):
+    """Dock widget showing a ``--track-case`` training run (see the module docstring)."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = get_session(napari_viewer)
+        self.progression: dict | None = None
+        self.layers: list = []
+
+        self.run_edit = QLineEdit()
+        self.run_edit.setPlaceholderText("training run folder (with progression.npz)")
+        self.run_edit.returnPressed.connect(self.open_run)
+        browse = QPushButton("Folder…")
+        browse.clicked.connect(self._browse)
+        open_btn = QPushButton("Open")
+        open_btn.clicked.connect(self.open_run)
+        self.info = QLabel("Open the folder of a run trained with --track-case.")
+        self.info.setWordWrap(True)
+        self.epoch_label = QLabel("")
+        self.epoch_label.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.run_edit, 1)
+        row.addWidget(browse)
+        row.addWidget(open_btn)
+        lay = QVBoxLayout(self)
+        lay.addLayout(row)
+        lay.addWidget(self.info)
+        lay.addWidget(self.epoch_label)
+        lay.addStretch(1)
+        napari_viewer.dims.events.current_step.connect(self._on_step)
+
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Open a training run folder", self.run_edit.text() or str(Path.home()))
+        if d:
+            self.run_edit.setText(d)
+            self.open_run()
+
+    def open_run(self, run_dir: str | Path | None = None):
+        """Open a run folder (default: the line edit's); returns the worker."""
+        from ._common import start_worker
+
+        run_dir = str(run_dir) if run_dir is not None else self.run_edit.text().strip()
+        if not run_dir:
+            return None
+        self.run_edit.setText(run_dir)
+        self.info.setText(f"Reading {run_dir} …")
+        return start_worker(_load_job, run_dir, self.session.index, context="Open training progression",
+                            returned=self._show, errored=lambda e: self.info.setText(f"Cannot open: {e}"),
+                            sync=self.session.synchronous)
+
+    def layer_name(self, what: str, case_id: str | None = None) -> str:
+        cid = case_id or (self.progression or {}).get("case_id", "")
+        return f"{cid} progression {what}"
+
+    def _show(self, prog: dict) -> None:
+        from napari.layers import Image, Labels
+
+        from napari_cxrseg._layers import label_colormap, label_features, labels_from_masks
+
+        v = self.viewer
+        for ly in self.layers:
+            if ly in v.layers:
+                v.layers.remove(ly)
+        self.layers = []
+        self.progression = prog
+        cid, probs, regions = prog["case_id"], prog["probs"], prog["regions"]
+        md = {"cxrseg": {"kind": "progression", "case_id": cid, "run": str(prog["run"])}}
+        self.layers.append(v.add_layer(Image(prog["image"], name=self.layer_name("image"), colormap="gray",
+                                             contrast_limits=(0.0, 1.0), metadata=md)))
+        if prog["truth"]:
+            gt = Labels(labels_from_masks(prog["truth"], prog["image"].shape), name=self.layer_name("ground truth"),
+                        colormap=label_colormap(), features=label_features(), opacity=0.8, metadata=md)
+            gt.contour = 1
+            self.layers.append(v.add_layer(gt))
+        for j, r in enumerate(regions):
+            if r not in REGIONS:
+                continue
+            self.layers.append(v.add_layer(Image(
+                probs[:, j].astype(np.float32), name=self.layer_name(r), colormap=_heat_colormap(r),
+                contrast_limits=(0.0, 1.0), blending="additive", opacity=0.8, metadata=md)))
+        nd = v.dims.ndim
+        if nd >= 3:
+            if nd == 3:
+                v.dims.axis_labels = ("epoch", "row", "col")
+            v.dims.set_current_step(nd - 3, len(probs) - 1)
+        v.reset_view()
+        gt_note = "with ground truth" if prog["truth"] else "no ground truth found (open its dataset in Cases)"
+        self.info.setText(
+            f"<b>{cid}</b>: {len(probs)} epochs, {len(regions)} region(s), {probs.shape[-1]} px; {gt_note}. "
+            "Move the epoch slider below the canvas."
+        )
+        self._on_step()
+
+    def current_epoch(self) -> int | None:
+        """The epoch shown by the dims slider."""
+        if self.progression is None:
+            return None
+        nd = self.viewer.dims.ndim
+        if nd < 3:
+            return None
+        k = int(self.viewer.dims.current_step[nd - 3])
+        ep = self.progression["epochs"]
+        return ep[min(max(k, 0), len(ep) - 1)]
+
+    def _on_step(self, *_args) -> None:
+        ep = self.current_epoch()
+        if ep is None:
+            return
+        h = self.progression["history"].get(ep, {})
+        val = h.get("val_iou") or {}
+        parts = [f"epoch {ep} / {self.progression['epochs'][-1]}"]
+        if "loss" in h:
+            parts.append(f"loss {h['loss']:.4f}")
+        if val:
+            parts.append("val IoU " + ", ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, (int, float))))
+        self.epoch_label.setText(" · ".join(parts))

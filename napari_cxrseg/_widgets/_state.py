@@ -1,0 +1,948 @@
+"""The review session of a viewer: what is open, predicted and measured, shared by all docks.
+
+One :class:`Session` per viewer (:func:`get_session`) holds the open dataset, the current
+case (image + exact reference masks), the current prediction (probability maps at image
+resolution, kept so thresholds can change without re-running the model), the model
+choice and the thresholds. It owns the case's layers and keeps them in step with that
+state, and tells the widgets what changed through psygnal signals:
+
+============================  =======================================================
+signal                        emitted with / when
+============================  =======================================================
+``dataset_changed(root)``     a dataset (or a list of files) was opened
+``case_about_to_change(id)``  before the current case's layers are removed (save edits!)
+``case_changed(id)``          a case was loaded and its image + ground truth shown
+``model_changed(ckpt)``       the model file or device changed
+``prediction_changed(mid)``   new probability maps (model id); ``None`` when cleared
+``prediction_failed(msg)``    the model could not run (after the error notification)
+``thresholds_changed()``      the prediction masks were re-thresholded
+``masks_edited(name)``        a prediction / edit Labels layer was painted
+``scores_changed(id)``        per-region IoUs of a case became known
+``review_changed(id)``        a case's review status changed
+============================  =======================================================
+
+Layer names (:meth:`Session.layer_name`): image ``"<case>"``, ground truth
+``"<case> ground truth"``, prediction labels ``"<case> prediction"``, heatmap
+``"<case> heatmap <region>"``, false positive/negative overlay ``"<case> errors"``,
+editable mask ``"<case> edit <region>"``.
+
+Long work (reading a case, running the model, re-thresholding with post-processing)
+runs in napari thread workers (:func:`._common.start_worker`); layers are touched only in
+the GUI-thread callbacks. Every ``*_sync`` method does the same work inline (tests,
+scripts); ``Session.synchronous = True`` or env ``CXRSEG_SYNC=1`` makes the worker
+variants run inline too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psygnal import Signal
+
+from cxrseg.regions import COLORS, REGIONS, canonical_region, parse_regions
+
+from ._common import ensure_pool_headroom, guard_triton_import, notify_error, start_worker, sync_mode
+
+log = logging.getLogger("napari_cxrseg")
+
+__all__ = ["Session", "get_session", "FileCases", "LAYER_KINDS", "compute_masks"]
+
+#: Kinds of layers a session creates or recognises (see :meth:`Session.layer_name`).
+LAYER_KINDS = ("image", "ground_truth", "prediction", "heatmap", "errors", "edit")
+
+_SUFFIX = {
+    "image": "",
+    "ground_truth": " ground truth",
+    "gt": " ground truth",
+    "prediction": " prediction",
+    "heatmap": " heatmap",
+    "errors": " errors",
+    "edit": " edit",
+}
+
+#: Colours of the false-positive / false-negative overlay.
+ERROR_COLORS = {"fp": (0.95, 0.15, 0.15, 1.0), "fn": (0.15, 0.45, 1.0, 1.0)}
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def get_session(viewer) -> Session:
+    """The :class:`Session` of ``viewer`` (created on first use; one per viewer)."""
+    guard_triton_import()
+    ensure_pool_headroom()
+    s = _SESSIONS.get(viewer)
+    if s is None:
+        s = Session(viewer)
+        _SESSIONS[viewer] = s
+    return s
+
+
+class FileCases:
+    """A case list made of image files (duck-types :class:`cxrseg.dataset.DatasetIndex`).
+
+    A file in the ``images/`` folder of an SCR-layout dataset gets its masks from the
+    dataset's ``masks/<region>/``; any other file is indexed on its own (masks beside it
+    are found as by ``DatasetIndex``).
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike]):
+        from cxrseg.dataset import DatasetIndex
+
+        paths = [Path(p).expanduser() for p in paths]
+        if not paths:
+            raise ValueError("no file given")
+        cases = []
+        parents: dict[Path, Any] = {}
+        for p in paths:
+            case = None
+            top = p.parent.parent
+            if p.parent.name.lower() == "images" and (top / "masks").is_dir():
+                if top not in parents:
+                    try:
+                        parents[top] = DatasetIndex(top)
+                    except ValueError:
+                        parents[top] = None
+                idx = parents[top]
+                case = idx.get(p.stem) if idx is not None else None
+                if case is not None and Path(case.image_path).resolve() != p.resolve():
+                    case = None
+            cases.extend([case] if case is not None else DatasetIndex(p).cases)
+        seen: dict[str, Any] = {}
+        for c in cases:
+            seen.setdefault(c.case_id, c)
+        self.cases = sorted(seen.values(), key=lambda c: c.case_id)
+        self.root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+        self._by_id = {c.case_id: c for c in self.cases}
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __iter__(self):
+        return iter(self.cases)
+
+    def __contains__(self, key) -> bool:
+        return getattr(key, "case_id", key) in self._by_id
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.cases[int(key)]
+        try:
+            return self._by_id[str(key)]
+        except KeyError:
+            raise KeyError(f"no case {key!r} among the opened files") from None
+
+    def get(self, key, default=None):
+        return self._by_id.get(str(key), default)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c.case_id for c in self.cases]
+
+    def __repr__(self) -> str:
+        return f"FileCases({str(self.root)!r}, {len(self)} cases)"
+
+
+def compute_masks(
+    probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], *, postprocess: bool = False
+) -> dict[str, np.ndarray]:
+    """Threshold probability maps (``p >= t``), optionally post-processed. GUI-free."""
+    try:
+        from cxrseg.predict import threshold as _threshold
+    except ImportError:  # pragma: no cover - colleague's module not there yet
+        _threshold = None
+    th = {r: float(thresholds.get(r, 0.5)) for r in probs}
+    if _threshold is not None:
+        masks = dict(_threshold(probs, th))
+    else:  # pragma: no cover
+        masks = {r: np.asarray(p) >= th[r] for r, p in probs.items()}
+    if postprocess:
+        from cxrseg.postprocess import postprocess as _post
+
+        masks = dict(_post(masks))
+    return {r: np.asarray(masks[r], dtype=bool) for r in REGIONS if r in masks}
+
+
+def _paint_lut() -> np.ndarray:
+    """Lookup table: bit pattern of the regions present at a pixel -> its label value,
+    the last region of :data:`~cxrseg.regions.PAINT_ORDER` winning."""
+    from cxrseg.regions import LABEL_VALUES, PAINT_ORDER
+
+    lut = np.zeros(1 << len(REGIONS), np.uint8)
+    for code in range(len(lut)):
+        for r in PAINT_ORDER:
+            if code >> REGIONS.index(r) & 1:
+                lut[code] = LABEL_VALUES[r]
+    return lut
+
+
+_LUT = _paint_lut()
+
+
+def paint_labels(masks: Mapping[str, np.ndarray], shape) -> np.ndarray:
+    """Region masks (on one grid) -> ``uint8`` label image, as
+    :func:`napari_cxrseg._layers.labels_from_masks` paints it (same values, same paint
+    order), in one table lookup instead of one masked assignment per region."""
+    code = np.zeros(tuple(shape), np.uint8)
+    for r, m in masks.items():
+        code |= np.asarray(m, dtype=bool).view(np.uint8) << np.uint8(REGIONS.index(r))
+    return _LUT[code]
+
+
+def _mask_job(probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], postprocess: bool, shape):
+    """Worker body: thresholded masks and their label image (painted off the GUI thread)."""
+    masks = compute_masks(probs, thresholds, postprocess=postprocess)
+    labels = paint_labels(masks, shape) if masks else np.zeros(shape, np.uint8)
+    return {"masks": masks, "labels": labels}
+
+
+def display_stride(shape, max_side: int | None) -> int:
+    """Stride that brings ``shape`` to at most ``max_side`` pixels a side (1: none)."""
+    if not max_side:
+        return 1
+    return max(1, -(-max(shape) // int(max_side)))
+
+
+def _heat_display(probs: Mapping[str, np.ndarray], stride: int) -> dict[str, np.ndarray]:
+    """Probability maps subsampled for display (the session keeps the full ones)."""
+    if stride <= 1:
+        return dict(probs)
+    return {r: np.ascontiguousarray(p[::stride, ::stride]) for r, p in probs.items()}
+
+
+def _heat_colormap(region: str):
+    from napari.utils.colormaps import Colormap
+
+    r, g, b, _ = COLORS[region]
+    return Colormap([[0.0, 0.0, 0.0, 1.0], [r, g, b, 1.0]], name=f"cxrseg heat {region}",
+                    display_name=f"cxrseg {region}")
+
+
+def _errors_colormap():
+    return {0: (0.0, 0.0, 0.0, 0.0), 1: ERROR_COLORS["fp"], 2: ERROR_COLORS["fn"], None: (0.5, 0.5, 0.5, 1.0)}
+
+
+_TORCH_EXECUTOR = None
+
+
+def _torch_thread():
+    """One long-lived thread for the model's forward passes: torch's per-thread state
+    (OpenMP team, oneDNN scratch) stays warm between predictions, whichever pool thread
+    runs the worker."""
+    global _TORCH_EXECUTOR
+    if _TORCH_EXECUTOR is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _TORCH_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrseg-torch")
+    return _TORCH_EXECUTOR
+
+
+def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool,
+                 heat_stride: int = 1):
+    """Worker body of a prediction (torch is imported here, off the GUI thread)."""
+    from cxrseg.predict import get_predictor
+
+    t0 = time.perf_counter()
+    predictor = get_predictor(checkpoint, device=device)
+    t1 = time.perf_counter()
+    model_regions = tuple(predictor.regions)
+    wanted = model_regions if regions is None else tuple(r for r in parse_regions(regions) if r in model_regions)
+    if not wanted:
+        raise ValueError(
+            f"the model predicts {', '.join(model_regions)}; none of the chosen regions "
+            f"({', '.join(parse_regions(regions))})"
+        )
+    probs = _torch_thread().submit(predictor.predict, image, regions=wanted).result()
+    probs = {r: np.asarray(probs[r], dtype=np.float32) for r in wanted}
+    t2 = time.perf_counter()
+    th = dict(predictor.config.thresholds)
+    th.update(thresholds or {})
+    res = _mask_job(probs, th, postprocess, image.shape)
+    heat = _heat_display(probs, heat_stride)
+    t3 = time.perf_counter()
+    return {
+        "probs": probs,
+        "heat": heat,
+        "masks": res["masks"],
+        "labels": res["labels"],
+        "masks_s": t3 - t2,
+        "model_id": str(predictor.model_id),
+        "model_thresholds": dict(predictor.config.thresholds),
+        "model_regions": model_regions,
+        "load_s": t1 - t0,
+        "predict_s": t2 - t1,
+    }
+
+
+class Session:
+    """Shared state of the napari-cxrseg docks of one viewer (see the module docstring)."""
+
+    dataset_changed = Signal(object)
+    case_about_to_change = Signal(object)
+    case_changed = Signal(object)
+    model_changed = Signal(object)
+    prediction_changed = Signal(object)
+    prediction_failed = Signal(str)
+    thresholds_changed = Signal()
+    masks_edited = Signal(object)
+    scores_changed = Signal(object)
+    review_changed = Signal(object)
+
+    def __init__(self, viewer):
+        self._viewer_ref = weakref.ref(viewer)
+        #: Run workers inline (tests); default from env ``CXRSEG_SYNC``.
+        self.synchronous: bool = sync_mode()
+        self.dataset_root: Path | None = None
+        self.index = None
+        #: The dataset's :class:`cxrseg.review.ReviewLedger` (``None`` until it exists).
+        self.ledger = None
+        self._ledger_path: Path | None = None
+        self.case = None
+        self.case_id: str | None = None
+        self.image = None
+        self.truth: dict[str, np.ndarray] | None = None
+        self.probs: dict[str, np.ndarray] | None = None
+        #: Thresholded (and maybe post-processed) prediction masks, exact per region.
+        self.masks: dict[str, np.ndarray] | None = None
+        self.model_id: str | None = None
+        self.model_regions: tuple[str, ...] | None = None
+        self.checkpoint: str | None = None
+        self.device: str = "auto"
+        self.thresholds: dict[str, float] = {}
+        self.postprocess: bool = False
+        #: Predict the case as soon as it is loaded.
+        self.auto_predict: bool = False
+        #: Regions to predict (``None``: all the model has).
+        self.regions: tuple[str, ...] | None = None
+        #: Display settings applied to the layers the session creates.
+        self.display: dict[str, Any] = {
+            "heatmap_opacity": 0.6,
+            # heatmap layers show the maps subsampled to at most this many pixels a side (the model
+            # sees 256 px: nothing is lost; a 2048 JSRT image: every 4th pixel); None: full size
+            "heatmap_max_side": 512,
+            "mask_opacity": 0.45,
+            # napari recomputes contours of the whole image on each change: ~150 ms at 2048
+            "contour": 0,
+            "gt_opacity": 0.7,
+            "gt_contour": 2,
+            "show_heatmaps": True,
+        }
+        #: Case id -> {region: IoU}, from the Compare widget and review runs.
+        self.case_scores: dict[str, dict[str, float]] = {}
+        #: Timings of the last prediction (seconds): load_s, predict_s, total_s.
+        self.last_timing: dict[str, float] = {}
+        #: Order of PageDown / PageUp stepping (the Cases table's order); ``None``: dataset order.
+        self.case_order: list[str] | None = None
+        self._mask_gen = 0
+        self._pred_gen = 0
+        self._keys_bound = False
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def viewer(self):
+        """The viewer (``None`` once it has been garbage-collected)."""
+        return self._viewer_ref()
+
+    def __repr__(self) -> str:
+        return f"<Session case={self.case_id!r} dataset={str(self.dataset_root) if self.dataset_root else None!r}>"
+
+    def layer_name(self, kind: str, region: str | None = None, *, case_id: str | None = None) -> str:
+        """Name of a layer of the current (or given) case.
+
+        ``kind`` is one of ``image``, ``ground_truth`` (``gt``), ``prediction``,
+        ``heatmap`` and ``edit`` (these two need ``region``), ``errors``.
+        """
+        cid = case_id if case_id is not None else self.case_id
+        if cid is None:
+            raise ValueError("no case is loaded")
+        kind = kind.replace(" ", "_").lower()
+        if kind not in _SUFFIX:
+            raise ValueError(f"unknown layer kind {kind!r}: expected one of {', '.join(LAYER_KINDS)}")
+        name = f"{cid}{_SUFFIX[kind]}"
+        if kind in ("heatmap", "edit"):
+            if region is None:
+                raise ValueError(f"a {kind} layer needs a region")
+            name += f" {canonical_region(region)}"
+        return name
+
+    def get_layer(self, kind: str, region: str | None = None):
+        """The layer of that kind for the current case, or ``None``."""
+        v = self.viewer
+        if v is None or self.case_id is None:
+            return None
+        name = self.layer_name(kind, region)
+        return v.layers[name] if name in v.layers else None
+
+    def _is_case_layer(self, name: str, case_id: str) -> bool:
+        if name == case_id:
+            return True
+        if not name.startswith(case_id + " "):
+            return False
+        rest = name[len(case_id):]
+        return any(rest == s or rest.startswith(s + " ") for s in _SUFFIX.values() if s)
+
+    def case_layers(self, case_id: str | None = None) -> list:
+        """The layers (by the naming scheme) of the current or given case."""
+        v = self.viewer
+        cid = case_id if case_id is not None else self.case_id
+        if v is None or cid is None:
+            return []
+        return [ly for ly in v.layers if self._is_case_layer(ly.name, cid)]
+
+    def _add_layer(self, data, kwargs: dict, layer_type: str, *, kind: str, region: str | None = None):
+        from napari.layers import Layer
+
+        v = self.viewer
+        kwargs = dict(kwargs)
+        md = dict(kwargs.get("metadata") or {})
+        ours = dict(md.get("cxrseg") or {})
+        ours.update({"kind": kind, "case_id": self.case_id})
+        if region is not None:
+            ours["region"] = region
+        md["cxrseg"] = ours
+        kwargs["metadata"] = md
+        layer = Layer.create(data, kwargs, layer_type)
+        overlay = kind in ("heatmap", "errors")
+        # Overlays do not take the selection (each selection change rebuilds napari's layer
+        # controls, ~30 ms). ``_activate_on_insert`` is napari's own switch for this.
+        activate = getattr(v.layers, "_activate_on_insert", None)
+        if overlay and activate is not None:
+            v.layers._activate_on_insert = False
+        try:
+            v.add_layer(layer)
+        finally:
+            if overlay and activate is not None:
+                v.layers._activate_on_insert = activate
+        return layer
+
+    # -- layer recycling: creating a napari layer costs ~100 ms of GUI time (Qt controls,
+    # vispy visual), swapping its data ~10 ms. A case's layers are therefore reused for the
+    # next case: image and ground truth at once, prediction overlays "parked" (hidden,
+    # emptied, renamed "(idle) ...") until the next prediction claims them.
+    @staticmethod
+    def _md(layer) -> dict:
+        return dict(layer.metadata.get("cxrseg") or {})
+
+    def _park(self, layer) -> None:
+        md = self._md(layer)
+        md.update(parked=True, case_id=None)
+        md.pop("masks", None)
+        layer.visible = False
+        layer.metadata = {**layer.metadata, "cxrseg": md}
+        layer.data = np.zeros((1, 1), dtype=layer.data.dtype)
+        layer.name = f"(idle) cxrseg {md.get('kind')}" + (f" {md['region']}" if md.get("region") else "")
+
+    def _claim(self, kind: str, region: str | None = None):
+        """The current case's layer of that kind, else a parked one renamed for it, else ``None``."""
+        v = self.viewer
+        name = self.layer_name(kind, region)
+        if name in v.layers:
+            return v.layers[name]
+        for ly in v.layers:
+            md = self._md(ly)
+            if md.get("parked") and md.get("kind") == kind and (
+                    kind not in ("heatmap", "edit") or md.get("region") == region):
+                md.update(parked=False, case_id=self.case_id)
+                ly.metadata = {**ly.metadata, "cxrseg": md}
+                ly.name = name
+                return ly
+        return None
+
+    def _reuse(self, layer, data, kwargs: dict, *, kind: str) -> None:
+        """Give an existing layer a new case's data, name, scale and metadata."""
+        md = dict(kwargs.get("metadata") or {})
+        ours = dict(md.get("cxrseg") or {})
+        ours.update({"kind": kind, "case_id": self.case_id, "parked": False})
+        md["cxrseg"] = ours
+        layer.metadata = md
+        scale = tuple(float(x) for x in kwargs.get("scale", (1.0, 1.0)))
+        if tuple(layer.scale) != scale:
+            layer.scale = scale
+        layer.data = data
+        layer.name = kwargs["name"]
+        layer.visible = True
+
+    def _scale(self) -> tuple[float, float]:
+        if self.image is not None and self.image.spacing:
+            return tuple(float(s) for s in self.image.spacing)
+        return (1.0, 1.0)
+
+    # ------------------------------------------------------------------ dataset
+    def open_dataset_sync(self, root: str | os.PathLike) -> None:
+        """Index a dataset folder (or one image file) and open its review ledger."""
+        from cxrseg.dataset import DatasetIndex
+
+        self._apply_dataset(DatasetIndex(root))
+
+    def open_dataset(self, root: str | os.PathLike):
+        """:meth:`open_dataset_sync` in a worker; returns it (``None`` when synchronous)."""
+        from cxrseg.dataset import DatasetIndex
+
+        return start_worker(DatasetIndex, root, context=f"Open dataset {root}", returned=self._apply_dataset,
+                            sync=self.synchronous)
+
+    def open_files_sync(self, paths: Sequence[str | os.PathLike]) -> None:
+        """Open a list of image files as cases (masks beside them are found too)."""
+        self._apply_dataset(FileCases(paths))
+
+    def open_files(self, paths: Sequence[str | os.PathLike]):
+        """:meth:`open_files_sync` in a worker."""
+        return start_worker(FileCases, list(paths), context="Open files", returned=self._apply_dataset,
+                            sync=self.synchronous)
+
+    def _apply_dataset(self, index) -> None:
+        from cxrseg.review import ReviewLedger, ledger_path
+
+        if self.ledger is not None:
+            try:
+                self.ledger.close()
+            except Exception:  # pragma: no cover
+                pass
+            self.ledger = None
+        self.index = index
+        self.dataset_root = Path(index.root).resolve()
+        self.case_scores = {}
+        self.case_order = None
+        # Opening a dataset never writes into it: the ledger is opened if it exists and
+        # created on the first review status or review run (ensure_ledger).
+        self._ledger_path = ledger_path(self.dataset_root)
+        if self._ledger_path.is_file():
+            try:
+                self.ledger = ReviewLedger(self._ledger_path)
+                mid = self.ledger.latest_model_id()
+                if mid:
+                    self.case_scores = self.ledger.scores(mid)
+            except (OSError, ValueError) as exc:
+                notify_error(f"Review ledger of {self.dataset_root} unavailable", exc)
+                self.ledger = None
+        self.dataset_changed.emit(self.dataset_root)
+
+    def ensure_ledger(self):
+        """The open dataset's review ledger, created if needed (``None`` without a dataset)."""
+        from cxrseg.review import ReviewLedger
+
+        if self.ledger is None and self.dataset_root is not None:
+            self.ledger = ReviewLedger(self._ledger_path)
+        return self.ledger
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Case ids of the open dataset, in table order."""
+        return [c.case_id for c in self.index.cases] if self.index is not None else []
+
+    def _resolve_case(self, case_or_id):
+        if hasattr(case_or_id, "load_image"):
+            return case_or_id
+        if self.index is None:
+            p = Path(str(case_or_id))
+            if p.exists():
+                self.open_dataset_sync(p)
+                return self.index.cases[0]
+            raise KeyError(f"no dataset is open, cannot find case {case_or_id!r}")
+        return self.index[case_or_id]
+
+    # ------------------------------------------------------------------ cases
+    @staticmethod
+    def _read_case(case) -> dict:
+        """Worker body: read the image and its masks, masks on the image grid."""
+        from napari_cxrseg._layers import resize_nearest
+
+        image = case.load_image()
+        raw = case.load_masks() if getattr(case, "mask_paths", None) else {}
+        truth = {r: np.asarray(resize_nearest(np.asarray(m, bool), image.shape), dtype=bool) for r, m in raw.items()}
+        return {"case": case, "image": image, "truth": truth}
+
+    def load_case_sync(self, case_or_id, *, predict: bool | None = None) -> None:
+        """Read a case and show it (image + ground truth), replacing the previous case."""
+        case = self._resolve_case(case_or_id)
+        self._apply_case(self._read_case(case), predict=False)
+        if predict if predict is not None else self.auto_predict:
+            self.predict_sync()
+
+    def load_case(self, case_or_id, *, predict: bool | None = None):
+        """:meth:`load_case_sync` with the reading in a worker; returns the worker.
+
+        With ``predict`` (default :attr:`auto_predict`) a prediction worker follows.
+        """
+        try:
+            case = self._resolve_case(case_or_id)
+        except (KeyError, ValueError, OSError) as exc:
+            notify_error("Load case failed", exc)
+            return None
+        do_predict = predict if predict is not None else self.auto_predict
+        return start_worker(self._read_case, case, context=f"Load {case.case_id}",
+                            returned=lambda payload: self._apply_case(payload, predict=do_predict),
+                            sync=self.synchronous)
+
+    def _apply_case(self, payload: dict, *, predict: bool = False) -> None:
+        v = self.viewer
+        if v is None:
+            return
+        old = self.case_id
+        old_shape = self.image.shape if self.image is not None else None
+        keep: dict[str, Any] = {}
+        if old is not None:
+            self.case_about_to_change.emit(old)
+            for ly in self.case_layers(old):
+                md = self._md(ly)
+                kind = md.get("kind") if md.get("case_id") == old else None
+                if kind in ("image", "ground_truth") and kind not in keep:
+                    keep[kind] = ly  # reused below for the new case
+                elif kind in ("heatmap", "prediction", "errors"):
+                    self._park(ly)
+                else:  # edit layers and anything else named after the old case
+                    v.layers.remove(ly)
+        case, image, truth = payload["case"], payload["image"], payload["truth"]
+        self.case, self.case_id, self.image, self.truth = case, str(case.case_id), image, truth
+        self.probs = self.masks = None
+        self._pred_gen += 1
+        from napari_cxrseg._layers import ground_truth_layer_tuple, image_layer_tuple
+
+        data, kw, lt = image_layer_tuple(image, self.case_id, case_id=self.case_id)
+        if "image" in keep:
+            self._reuse(keep.pop("image"), data, kw, kind="image")
+        else:
+            self._add_layer(data, kw, lt, kind="image")
+        if truth:
+            data, kw, lt = ground_truth_layer_tuple(
+                truth, self.layer_name("ground_truth"), shape=image.shape, scale=self._scale(),
+                case_id=self.case_id, spacing=image.spacing,
+                source={r: str(p) for r, p in getattr(case, "mask_paths", {}).items()},
+            )
+            kw["opacity"] = float(self.display.get("gt_opacity", kw.get("opacity", 0.5)))
+            if "ground_truth" in keep:
+                gt = keep.pop("ground_truth")
+                self._reuse(gt, data, kw, kind="ground_truth")
+            else:
+                gt = self._add_layer(data, kw, lt, kind="ground_truth")
+            gt.contour = int(self.display.get("gt_contour", 0))
+        for ly in keep.values():  # e.g. the old case had ground truth, the new one has none
+            v.layers.remove(ly)
+        if old_shape != image.shape:
+            v.reset_view()
+        self.case_changed.emit(self.case_id)
+        if predict:
+            self.predict()
+
+    def step_case(self, step: int = 1):
+        """Load the next (``step=1``) or previous (``-1``) case (in :attr:`case_order`, else
+        dataset order); returns the worker, ``None`` past either end."""
+        ids = self.case_order if self.case_order and set(self.case_order) == set(self.case_ids) else self.case_ids
+        if not ids:
+            return None
+        i = ids.index(self.case_id) + step if self.case_id in ids else (0 if step > 0 else len(ids) - 1)
+        if not 0 <= i < len(ids):
+            return None
+        return self.load_case(ids[i])
+
+    def bind_keys(self) -> None:
+        """Bind PageDown / PageUp (unused by napari) to next / previous case."""
+        v = self.viewer
+        if v is None or self._keys_bound:
+            return
+        v.bind_key("PageDown", _next_case, overwrite=True)
+        v.bind_key("PageUp", _previous_case, overwrite=True)
+        self._keys_bound = True
+
+    # ------------------------------------------------------------------ model + prediction
+    def set_model(self, checkpoint: str | os.PathLike | None = None, device: str | None = None) -> None:
+        """Choose the model file (``None``: the shipped default) and device; emits ``model_changed``."""
+        ck = str(checkpoint) if checkpoint not in (None, "") else None
+        dev = device or self.device
+        if ck == self.checkpoint and dev == self.device:
+            return
+        self.checkpoint, self.device = ck, dev
+        self.model_changed.emit(ck)
+
+    def _job_args(self, regions):
+        if self.image is None:
+            raise ValueError("no case is loaded: open a dataset and pick a case first")
+        regions = regions if regions is not None else self.regions
+        stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
+        return (self.image.data, self.checkpoint, self.device, regions, dict(self.thresholds), self.postprocess,
+                stride)
+
+    def predict_sync(self, regions=None) -> None:
+        """Run the model on the current case and show the result (blocking)."""
+        t0 = time.perf_counter()
+        res = _predict_job(*self._job_args(regions))
+        self._apply_prediction(res, self._pred_gen, t0)
+
+    def predict(self, regions=None):
+        """Run the model on the current case in a worker; returns the worker.
+
+        When it returns, :meth:`set_prediction` shows one heatmap layer per region and
+        the prediction Labels layer (unless another case was loaded meanwhile).
+        """
+        try:
+            args = self._job_args(regions)
+        except ValueError as exc:
+            notify_error("Predict failed", exc)
+            self.prediction_failed.emit(str(exc))
+            return None
+        gen = self._pred_gen = self._pred_gen + 1
+        t0 = time.perf_counter()
+        return start_worker(_predict_job, *args, context=f"Predict {self.case_id}",
+                            returned=lambda res: self._apply_prediction(res, gen, t0),
+                            errored=lambda exc: self.prediction_failed.emit(str(exc)), sync=self.synchronous)
+
+    def _apply_prediction(self, res: dict, gen: int, t0: float) -> None:
+        if gen != self._pred_gen:  # another case or prediction started meanwhile
+            return
+        for r, t in res["model_thresholds"].items():
+            self.thresholds.setdefault(r, float(t))
+        self.model_regions = tuple(res["model_regions"])
+        t1 = time.perf_counter()
+        # (known before the layers are shown, so prediction_changed handlers can read it)
+        self.last_timing = {"load_s": res["load_s"], "predict_s": res["predict_s"], "masks_s": res["masks_s"],
+                            "worker_s": t1 - t0}
+        self.set_prediction(res["probs"], res["model_id"], masks=res["masks"], labels=res["labels"],
+                            heat=res.get("heat"))
+        t2 = time.perf_counter()
+        self.last_timing.update(gui_s=t2 - t1, total_s=t2 - t0)
+
+    def set_prediction(self, probs: Mapping[str, np.ndarray] | None, model_id: str | None, *,
+                       masks: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
+                       heat: Mapping[str, np.ndarray] | None = None) -> None:
+        """Set (or clear, with ``None``) the current prediction and show its layers.
+
+        Parameters
+        ----------
+        probs : mapping or None
+            Region -> probability map at image resolution.
+        model_id : str or None
+        masks : mapping, optional
+            The thresholded masks, if already computed (else computed here from
+            :attr:`thresholds`).
+        labels : ndarray, optional
+            Their label image, if already painted (else painted here).
+        heat : mapping, optional
+            The maps to display, subsampled by ``display["heatmap_max_side"]``
+            (:func:`display_stride`); computed here if not given.
+        """
+        v = self.viewer
+        if probs is None:
+            self.probs = self.masks = None
+            self.model_id = model_id
+            if v is not None and self.case_id is not None:
+                for ly in list(v.layers):
+                    if ly.name.startswith(f"{self.case_id} heatmap ") or ly.name in (
+                            self.layer_name("prediction"), self.layer_name("errors")):
+                        self._park(ly)
+            self.prediction_changed.emit(None)
+            return
+        if self.image is None:
+            raise ValueError("set_prediction: no case is loaded")
+        probs = {canonical_region(r): np.asarray(p, dtype=np.float32) for r, p in probs.items()}
+        for r, p in probs.items():
+            if p.shape != self.image.shape:
+                raise ValueError(f"probability map of {r} has shape {p.shape}, the image {self.image.shape}")
+        for r in probs:
+            self.thresholds.setdefault(r, 0.5)
+        self.probs = {r: probs[r] for r in REGIONS if r in probs}
+        self.model_id = model_id
+        self._mask_gen += 1
+        if masks is None:
+            masks = compute_masks(self.probs, self.thresholds, postprocess=self.postprocess)
+        self.masks = {r: np.asarray(masks[r], bool) for r in self.probs if r in masks}
+        if v is not None:
+            stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
+            if heat is None or any(h.shape != self.probs[r][::stride, ::stride].shape for r, h in heat.items()):
+                heat = _heat_display(self.probs, stride)
+            self._show_heatmaps(heat, stride)
+            self._show_prediction_labels(labels)
+        self.prediction_changed.emit(model_id)
+
+    def _show_heatmaps(self, heat: Mapping[str, np.ndarray], stride: int = 1) -> None:
+        v = self.viewer
+        prefix = f"{self.case_id} heatmap "
+        scale = tuple(s * stride for s in self._scale())
+        for ly in [ly for ly in v.layers if ly.name.startswith(prefix)]:
+            if ly.name[len(prefix):] not in heat:
+                self._park(ly)
+        for r, p in heat.items():
+            name = self.layer_name("heatmap", r)
+            layer = self._claim("heatmap", r)
+            if layer is not None:
+                if tuple(layer.scale) != scale:
+                    layer.scale = scale
+                layer.metadata["cxrseg"]["stride"] = stride
+                layer.data = p
+                layer.metadata["cxrseg"]["model_id"] = self.model_id
+                layer.visible = bool(self.display["show_heatmaps"])
+                continue
+            kw = {
+                "name": name,
+                "scale": scale,
+                "colormap": _heat_colormap(r),
+                "contrast_limits": (0.0, 1.0),
+                "blending": "additive",
+                "opacity": float(self.display["heatmap_opacity"]),
+                "visible": bool(self.display["show_heatmaps"]),
+                "metadata": {"cxrseg": {"model_id": self.model_id, "stride": stride}},
+            }
+            self._add_layer(p, kw, "image", kind="heatmap", region=r)
+
+    def _show_prediction_labels(self, labels: np.ndarray | None = None) -> None:
+        from napari_cxrseg._layers import labels_layer_tuple
+
+        v = self.viewer
+        name = self.layer_name("prediction")
+        if labels is None or labels.shape != self.image.shape:
+            labels = paint_labels(self.masks, self.image.shape) if self.masks else np.zeros(self.image.shape, np.uint8)
+        md = {"masks": dict(self.masks), "model_id": self.model_id, "thresholds": dict(self.thresholds),
+              "postprocess": self.postprocess, "case_id": self.case_id, "kind": "prediction"}
+        layer = self._claim("prediction")
+        if layer is not None:
+            layer.metadata = {**layer.metadata, "cxrseg": {**layer.metadata.get("cxrseg", {}), **md}}
+            if tuple(layer.scale) != self._scale():
+                layer.scale = self._scale()
+            layer.data = labels
+            layer.visible = True
+            return
+        data, kw, lt = labels_layer_tuple(labels, name, scale=self._scale(), metadata=md,
+                                          opacity=float(self.display["mask_opacity"]))
+        layer = self._add_layer(data, kw, lt, kind="prediction")
+        layer.contour = int(self.display["contour"])
+        layer.events.paint.connect(self._on_paint)
+
+    def _on_paint(self, event=None) -> None:
+        src = getattr(event, "source", None)
+        self.masks_edited.emit(getattr(src, "name", None))
+
+    # ------------------------------------------------------------------ thresholds
+    def set_thresholds(self, thresholds: Mapping[str, float]):
+        """Change thresholds and re-threshold the kept probabilities (no model run).
+
+        The masks are recomputed in a worker (:meth:`rethreshold`); returns it.
+        """
+        for k, t in thresholds.items():
+            t = float(t)
+            if not 0.0 < t < 1.0:
+                raise ValueError(f"threshold of {k} must be in (0, 1), got {t}")
+            self.thresholds[canonical_region(k)] = t
+        return self.rethreshold()
+
+    def set_postprocess(self, on: bool):
+        """Switch post-processing of the prediction masks; re-thresholds."""
+        self.postprocess = bool(on)
+        return self.rethreshold()
+
+    def rethreshold(self):
+        """Recompute the prediction masks from :attr:`probs` with the current thresholds,
+        in a worker (no model run); returns it. Results of superseded calls are dropped."""
+        if self.probs is None:
+            return None
+        self._mask_gen += 1
+        gen = self._mask_gen
+        probs, th = self.probs, dict(self.thresholds)
+        return start_worker(_mask_job, probs, th, self.postprocess, self.image.shape, context="Threshold",
+                            returned=lambda res: self._apply_masks(res, gen), sync=self.synchronous,
+                            progress=False)
+
+    def _apply_masks(self, res: dict, gen: int) -> None:
+        if gen != self._mask_gen or self.probs is None:
+            return
+        self.masks = res["masks"]
+        if self.viewer is not None:
+            self._show_prediction_labels(res["labels"])
+        self.thresholds_changed.emit()
+
+    # ------------------------------------------------------------------ display
+    def apply_display(self, **settings) -> None:
+        """Update display settings (``heatmap_opacity``, ``mask_opacity``, ``contour``,
+        ``gt_contour``, ``show_heatmaps``) and apply them to the current layers."""
+        self.display.update(settings)
+        v = self.viewer
+        if v is None or self.case_id is None:
+            return
+        pred = self.get_layer("prediction")
+        if pred is not None:
+            pred.opacity = float(self.display["mask_opacity"])
+            pred.contour = int(self.display["contour"])
+        gt = self.get_layer("ground_truth")
+        if gt is not None:
+            gt.contour = int(self.display["gt_contour"])
+        for r in self.probs or {}:
+            h = self.get_layer("heatmap", r)
+            if h is not None:
+                h.opacity = float(self.display["heatmap_opacity"])
+                h.visible = bool(self.display["show_heatmaps"])
+
+    def prediction_masks(self, layer=None) -> dict[str, np.ndarray]:
+        """Region masks of the prediction layer as it is now (edits included).
+
+        Exact (overlaps kept) while the layer is unedited; from the label values otherwise.
+        """
+        from napari_cxrseg._layers import exact_masks_from_layer
+
+        layer = layer if layer is not None else self.get_layer("prediction")
+        if layer is None:
+            return {}
+        return exact_masks_from_layer(np.asarray(layer.data), layer.metadata)
+
+    def show_errors(self, pred: np.ndarray | None, truth: np.ndarray | None, region: str | None) -> None:
+        """Show (or remove, with ``None``) the FP (red) / FN (blue) overlay for one region."""
+        v = self.viewer
+        if v is None or self.case_id is None:
+            return
+        name = self.layer_name("errors")
+        if pred is None or truth is None:
+            if name in v.layers:
+                self._park(v.layers[name])
+            return
+        data = np.zeros(pred.shape, np.uint8)
+        data[pred & ~truth] = 1
+        data[~pred & truth] = 2
+        layer = self._claim("errors")
+        if layer is not None:
+            layer.metadata["cxrseg"]["region"] = region
+            if tuple(layer.scale) != self._scale():
+                layer.scale = self._scale()
+            layer.data = data
+            layer.visible = True
+            return
+        kw = {"name": name, "scale": self._scale(), "colormap": _errors_colormap(), "opacity": 0.8,
+              "features": {"index": [0, 1, 2], "error": ["none", "false positive", "false negative"]},
+              "metadata": {"cxrseg": {}}}
+        self._add_layer(data, kw, "labels", kind="errors", region=region)
+
+    # ------------------------------------------------------------------ scores + review
+    def set_case_scores(self, case_id: str, ious: Mapping[str, float]) -> None:
+        """Record per-region IoUs of a case (shown in the Cases table)."""
+        cur = self.case_scores.setdefault(str(case_id), {})
+        cur.update({canonical_region(r): float(v) for r, v in ious.items()})
+        self.scores_changed.emit(str(case_id))
+
+    def review_status(self, case_id: str):
+        """The :class:`cxrseg.review.ReviewEntry` of a case (``unreviewed`` without a ledger)."""
+        from cxrseg.review import ReviewEntry
+
+        return self.ledger.get(case_id) if self.ledger is not None else ReviewEntry(str(case_id))
+
+    def set_review(self, case_id: str, status: str, comment: str = "") -> None:
+        """Store a review status in the ledger; emits ``review_changed``."""
+        if self.ensure_ledger() is None:
+            raise ValueError("no dataset is open: its review ledger holds the statuses")
+        self.ledger.set_status(case_id, status, comment)
+        self.review_changed.emit(str(case_id))
+
+    def close(self) -> None:
+        """Close the ledger (the viewer closes)."""
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+
+def _next_case(viewer) -> None:
+    get_session(viewer).step_case(+1)
+
+
+def _previous_case(viewer) -> None:
+    get_session(viewer).step_case(-1)

@@ -1,0 +1,198 @@
+"""Cases + Predict docks: load a phantom case, predict with a tiny model, re-threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _gui_fixtures import SIZE, _isolated_home, notifications, open_case, phantom_root, tiny_ckpt, wait_worker  # noqa: F401
+from cxrseg.regions import LABEL_VALUES, REGIONS
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def _predict_widget(viewer, ckpt):
+    from napari_cxrseg._widgets._predict import PredictWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    w = PredictWidget(viewer)
+    w.set_checkpoint(str(ckpt))
+    return w, get_session(viewer)
+
+
+def test_load_case_shows_image_and_ground_truth(viewer, qtbot, phantom_root):
+    from napari.layers import Image, Labels
+
+    from napari_cxrseg._widgets._cases import CasesWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    cases = CasesWidget(viewer)
+    s = get_session(viewer)
+    wait_worker(qtbot, cases.open_root(phantom_root))
+    assert cases.table.rowCount() == 3
+    assert cases.cell_text("PHANTOM002", "status") == ""
+    wait_worker(qtbot, cases.load("PHANTOM001"))
+    names = [ly.name for ly in viewer.layers]
+    assert names == ["PHANTOM001", "PHANTOM001 ground truth"]
+    img, gt = viewer.layers["PHANTOM001"], viewer.layers["PHANTOM001 ground truth"]
+    assert isinstance(img, Image) and img.data.dtype == np.float32 and img.data.shape == (SIZE, SIZE)
+    assert isinstance(gt, Labels) and gt.data.dtype == np.uint8 and gt.data.shape == (SIZE, SIZE)
+    assert set(np.unique(gt.data)) == {0} | {LABEL_VALUES[r] for r in REGIONS}
+    # exact masks kept (clavicles overlap lungs), patient's left lung on the image's right
+    exact = gt.metadata["cxrseg"]["masks"]
+    assert set(exact) == set(REGIONS)
+    assert np.array_equal(exact["left_lung"], s.truth["left_lung"])
+    cols = np.nonzero(s.truth["left_lung"])[1]
+    assert cols.mean() > SIZE / 2 > np.nonzero(s.truth["right_lung"])[1].mean()
+    assert cases.table.currentRow() == cases.row_of("PHANTOM001")
+
+    # next case (what PageDown does) replaces the previous case's layers
+    assert "PageDown" in str(list(viewer.keymap)) or any("PageDown" in str(k) for k in viewer.keymap)
+    wait_worker(qtbot, cases.step(+1))
+    assert [ly.name for ly in viewer.layers] == ["PHANTOM002", "PHANTOM002 ground truth"]
+    assert cases.table.currentRow() == cases.row_of("PHANTOM002")
+
+
+def test_predict_layers_and_threshold_without_rerun(viewer, qtbot, phantom_root, tiny_ckpt, monkeypatch):
+    from napari.layers import Image, Labels
+
+    from cxrseg.predict import Predictor
+
+    calls = []
+    orig = Predictor.predict
+
+    def spy(self, image, **kw):
+        calls.append(image.shape)
+        return orig(self, image, **kw)
+
+    monkeypatch.setattr(Predictor, "predict", spy)
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    qtbot.waitUntil(lambda: w.model_info.get("ok") is True, timeout=30_000)
+    open_case(qtbot, s, phantom_root)
+    wait_worker(qtbot, w.run())
+    assert len(calls) == 1
+    assert s.model_id and set(s.probs) == set(REGIONS)
+    for r in REGIONS:
+        h = viewer.layers[f"PHANTOM001 heatmap {r}"]
+        assert isinstance(h, Image) and h.data.dtype == np.float32 and h.data.shape == (SIZE, SIZE)
+        assert tuple(h.contrast_limits) == (0.0, 1.0) and h.blending == "additive"
+        assert 0.0 <= h.data.min() and h.data.max() <= 1.0
+    pred = viewer.layers["PHANTOM001 prediction"]
+    assert isinstance(pred, Labels) and pred.data.dtype == np.uint8 and pred.data.shape == (SIZE, SIZE)
+    assert pred.scale.tolist() == viewer.layers["PHANTOM001"].scale.tolist()
+    heart = s.probs["heart"]
+    assert np.array_equal(pred.metadata["cxrseg"]["masks"]["heart"], heart >= 0.5)
+
+    # the threshold slider re-thresholds at once, from the kept probabilities
+    w.th_region.setCurrentIndex(w.th_region.findData("heart"))
+    t = float(np.quantile(heart, 0.8))
+    w.threshold.setValue(t)
+    qtbot.waitUntil(lambda: abs(s.thresholds["heart"] - w.threshold.value()) < 1e-9, timeout=5000)
+    want = heart >= w.threshold.value()
+    qtbot.waitUntil(lambda: np.array_equal(pred.metadata["cxrseg"]["masks"]["heart"], want), timeout=5000)
+    assert not np.array_equal(want, heart >= 0.5)
+    assert len(calls) == 1, "the model must not run again for a new threshold"
+
+    # display controls reach the layers
+    w.contour_box.setChecked(False)
+    assert pred.contour == 0
+    w.contour_box.setChecked(True)
+    assert pred.contour > 0
+    w.heat_opacity.setValue(0.3)
+    assert viewer.layers["PHANTOM001 heatmap heart"].opacity == pytest.approx(0.3)
+    w.post_box.setChecked(True)
+    qtbot.waitUntil(lambda: s.postprocess and pred.metadata["cxrseg"]["postprocess"] is True, timeout=10_000)
+    assert len(calls) == 1
+
+
+def test_predict_subset_of_regions(viewer, qtbot, phantom_root, tiny_ckpt):
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    s.display["heatmap_max_side"] = 128  # heatmaps shown at every 2nd pixel
+    open_case(qtbot, s, phantom_root)
+    w.set_regions(["left_clavicle", "left_lung"])
+    assert w.selected_regions() == ("left_clavicle", "left_lung")
+    wait_worker(qtbot, w.run())
+    heat = sorted(ly.name for ly in viewer.layers if " heatmap " in ly.name)
+    assert heat == ["PHANTOM001 heatmap left_clavicle", "PHANTOM001 heatmap left_lung"]
+    h = viewer.layers["PHANTOM001 heatmap left_lung"]
+    assert h.data.shape == (SIZE // 2, SIZE // 2) and s.probs["left_lung"].shape == (SIZE, SIZE)
+    assert np.allclose(h.scale, 2 * viewer.layers["PHANTOM001"].scale)
+    assert np.array_equal(h.data, s.probs["left_lung"][::2, ::2])
+    assert set(np.unique(viewer.layers["PHANTOM001 prediction"].data)) <= {0, 2, 4}
+
+
+def test_failing_model_shows_notification_not_crash(viewer, qtbot, phantom_root, tiny_ckpt, monkeypatch):
+    from cxrseg.predict import Predictor
+
+    def boom(self, image, **kw):
+        raise RuntimeError("simulated CUDA out of memory")
+
+    monkeypatch.setattr(Predictor, "predict", boom)
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    open_case(qtbot, s, phantom_root)
+    got = notifications()
+    wait_worker(qtbot, w.run())
+    msgs = [str(n.message) for n in got]
+    assert any("Predict" in m and "simulated CUDA out of memory" in m for m in msgs), msgs
+    assert s.probs is None and "PHANTOM001 prediction" not in viewer.layers
+    assert w.run_btn.isEnabled()
+
+
+def test_missing_shipped_model_is_reported(viewer, qtbot, monkeypatch, tmp_path):
+    import cxrseg.model
+
+    monkeypatch.setattr(cxrseg.model, "default_checkpoint_path", lambda: tmp_path / "nope.safetensors")
+    from napari_cxrseg._widgets._predict import PredictWidget
+
+    w = PredictWidget(viewer)
+    qtbot.waitUntil(lambda: "missing" in w.model_label.text(), timeout=30_000)
+    assert not w.run_btn.isEnabled()
+
+
+def test_synchronous_mode(viewer, qtbot, phantom_root, tiny_ckpt):
+    from napari_cxrseg._widgets._state import get_session
+
+    s = get_session(viewer)
+    s.synchronous = True
+    s.set_model(str(tiny_ckpt))
+    assert s.open_dataset(phantom_root) is None
+    assert s.load_case("PHANTOM003", predict=True) is None
+    assert s.case_id == "PHANTOM003" and s.probs is not None
+    assert "PHANTOM003 prediction" in viewer.layers
+
+
+def test_next_case_recycles_prediction_layers(viewer, qtbot, phantom_root, tiny_ckpt):
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    open_case(qtbot, s, phantom_root, "PHANTOM001")
+    wait_worker(qtbot, w.run())
+    heat = viewer.layers["PHANTOM001 heatmap heart"]
+    pred = viewer.layers["PHANTOM001 prediction"]
+    n_layers = len(viewer.layers)
+    wait_worker(qtbot, s.load_case("PHANTOM002"))
+    # the old case's overlays are parked: hidden, emptied, not named after any case
+    assert heat.name.startswith("(idle)") and not heat.visible and heat.data.size == 1
+    assert pred.name.startswith("(idle)") and "masks" not in pred.metadata["cxrseg"]
+    assert not any(ly.name.startswith("PHANTOM001") for ly in viewer.layers)
+    assert s.get_layer("prediction") is None and s.get_layer("heatmap", "heart") is None
+    wait_worker(qtbot, w.run())
+    assert viewer.layers["PHANTOM002 heatmap heart"] is heat and heat.visible
+    assert viewer.layers["PHANTOM002 prediction"] is pred
+    assert len(viewer.layers) == n_layers
+    assert heat.data.shape == (SIZE, SIZE) and np.array_equal(heat.data, s.probs["heart"])
+    assert np.array_equal(pred.metadata["cxrseg"]["masks"]["heart"], s.probs["heart"] >= s.thresholds["heart"])
+    assert pred.metadata["cxrseg"]["case_id"] == "PHANTOM002"
+
+
+def test_paint_labels_matches_labels_from_masks():
+    from napari_cxrseg._layers import labels_from_masks
+    from napari_cxrseg._widgets._state import display_stride, paint_labels
+
+    rng = np.random.default_rng(1)
+    for regions in (REGIONS, ("left_lung", "left_clavicle"), ("heart",)):
+        masks = {r: rng.random((37, 53)) < 0.4 for r in regions}
+        assert np.array_equal(paint_labels(masks, (37, 53)), labels_from_masks(masks, (37, 53)))
+    assert display_stride((2048, 2048), 512) == 4 and display_stride((256, 256), 512) == 1
+    assert display_stride((1955, 1841), 512) == 4 and display_stride((100, 100), None) == 1

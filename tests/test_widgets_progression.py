@@ -1,0 +1,68 @@
+"""Training progression dock: a fake --track-case run folder opens as an epoch stack."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from _gui_fixtures import _isolated_home, open_case, phantom_root, wait_worker  # noqa: F401
+from cxrseg.regions import REGIONS
+
+S, E = 64, 4
+
+
+def _fake_run(run, case_id="PHANTOM002", regions=REGIONS):
+    run.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    probs = np.stack([np.full((len(regions), S, S), (k + 1) / (E + 1)) for k in range(E)]).astype(np.float16)
+    probs += rng.uniform(0, 0.01, probs.shape).astype(np.float16)
+    np.savez_compressed(run / "progression.npz", probs=probs, image=rng.uniform(0, 1, (S, S)).astype(np.float16),
+                        epochs=np.arange(1, E + 1), regions=np.array(regions), case_id=np.array(case_id))
+    hist = [{"epoch": k, "loss": 1.0 / k, "lr": 1e-3, "val_iou": {"heart": 0.5 + k / 10, "mean": 0.4 + k / 10},
+             "seconds": 1.0} for k in range(1, E + 1)]
+    (run / "history.json").write_text(json.dumps(hist))
+    (run / "split.json").write_text(json.dumps({"train": [], "val": [case_id]}))
+    return run
+
+
+def test_open_run_with_ground_truth_from_open_dataset(make_napari_viewer, qtbot, phantom_root, tmp_path):
+    from napari_cxrseg._widgets._progression import ProgressionWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    viewer = make_napari_viewer()
+    s = get_session(viewer)
+    wait_worker(qtbot, s.open_dataset(phantom_root))
+    w = ProgressionWidget(viewer)
+    run = _fake_run(tmp_path / "run")
+    wait_worker(qtbot, w.open_run(run))
+    for r in REGIONS:
+        ly = viewer.layers[f"PHANTOM002 progression {r}"]
+        assert ly.data.shape == (E, S, S) and ly.data.dtype == np.float32
+        assert tuple(ly.contrast_limits) == (0.0, 1.0) and ly.blending == "additive"
+    gt = viewer.layers["PHANTOM002 progression ground truth"]
+    assert gt.data.shape == (S, S) and set(np.unique(gt.data)) >= {0, 1, 4, 5}
+    # the patient's left lung lies on the image's right
+    cols = np.nonzero(gt.data == 4)[1]
+    assert cols.mean() > S / 2
+    assert viewer.dims.ndim == 3 and viewer.dims.current_step[0] == E - 1
+    assert w.current_epoch() == E and f"epoch {E} / {E}" in w.epoch_label.text()
+    viewer.dims.set_current_step(0, 1)
+    assert w.current_epoch() == 2
+    assert "epoch 2" in w.epoch_label.text() and "heart 0.700" in w.epoch_label.text()
+
+
+def test_open_run_without_dataset_and_bad_folder(make_napari_viewer, qtbot, tmp_path):
+    from napari_cxrseg._widgets._progression import ProgressionWidget, read_progression
+
+    viewer = make_napari_viewer()
+    w = ProgressionWidget(viewer)
+    run = _fake_run(tmp_path / "run", regions=("left_clavicle",))
+    wait_worker(qtbot, w.open_run(run))
+    assert "PHANTOM002 progression left_clavicle" in viewer.layers
+    assert "no ground truth" in w.info.text()
+    with pytest.raises(FileNotFoundError, match="track-case"):
+        read_progression(tmp_path)
+    wait_worker(qtbot, w.open_run(tmp_path / "nothing"))
+    assert "Cannot open" in w.info.text()
