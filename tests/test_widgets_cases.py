@@ -115,11 +115,22 @@ def test_manifest_lists_the_widgets():
     assert cmds["napari-cxrseg.correct_widget"] == "napari_cxrseg._widgets._correct:CorrectWidget"
 
 
-def test_thread_pool_headroom(make_napari_viewer):
-    """Qt's global pool keeps spare threads for Qt's own tasks (see ensure_pool_headroom)."""
+def test_thread_pool_headroom(make_napari_viewer, qtbot):
+    """Busy workers never take every thread of Qt's pool (see ensure_pool_headroom)."""
+    import threading
+
     from qtpy.QtCore import QThreadPool
 
-    from napari_cxrseg._widgets._state import get_session
+    from napari_cxrseg._widgets._common import start_worker
 
-    get_session(make_napari_viewer())
-    assert QThreadPool.globalInstance().maxThreadCount() >= 8
+    make_napari_viewer()
+    pool = QThreadPool.globalInstance()
+    release = threading.Event()
+    done = []
+    workers = [start_worker(release.wait, 30, context="block", finished=lambda: done.append(1)) for _ in range(3)]
+    try:
+        qtbot.waitUntil(lambda: pool.activeThreadCount() >= 3, timeout=10_000)
+        assert pool.maxThreadCount() >= pool.activeThreadCount() + 1
+    finally:
+        release.set()
+        qtbot.waitUntil(lambda: len(done) == len(workers), timeout=10_000)

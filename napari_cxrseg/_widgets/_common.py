@@ -28,6 +28,8 @@ from qtpy.QtCore import QObject, QTimer
 log = logging.getLogger("napari_cxrseg")
 
 __all__ = [
+    "OnTorchThread",
+    "torch_call",
     "ensure_pool_headroom",
     "guard_triton_import",
     "sync_mode",
@@ -66,7 +68,43 @@ def guard_triton_import() -> bool:
     return mapped
 
 
-def ensure_pool_headroom(spare: int = 4) -> int:
+_TORCH_EXECUTOR = None
+#: Workers started by start_worker that have not finished (some may not run yet).
+_LIVE_WORKERS = [0]
+
+
+def torch_call(fn: Callable, *args: Any, **kwargs: Any):
+    """Run ``fn(*args, **kwargs)`` on the one thread that does all of the docks' torch work.
+
+    On a CPU, torch parallelises each operation over an OpenMP thread team, and every OS
+    thread that calls into torch gets its own team; idle teams keep spinning for a while
+    and steal the cores from the busy one (measured: a 70 ms forward pass becomes
+    100-300 ms once a second thread has used torch, on 2 cores). Funnelling every
+    forward pass through one long-lived thread keeps one warm team. Call from a worker,
+    never from the GUI thread (it blocks until done).
+    """
+    global _TORCH_EXECUTOR
+    if _TORCH_EXECUTOR is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _TORCH_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrseg-torch")
+    return _TORCH_EXECUTOR.submit(fn, *args, **kwargs).result()
+
+
+class OnTorchThread:
+    """A predictor whose ``predict`` runs through :func:`torch_call` (other attributes pass)."""
+
+    def __init__(self, predictor):
+        self._predictor = predictor
+
+    def __getattr__(self, name: str):
+        return getattr(self._predictor, name)
+
+    def predict(self, image, **kwargs):
+        return torch_call(self._predictor.predict, image, **kwargs)
+
+
+def ensure_pool_headroom(spare: int = 2) -> int:
     """Keep idle threads in Qt's global thread pool beyond the busy ones; returns its size.
 
     napari/superqt workers run in ``QThreadPool.globalInstance()``, whose size defaults to
@@ -75,12 +113,15 @@ def ensure_pool_headroom(spare: int = 4) -> int:
     ``QImage::smoothScaled``), and waits for those tasks while holding Python's GIL. If
     every pool thread is running a Python worker that is waiting for the GIL, the tasks
     never run and the application freezes for good (seen with two workers on two cores).
-    Spare threads keep a pool thread free for Qt's own tasks.
+    Spare threads keep a pool thread free for Qt's own tasks. (Only a few: Qt splits
+    those image conversions over every pool thread, and many of them compete with the
+    model for the cores.)
     """
-    from qtpy.QtCore import QThreadPool
+    from qtpy.QtCore import QThread, QThreadPool
 
     pool = QThreadPool.globalInstance()
-    want = max(pool.activeThreadCount() + spare, 8)
+    busy = max(pool.activeThreadCount(), _LIVE_WORKERS[0])
+    want = max(busy + spare, QThread.idealThreadCount())
     if pool.maxThreadCount() < want:
         pool.setMaxThreadCount(want)
     return pool.maxThreadCount()
@@ -123,7 +164,7 @@ def start_worker(
     yielded: Callable[[Any], None] | None = None,
     errored: Callable[[BaseException], None] | None = None,
     finished: Callable[[], None] | None = None,
-    progress: Mapping[str, Any] | bool | None = True,
+    progress: Mapping[str, Any] | bool | None = False,
     sync: bool | None = None,
     **kwargs: Any,
 ):
@@ -140,6 +181,9 @@ def start_worker(
         GUI-thread callbacks. ``errored`` runs after the error notification.
     progress : bool or mapping
         ``True``: an indeterminate napari progress bar; a mapping: ``{"total": n}`` etc.
+        Use it for long work only: napari's activity indicator (an animated GIF) costs
+        CPU time while it spins (under a software-rendered display, a lot of it). Env
+        ``CXRSEG_NAPARI_PROGRESS=0`` turns napari progress bars off altogether.
     sync : bool, optional
         Run inline (see the module docstring).
 
@@ -181,9 +225,10 @@ def start_worker(
 
     from napari.qt.threading import create_worker
 
+    _LIVE_WORKERS[0] += 1
     ensure_pool_headroom()
     prog: Any = None
-    if progress:
+    if progress and os.environ.get("CXRSEG_NAPARI_PROGRESS", "1") != "0":
         prog = dict(progress) if isinstance(progress, Mapping) else {}
         prog.setdefault("desc", context)
     worker = create_worker(func, *args, _start_thread=False, _progress=prog, _ignore_errors=True, **kwargs)
@@ -202,7 +247,17 @@ def start_worker(
         worker.yielded.connect(yielded)
     if finished is not None:
         worker.finished.connect(finished)
-    QTimer.singleShot(0, worker.start)
+
+    def _done() -> None:
+        _LIVE_WORKERS[0] = max(0, _LIVE_WORKERS[0] - 1)
+
+    worker.finished.connect(_done)
+    from qtpy.QtCore import QThread
+
+    if QThread.currentThread().loopLevel():
+        worker.start()  # superqt itself queues the start on the running event loop
+    else:  # no loop running yet (a test, a script): start once one runs
+        QTimer.singleShot(0, worker.start)
     return worker
 
 

@@ -96,7 +96,10 @@ def _load_job(run_dir, index) -> dict:
         from cxrseg.dataset import DatasetIndex
 
         case = DatasetIndex(prog["data_root"]).get(prog["case_id"])
-    prog["truth"] = ground_truth_at(case, prog["regions"], prog["image"].shape[0]) if case is not None else {}
+    from ._common import torch_call
+
+    prog["truth"] = (torch_call(ground_truth_at, case, prog["regions"], prog["image"].shape[0])
+                     if case is not None else {})
     return prog
 
 

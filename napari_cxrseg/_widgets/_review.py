@@ -54,7 +54,9 @@ def review_job(checkpoint, device, cases, regions, thresholds, postprocess, ledg
     from cxrseg.predict import get_predictor
     from cxrseg.review import iter_review_run
 
-    predictor = get_predictor(checkpoint, device=device)
+    from ._common import OnTorchThread
+
+    predictor = OnTorchThread(get_predictor(checkpoint, device=device))
     mid = str(predictor.model_id)
     model_regions = tuple(predictor.regions)
     regions = tuple(r for r in (regions or model_regions) if r in model_regions)

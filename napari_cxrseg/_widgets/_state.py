@@ -48,7 +48,7 @@ from psygnal import Signal
 
 from cxrseg.regions import COLORS, REGIONS, canonical_region, parse_regions
 
-from ._common import ensure_pool_headroom, guard_triton_import, notify_error, start_worker, sync_mode
+from ._common import ensure_pool_headroom, guard_triton_import, notify_error, start_worker, sync_mode, torch_call
 
 log = logging.getLogger("napari_cxrseg")
 
@@ -228,21 +228,6 @@ def _errors_colormap():
     return {0: (0.0, 0.0, 0.0, 0.0), 1: ERROR_COLORS["fp"], 2: ERROR_COLORS["fn"], None: (0.5, 0.5, 0.5, 1.0)}
 
 
-_TORCH_EXECUTOR = None
-
-
-def _torch_thread():
-    """One long-lived thread for the model's forward passes: torch's per-thread state
-    (OpenMP team, oneDNN scratch) stays warm between predictions, whichever pool thread
-    runs the worker."""
-    global _TORCH_EXECUTOR
-    if _TORCH_EXECUTOR is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _TORCH_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrseg-torch")
-    return _TORCH_EXECUTOR
-
-
 def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool,
                  heat_stride: int = 1):
     """Worker body of a prediction (torch is imported here, off the GUI thread)."""
@@ -258,7 +243,7 @@ def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds
             f"the model predicts {', '.join(model_regions)}; none of the chosen regions "
             f"({', '.join(parse_regions(regions))})"
         )
-    probs = _torch_thread().submit(predictor.predict, image, regions=wanted).result()
+    probs = torch_call(predictor.predict, image, regions=wanted)
     probs = {r: np.asarray(probs[r], dtype=np.float32) for r in wanted}
     t2 = time.perf_counter()
     th = dict(predictor.config.thresholds)
@@ -423,8 +408,8 @@ class Session:
 
     # -- layer recycling: creating a napari layer costs ~100 ms of GUI time (Qt controls,
     # vispy visual), swapping its data ~10 ms. A case's layers are therefore reused for the
-    # next case: image and ground truth at once, prediction overlays "parked" (hidden,
-    # emptied, renamed "(idle) ...") until the next prediction claims them.
+    # next case: image and ground truth at once, prediction overlays "parked" (emptied to
+    # 1x1 zeros, renamed "(idle) ...") until the next prediction claims them.
     @staticmethod
     def _md(layer) -> dict:
         return dict(layer.metadata.get("cxrseg") or {})
@@ -433,7 +418,9 @@ class Session:
         md = self._md(layer)
         md.update(parked=True, case_id=None)
         md.pop("masks", None)
-        layer.visible = False
+        # Emptied rather than hidden: a 1x1 zero image adds nothing (additive blending)
+        # and a 1x1 zero label is transparent, and showing the layer again later would
+        # cost a redraw per layer (~20 ms each).
         layer.metadata = {**layer.metadata, "cxrseg": md}
         layer.data = np.zeros((1, 1), dtype=layer.data.dtype)
         layer.name = f"(idle) cxrseg {md.get('kind')}" + (f" {md['region']}" if md.get("region") else "")
@@ -466,7 +453,6 @@ class Session:
             layer.scale = scale
         layer.data = data
         layer.name = kwargs["name"]
-        layer.visible = True
 
     def _scale(self) -> tuple[float, float]:
         if self.image is not None and self.image.spacing:
@@ -485,7 +471,7 @@ class Session:
         from cxrseg.dataset import DatasetIndex
 
         return start_worker(DatasetIndex, root, context=f"Open dataset {root}", returned=self._apply_dataset,
-                            sync=self.synchronous)
+                            sync=self.synchronous, progress=True)
 
     def open_files_sync(self, paths: Sequence[str | os.PathLike]) -> None:
         """Open a list of image files as cases (masks beside them are found too)."""
@@ -775,7 +761,8 @@ class Session:
                 layer.metadata["cxrseg"]["stride"] = stride
                 layer.data = p
                 layer.metadata["cxrseg"]["model_id"] = self.model_id
-                layer.visible = bool(self.display["show_heatmaps"])
+                if layer.visible != bool(self.display["show_heatmaps"]):
+                    layer.visible = bool(self.display["show_heatmaps"])
                 continue
             kw = {
                 "name": name,
@@ -804,7 +791,6 @@ class Session:
             if tuple(layer.scale) != self._scale():
                 layer.scale = self._scale()
             layer.data = labels
-            layer.visible = True
             return
         data, kw, lt = labels_layer_tuple(labels, name, scale=self._scale(), metadata=md,
                                           opacity=float(self.display["mask_opacity"]))
@@ -906,7 +892,6 @@ class Session:
             if tuple(layer.scale) != self._scale():
                 layer.scale = self._scale()
             layer.data = data
-            layer.visible = True
             return
         kw = {"name": name, "scale": self._scale(), "colormap": _errors_colormap(), "opacity": 0.8,
               "features": {"index": [0, 1, 2], "error": ["none", "false positive", "false negative"]},

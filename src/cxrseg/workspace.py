@@ -17,7 +17,9 @@ def _writable(folder: Path) -> bool:
     probe = folder
     while not probe.exists():
         probe = probe.parent
-    return os.access(probe, os.W_OK)
+    # os.access says yes to root even for a read-only (r-x) folder: honour the mode bits too,
+    # so a shared, licensed dataset marked read-only is never written into.
+    return os.access(probe, os.W_OK) and bool(os.stat(probe).st_mode & 0o222)
 
 
 def home() -> Path:
