@@ -27,3 +27,26 @@ def real_data_root() -> Path:
     if not root.is_dir() or not any(root.iterdir()):
         pytest.skip("JSRT/SCR data not found: set CXRSEG_DATA")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_one_thread():
+    """Tiny test models run fastest, and steadiest on shared 2-core machines, on one torch
+    thread (two threads competing with other work were 10-20x slower here)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path_factory):
+    """Tests never write into the user's cache or home: arrays and working folders go to tmp."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("CXRSEG_CACHE", str(base / "cxrseg-cache"))
+    monkeypatch.setenv("CXRSEG_HOME", str(base / "cxrseg-home"))

@@ -9,16 +9,6 @@ import pytest
 from _tiny_model import make_tiny_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _bench(*argv):
     from cxrseg.cli import main
 

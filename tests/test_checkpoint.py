@@ -22,14 +22,6 @@ from cxrseg.model import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64)
 
 

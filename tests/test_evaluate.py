@@ -27,14 +27,6 @@ from cxrseg.regions import REGIONS  # noqa: E402
 TINY = dict(encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _checkpoint(path, regions=REGIONS, val_cases=("PHANTOM002",), seed=0):
     from cxrseg.model import build_model, save_checkpoint
 

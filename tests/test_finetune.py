@@ -27,15 +27,6 @@ def _tree_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: one torch thread is faster and steadier than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_weak_model(root: Path, *, n_cases: int = 12, steps: int = 4) -> tuple[Path, Path]:
     """A phantom dataset (128 px) and a tiny U-Net trained for a few steps only."""
     from cxrseg.config import ModelConfig, TrainConfig

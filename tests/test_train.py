@@ -22,16 +22,6 @@ from cxrseg.regions import REGIONS  # noqa: E402
 TINY = dict(encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
-    # the test machine's cores are shared: one thread is much faster than oversubscription
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("CXRSEG_CACHE", str(tmp_path / "cache"))
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def arrays() -> ArrayData:
     imgs, msks = [], []

@@ -29,15 +29,6 @@ from cxrseg.tune import (  # noqa: E402
 TINY = ModelConfig(encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("CXRSEG_CACHE", str(tmp_path / "cache"))
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     r = tmp_path_factory.mktemp("phantoms")

@@ -39,14 +39,6 @@ def _tree_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def weak_model(tmp_path_factory):
     """Phantom dataset (128 px) + a tiny U-Net trained for 4 steps (see test_finetune)."""
