@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="checkpoint (default: shipped, else a random full-size model)")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--profile", metavar="N", type=int, default=0,
+                   help="also profile the GUI thread during the timed clicks; print the top N functions")
     args = p.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="cxrseg-bench-gui-"))
@@ -150,6 +152,11 @@ def main(argv=None) -> int:
     print(f"model {pred.model_id} on {pred.device} ({pred.precision}), input {pred.input_size} px")
     print(f"first Run (model load + layer creation): {first * 1000:.0f} ms")
     bare, click, parts = [], [], []
+    prof = None
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
     order = [c.case_id for c in cases]
     for k in range(args.repeats):
         # the review flow: next case, then Run (its overlays reuse the parked layers)
@@ -164,10 +171,14 @@ def main(argv=None) -> int:
         bare.append(torch_call(_timed, pred.predict, image))
         n0 = len(done)
         _wait(app, predict.run_btn.isEnabled)
+        if prof is not None:
+            prof.enable()
         t0 = time.perf_counter()
         predict.run_btn.click()
         _wait(app, lambda n0=n0: len(done) > n0)
         click.append(done[-1] - t0)
+        if prof is not None:
+            prof.disable()
         parts.append(dict(s.last_timing))
         names = [f"{nxt} heatmap {r}" for r in pred.regions] + [f"{nxt} prediction"]
         assert all(n in viewer.layers and viewer.layers[n].visible for n in names)
@@ -178,6 +189,12 @@ def main(argv=None) -> int:
     med = {k: statistics.median(p[k] for p in parts) * 1000 for k in ("predict_s", "masks_s", "gui_s")}
     print(f"  of which (medians): model in worker {med['predict_s']:.0f} ms, masks + labels in worker "
           f"{med['masks_s']:.0f} ms, layer updates on the GUI thread {med['gui_s']:.0f} ms")
+    if prof is not None:
+        import pstats
+
+        print(f"GUI thread during the {args.repeats} clicks (profiled: times are inflated):")
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(args.profile)
     print(f"GUI overhead: {over:+.1f} %  (ratio {mc / mb:.2f}; target < 20 %) -> {'OK' if over < 20 else 'OVER'}")
 
     # ---------------------------------------------------------------- 2. review-run stall

@@ -196,3 +196,43 @@ def test_paint_labels_matches_labels_from_masks():
         assert np.array_equal(paint_labels(masks, (37, 53)), labels_from_masks(masks, (37, 53)))
     assert display_stride((2048, 2048), 512) == 4 and display_stride((256, 256), 512) == 1
     assert display_stride((1955, 1841), 512) == 4 and display_stride((100, 100), None) == 1
+
+
+def test_hand_edits_in_prediction_layer_survive_threshold_and_rerun(viewer, qtbot, phantom_root, tiny_ckpt):
+    from napari_cxrseg._widgets._state import paint_labels
+
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    open_case(qtbot, s, phantom_root)
+    wait_worker(qtbot, w.run())
+    pred = viewer.layers["PHANTOM001 prediction"]
+    assert s.prediction_edits() is None
+    # a brush stroke (napari's own paint: undo history and paint event) writes a label that
+    # differs from the model's there, and an eraser stroke clears some predicted pixels
+    heart_v = LABEL_VALUES["heart"]
+    pred.brush_size = 5
+    pred.paint((4, 4), 7 if pred.data[4, 4] == heart_v else heart_v)
+    painted = pred.data.copy()
+    rows, cols = np.nonzero(painted[SIZE // 4:, :])
+    pred.paint((rows[0] + SIZE // 4, cols[0]), 0)
+    painted = pred.data.copy()
+    where, values = s.prediction_edits()
+    assert where.any() and np.array_equal(values, painted[where])
+    got = notifications()
+
+    # new threshold for all regions: the masks change everywhere but at the painted pixels
+    w.th_region.setCurrentIndex(w.th_region.findData(None))
+    w.threshold.setValue(0.8)
+    qtbot.waitUntil(lambda: all(abs(t - 0.8) < 1e-9 for t in s.thresholds.values()), timeout=5000)
+    model = paint_labels({r: s.probs[r] >= 0.8 for r in s.probs}, (SIZE, SIZE))
+    qtbot.waitUntil(lambda: np.array_equal(pred.data[~where], model[~where]), timeout=5000)
+    assert np.array_equal(pred.data[where], painted[where]), "a threshold change must not erase hand edits"
+    assert not np.array_equal(model, painted), "the threshold change should have changed the model's labels"
+    assert any("hand-edited" in str(getattr(n, "message", n)) for n in got)
+
+    # running the model again on the same case keeps them too
+    wait_worker(qtbot, w.run())
+    assert np.array_equal(pred.data[where], painted[where])
+    # ... a new case starts clean, and "Discard hand edits" restores the model's labels
+    assert w.discard_edits() is True
+    assert np.array_equal(pred.data, paint_labels(s.masks, (SIZE, SIZE)))
+    assert s.prediction_edits() is None and w.discard_edits() is False

@@ -165,6 +165,11 @@ class PredictWidget(QWidget):
         self.heat_box = QCheckBox("show heatmaps")
         self.heat_box.setChecked(bool(s.display["show_heatmaps"]))
         self.heat_box.toggled.connect(lambda on: self.session.apply_display(show_heatmaps=bool(on)))
+        self.discard_btn = QPushButton("Discard hand edits")
+        self.discard_btn.setToolTip(
+            "Pixels painted into the prediction layer survive threshold changes and new runs on "
+            "the same case; this rewrites the layer from the model's masks")
+        self.discard_btn.clicked.connect(self.discard_edits)
 
         # -- layout
         mbox = QGroupBox("Model")
@@ -189,6 +194,7 @@ class PredictWidget(QWidget):
         dl.addRow("mask opacity", self.mask_opacity)
         dl.addRow(self.contour_box)
         dl.addRow(self.heat_box)
+        dl.addRow(self.discard_btn)
         lay = QVBoxLayout(self)
         lay.addWidget(mbox)
         lay.addWidget(rbox)
@@ -346,6 +352,12 @@ class PredictWidget(QWidget):
         self.threshold.blockSignals(True)
         self.threshold.setValue(float(val))
         self.threshold.blockSignals(False)
+
+    def discard_edits(self) -> bool:
+        """Drop hand edits in the prediction layer (see :meth:`Session.prediction_edits`)."""
+        dropped = self.session.discard_prediction_edits()
+        self.status.setText("Hand edits discarded." if dropped else "The prediction layer has no hand edits.")
+        return dropped
 
     def apply_threshold(self):
         """Apply the slider's value to the chosen region (or all); no model run."""

@@ -48,7 +48,15 @@ from psygnal import Signal
 
 from cxrseg.regions import COLORS, REGIONS, canonical_region, parse_regions
 
-from ._common import ensure_pool_headroom, guard_triton_import, notify_error, start_worker, sync_mode, torch_call
+from ._common import (
+    ensure_pool_headroom,
+    guard_triton_import,
+    notify_error,
+    notify_info,
+    start_worker,
+    sync_mode,
+    torch_call,
+)
 
 log = logging.getLogger("napari_cxrseg")
 
@@ -327,6 +335,9 @@ class Session:
         self._mask_gen = 0
         self._pred_gen = 0
         self._keys_bound = False
+        #: (case id, copy of the labels last written into the prediction layer): pixels of
+        #: the layer that differ from it are hand edits, kept when the labels are rewritten.
+        self._pred_shown: tuple[str | None, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -776,7 +787,7 @@ class Session:
             }
             self._add_layer(p, kw, "image", kind="heatmap", region=r)
 
-    def _show_prediction_labels(self, labels: np.ndarray | None = None) -> None:
+    def _show_prediction_labels(self, labels: np.ndarray | None = None, *, keep_edits: bool = True) -> None:
         from napari_cxrseg._layers import labels_layer_tuple
 
         v = self.viewer
@@ -787,16 +798,57 @@ class Session:
               "postprocess": self.postprocess, "case_id": self.case_id, "kind": "prediction"}
         layer = self._claim("prediction")
         if layer is not None:
+            edits = self.prediction_edits(layer) if keep_edits else None
+            pristine = labels.copy()
+            if edits is not None:
+                where, values = edits
+                labels = labels.copy()
+                labels[where] = values
+                notify_info(f"{self.case_id}: {int(where.sum())} hand-edited pixels of the prediction layer "
+                            "were kept (the new masks apply to the other pixels; Predict dock → "
+                            "'Discard hand edits' drops them).")
             layer.metadata = {**layer.metadata, "cxrseg": {**layer.metadata.get("cxrseg", {}), **md}}
             if tuple(layer.scale) != self._scale():
                 layer.scale = self._scale()
             layer.data = labels
+            self._pred_shown = (self.case_id, pristine)
             return
         data, kw, lt = labels_layer_tuple(labels, name, scale=self._scale(), metadata=md,
                                           opacity=float(self.display["mask_opacity"]))
         layer = self._add_layer(data, kw, lt, kind="prediction")
         layer.contour = int(self.display["contour"])
         layer.events.paint.connect(self._on_paint)
+        self._pred_shown = (self.case_id, np.array(layer.data, copy=True))
+
+    def prediction_edits(self, layer=None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Hand edits in the current case's prediction layer: ``(where, values)`` (a boolean
+        mask of the painted pixels and their label values there), or ``None`` if none.
+
+        They are the pixels that differ from the labels the session last wrote; re-thresholding
+        and re-predicting the same case keep them (a correction is never silently lost)."""
+        layer = layer if layer is not None else self.get_layer("prediction")
+        if layer is None or self._pred_shown is None:
+            return None
+        cid, shown = self._pred_shown
+        md = self._md(layer)
+        if cid != self.case_id or md.get("parked") or md.get("case_id") not in (None, cid):
+            return None
+        data = np.asarray(layer.data)
+        if data.shape != shown.shape:
+            return None
+        where = data != shown
+        if not where.any():
+            return None
+        return where, data[where]
+
+    def discard_prediction_edits(self) -> bool:
+        """Rewrite the prediction layer from the model's masks, dropping hand edits.
+        Returns whether there was anything to drop."""
+        if self.masks is None or self.prediction_edits() is None:
+            return False
+        self._show_prediction_labels(None, keep_edits=False)
+        self.masks_edited.emit(self.layer_name("prediction"))
+        return True
 
     def _on_paint(self, event=None) -> None:
         src = getattr(event, "source", None)
