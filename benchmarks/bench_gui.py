@@ -214,7 +214,8 @@ def main(argv=None) -> int:
     run_s = finished[0] - t0
     during = np.array([t for t in ticks if t >= t0])
     gaps = np.diff(during) * 1000
-    print(f"review run: {len(review.scores)} cases in {run_s:.1f} s ({run_s / max(len(review.scores), 1) * 1000:.0f} ms/case), "
+    n_scored = max(len(review.scores), 1)
+    print(f"review run: {len(review.scores)} cases in {run_s:.1f} s ({run_s / n_scored * 1000:.0f} ms/case), "
           f"table rows {review.table.rowCount()}")
     print(f"event-loop gaps (10 ms timer): median {np.median(gaps):.1f} ms, p99 {np.percentile(gaps, 99):.1f} ms, "
           f"max {gaps.max():.1f} ms (target max < 100 ms) -> {'OK' if gaps.max() < 100 else 'OVER'}")

@@ -28,8 +28,10 @@ store = CorrectionStore(work / "corrections", dataset_root=data)
 for c in worst:
     iou, p, t = rows[c]
     v = store.save(c, REGION, p if control else t, prediction=p, truth=t, model_id=pred.model_id,
-                   annotator="control: prediction accepted" if control else "SCR reference mask (stand-in for a person)",
+                   annotator=("control: prediction accepted" if control
+                              else "SCR reference mask (stand-in for a person)"),
                    image_path=index[c].image_path)
     print(f"{c} {REGION} IoU {iou:.3f} -> correction v{v.version}")
 (work / "untouched_val.txt").write_text("\n".join(untouched) + "\n")
-print(f"model {pred.model_id}: correction pool {len(pool)}, corrected {len(worst)}, untouched validation {len(untouched)}")
+print(f"model {pred.model_id}: correction pool {len(pool)}, corrected {len(worst)}, "
+      f"untouched validation {len(untouched)}")

@@ -21,7 +21,6 @@ from cxrseg.model import (  # noqa: E402
     save_training_state,
 )
 
-
 TINY = dict(encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64)
 
 

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from _gui_fixtures import _isolated_home, open_case, phantom_root, wait_worker  # noqa: F401
 
 
@@ -96,7 +95,8 @@ def test_widget_modules_do_not_import_torch():
         "bad = [m for m in ('torch', 'torchvision', 'segmentation_models_pytorch') if m in sys.modules]\n"
         "assert not bad, bad\n"
         "code = __import__('subprocess').run([sys.executable, '-c', 'import sys, cxrseg.review; "
-        "assert not [m for m in sys.modules if m.split(\".\")[0] in (\"napari\", \"qtpy\", \"PyQt5\", \"magicgui\", \"torch\")]'])\n"
+        "assert not [m for m in sys.modules if m.split(\".\")[0] in "
+        "(\"napari\", \"qtpy\", \"PyQt5\", \"magicgui\", \"torch\")]'])\n"
         "sys.exit(code.returncode)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _gui_fixtures import _isolated_home, open_case, phantom_root, tiny_ckpt, wait_worker  # noqa: F401
+
 from cxrseg.metrics import dice, jaccard
 from cxrseg.regions import LABEL_VALUES, REGIONS
 

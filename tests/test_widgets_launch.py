@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from _gui_fixtures import _isolated_home, phantom_root, tiny_ckpt  # noqa: F401
 
 

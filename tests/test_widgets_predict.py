@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _gui_fixtures import SIZE, _isolated_home, notifications, open_case, phantom_root, tiny_ckpt, wait_worker  # noqa: F401
+
 from cxrseg.regions import LABEL_VALUES, REGIONS
 
 

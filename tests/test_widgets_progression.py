@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from _gui_fixtures import _isolated_home, open_case, phantom_root, wait_worker  # noqa: F401
+
 from cxrseg.regions import REGIONS
 
 S, E = 64, 4

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from _gui_fixtures import _isolated_home, phantom_root, tiny_ckpt, wait_worker  # noqa: F401
 
 

@@ -48,9 +48,13 @@ def read_progression(run_dir: str | Path) -> dict:
             regions = [canonical_region(str(r)) for r in np.atleast_1d(z["regions"])]
             case_id = str(z["case_id"]) if "case_id" in z else run.name
     except (KeyError, ValueError, OSError) as exc:
-        raise ValueError(f"{f}: not a cxrseg progression file (expected probs, image, epochs, regions, case_id: {exc})") from None
+        raise ValueError(
+            f"{f}: not a cxrseg progression file (expected probs, image, epochs, regions, case_id: {exc})"
+        ) from None
     if probs.ndim != 4 or probs.shape[1] != len(regions) or probs.shape[2:] != image.shape:
-        raise ValueError(f"{f}: probs of shape {probs.shape} do not match {len(regions)} regions and image {image.shape}")
+        raise ValueError(
+            f"{f}: probs of shape {probs.shape} do not match {len(regions)} regions and image {image.shape}"
+        )
     history = {}
     hf = run / "history.json"
     if hf.is_file():
@@ -136,7 +140,8 @@ class ProgressionWidget(QWidget):
         napari_viewer.dims.events.current_step.connect(self._on_step)
 
     def _browse(self) -> None:
-        d = QFileDialog.getExistingDirectory(self, "Open a training run folder", self.run_edit.text() or str(Path.home()))
+        start = self.run_edit.text() or str(Path.home())
+        d = QFileDialog.getExistingDirectory(self, "Open a training run folder", start)
         if d:
             self.run_edit.setText(d)
             self.open_run()

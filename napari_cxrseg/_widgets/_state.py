@@ -790,7 +790,6 @@ class Session:
     def _show_prediction_labels(self, labels: np.ndarray | None = None, *, keep_edits: bool = True) -> None:
         from napari_cxrseg._layers import labels_layer_tuple
 
-        v = self.viewer
         name = self.layer_name("prediction")
         if labels is None or labels.shape != self.image.shape:
             labels = paint_labels(self.masks, self.image.shape) if self.masks else np.zeros(self.image.shape, np.uint8)

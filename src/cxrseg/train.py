@@ -269,7 +269,8 @@ def train_iter(
         if not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
             dist.init_process_group(backend=backend)
-        dev = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() and device != "cpu" else torch.device("cpu")
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     else:
         dev = select_device(device)
     is_main = rank == 0
@@ -420,12 +421,13 @@ def train_iter(
         }
         history.append(rec)
         if track_img is not None:
-            track_stack.append(predict_arrays(model, track_img[None], model_config, dev, precision)[0].astype(np.float16))
+            track_prob = predict_arrays(model, track_img[None], model_config, dev, precision)[0]
+            track_stack.append(track_prob.astype(np.float16))
         if is_main:
             meta = dict(base_meta)
             meta["metrics"] = {"epoch": epoch, "val_iou": rec["val_iou"], "best_epoch": best_epoch,
                                "best_val_mean_iou": best if val else None}
-            last = save_checkpoint(model, model_config, out_dir / "last.safetensors", metadata=meta)
+            save_checkpoint(model, model_config, out_dir / "last.safetensors", metadata=meta)
             if improved:
                 meta_best = dict(meta)
                 meta_best["metrics"] = dict(meta["metrics"], best_epoch=epoch)
