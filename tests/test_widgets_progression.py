@@ -66,3 +66,34 @@ def test_open_run_without_dataset_and_bad_folder(make_napari_viewer, qtbot, tmp_
         read_progression(tmp_path)
     wait_worker(qtbot, w.open_run(tmp_path / "nothing"))
     assert "Cannot open" in w.info.text()
+
+
+def test_open_a_real_cxrseg_train_run(make_napari_viewer, qtbot, phantom_root, tmp_path):
+    """The folder ``cxrseg train --track-case`` writes (not a hand-made one) opens in the dock,
+    its maps match the run's own progression.npz, and the epoch slider reads history.json."""
+    from cxrseg.cli import main as cli_main
+    from napari_cxrseg._widgets._progression import ProgressionWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    run = tmp_path / "run"
+    rc = cli_main(["train", "--data", str(phantom_root), "--out", str(run), "--encoder", "resnet18",
+                   "--encoder-weights", "none", "--input-size", "64", "--epochs", "3", "--batch-size", "2",
+                   "--precision", "fp32", "--device", "cpu", "--val-fraction", "0.34",
+                   "--track-case", "PHANTOM002", "--quiet"])
+    assert rc == 0
+    hist = json.loads((run / "history.json").read_text())
+    viewer = make_napari_viewer()
+    wait_worker(qtbot, get_session(viewer).open_dataset(phantom_root))
+    w = ProgressionWidget(viewer)
+    wait_worker(qtbot, w.open_run(run))
+    with np.load(run / "progression.npz") as z:
+        probs = z["probs"].astype(np.float32)
+    assert probs.shape == (3, len(REGIONS), 64, 64)
+    for j, r in enumerate(REGIONS):
+        ly = viewer.layers[f"PHANTOM002 progression {r}"]
+        assert np.array_equal(ly.data, probs[:, j])
+    gt = viewer.layers["PHANTOM002 progression ground truth"]
+    assert gt.data.shape == (64, 64) and (gt.data > 0).any()
+    viewer.dims.set_current_step(0, 1)
+    assert w.current_epoch() == 2
+    assert f"{hist[1]['val_iou']['mean']:.3f}" in w.epoch_label.text()

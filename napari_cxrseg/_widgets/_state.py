@@ -35,6 +35,7 @@ variants run inline too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -198,9 +199,11 @@ def paint_labels(masks: Mapping[str, np.ndarray], shape) -> np.ndarray:
     :func:`napari_cxrseg._layers.labels_from_masks` paints it (same values, same paint
     order), in one table lookup instead of one masked assignment per region."""
     code = np.zeros(tuple(shape), np.uint8)
+    tmp = np.empty_like(code)
     for r, m in masks.items():
-        code |= np.asarray(m, dtype=bool).view(np.uint8) << np.uint8(REGIONS.index(r))
-    return _LUT[code]
+        np.left_shift(np.asarray(m, dtype=bool).view(np.uint8), np.uint8(REGIONS.index(r)), out=tmp)
+        np.bitwise_or(code, tmp, out=code)
+    return _LUT.take(code)
 
 
 def _mask_job(probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], postprocess: bool, shape):
@@ -417,6 +420,30 @@ class Session:
                 v.layers._activate_on_insert = activate
         return layer
 
+    @contextlib.contextmanager
+    def _one_extent_update(self):
+        """Swap the data of several layers with one update of the viewer's dims.
+
+        napari recomputes the extent of every layer and revalidates its dims after each
+        layer's ``data`` or ``scale`` change (``ViewerModel._on_layers_change``; ~5-10 ms
+        each under software OpenGL). Inside this block that callback is held back for the
+        existing layers and run once at the end."""
+        v = self.viewer
+        cb = getattr(v, "_on_layers_change", None)
+        if cb is None:
+            yield
+            return
+        emitters = [getattr(ly.events, e) for ly in list(v.layers) for e in ("data", "scale")
+                    if hasattr(ly.events, e)]
+        for em in emitters:
+            em.block(cb)
+        try:
+            yield
+        finally:
+            for em in emitters:
+                em.unblock(cb)
+            cb()
+
     # -- layer recycling: creating a napari layer costs ~100 ms of GUI time (Qt controls,
     # vispy visual), swapping its data ~10 ms. A case's layers are therefore reused for the
     # next case: image and ground truth at once, prediction overlays "parked" (emptied to
@@ -583,6 +610,16 @@ class Session:
             return
         old = self.case_id
         old_shape = self.image.shape if self.image is not None else None
+        with self._one_extent_update():
+            self._swap_case_layers(payload, old)
+        if old_shape != self.image.shape:
+            v.reset_view()
+        self.case_changed.emit(self.case_id)
+        if predict:
+            self.predict()
+
+    def _swap_case_layers(self, payload: dict, old: str | None) -> None:
+        v = self.viewer
         keep: dict[str, Any] = {}
         if old is not None:
             self.case_about_to_change.emit(old)
@@ -621,11 +658,6 @@ class Session:
             gt.contour = int(self.display.get("gt_contour", 0))
         for ly in keep.values():  # e.g. the old case had ground truth, the new one has none
             v.layers.remove(ly)
-        if old_shape != image.shape:
-            v.reset_view()
-        self.case_changed.emit(self.case_id)
-        if predict:
-            self.predict()
 
     def step_case(self, step: int = 1):
         """Load the next (``step=1``) or previous (``-1``) case (in :attr:`case_order`, else
@@ -728,10 +760,11 @@ class Session:
             self.probs = self.masks = None
             self.model_id = model_id
             if v is not None and self.case_id is not None:
-                for ly in list(v.layers):
-                    if ly.name.startswith(f"{self.case_id} heatmap ") or ly.name in (
-                            self.layer_name("prediction"), self.layer_name("errors")):
-                        self._park(ly)
+                with self._one_extent_update():
+                    for ly in list(v.layers):
+                        if ly.name.startswith(f"{self.case_id} heatmap ") or ly.name in (
+                                self.layer_name("prediction"), self.layer_name("errors")):
+                            self._park(ly)
             self.prediction_changed.emit(None)
             return
         if self.image is None:
@@ -752,8 +785,9 @@ class Session:
             stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
             if heat is None or any(h.shape != self.probs[r][::stride, ::stride].shape for r, h in heat.items()):
                 heat = _heat_display(self.probs, stride)
-            self._show_heatmaps(heat, stride)
-            self._show_prediction_labels(labels)
+            with self._one_extent_update():
+                self._show_heatmaps(heat, stride)
+                self._show_prediction_labels(labels)
         self.prediction_changed.emit(model_id)
 
     def _show_heatmaps(self, heat: Mapping[str, np.ndarray], stride: int = 1) -> None:
