@@ -199,9 +199,13 @@ def main(argv=None) -> int:
     over = (mc - mb) / mb * 100
     print(f"bare Predictor.predict: median {mb * 1000:.0f} ms  ({', '.join(f'{x * 1000:.0f}' for x in bare)})")
     print(f"click Run -> layers:    median {mc * 1000:.0f} ms  ({', '.join(f'{x * 1000:.0f}' for x in click)})")
-    med = {k: statistics.median(p[k] for p in parts) * 1000 for k in ("predict_s", "masks_s", "gui_s")}
+    keys = ("load_s", "predict_s", "masks_s", "worker_s", "gui_s")
+    med = {k: statistics.median(p[k] for p in parts) * 1000 for k in keys}
+    hand = statistics.median(c - p["total_s"] for c, p in zip(click, parts, strict=True)) * 1000
+    hops = med["worker_s"] - med["load_s"] - med["predict_s"] - med["masks_s"]
     print(f"  of which (medians): model in worker {med['predict_s']:.0f} ms, masks + labels in worker "
-          f"{med['masks_s']:.0f} ms, layer updates on the GUI thread {med['gui_s']:.0f} ms")
+          f"{med['masks_s']:.0f} ms, layer updates on the GUI thread {med['gui_s']:.0f} ms;\n"
+          f"  click handler before the worker {hand:.0f} ms, worker start + thread hand-offs {hops:.0f} ms")
     if prof is not None:
         import pstats
 
