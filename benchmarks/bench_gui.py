@@ -56,8 +56,13 @@ def _model(path_arg: str | None, tmp: Path) -> str:
     return str(out)
 
 
-def _wait(app, cond, timeout=600.0):
-    """Run the Qt event loop (idle in C, as in the real application) until ``cond()``."""
+def _wait(app, cond, timeout=600.0, signal=None):
+    """Run the Qt event loop (idle in C, as in the real application) until ``cond()``.
+
+    With ``signal`` (a psygnal signal), the condition is checked when it fires and a slow
+    250 ms poll is only a safety net: a fast poll timer would wake the GUI thread every few
+    ms and slow down the model running beside it (the real application has no such timer).
+    """
     from qtpy.QtCore import QEventLoop, QTimer
 
     if cond():
@@ -65,15 +70,19 @@ def _wait(app, cond, timeout=600.0):
     loop = QEventLoop()
     t0 = time.perf_counter()
 
-    def check():
+    def check(*_args):
         if cond() or time.perf_counter() - t0 > timeout:
             loop.quit()
 
     timer = QTimer()
     timer.timeout.connect(check)
-    timer.start(2)
+    timer.start(250 if signal is not None else 2)
+    if signal is not None:
+        signal.connect(check)
     loop.exec_()
     timer.stop()
+    if signal is not None:
+        signal.disconnect(check)
     if not cond():
         raise TimeoutError("benchmark step timed out")
 
@@ -188,7 +197,7 @@ def main(argv=None) -> int:
             prof.enable()
         t0 = time.perf_counter()
         predict.run_btn.click()
-        _wait(app, lambda n0=n0: len(done) > n0)
+        _wait(app, lambda n0=n0: len(done) > n0, signal=s.prediction_changed)
         click.append(done[-1] - t0)
         if prof is not None:
             prof.disable()
