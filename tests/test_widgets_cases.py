@@ -134,3 +134,30 @@ def test_thread_pool_headroom(make_napari_viewer, qtbot):
     finally:
         release.set()
         qtbot.waitUntil(lambda: len(done) == len(workers), timeout=10_000)
+
+
+@pytest.mark.parametrize("exc_type", [RuntimeError, ValueError])
+def test_generator_worker_errors_are_reported_and_finish(make_napari_viewer, qtbot, exc_type):
+    """A generator worker that raises -- RuntimeError included, which superqt alone would
+    swallow without ``errored`` or ``finished`` (torch raises RuntimeError for out of
+    memory) -- gives one notification, the ``errored`` callback with the original
+    exception, and ``finished``."""
+    from _gui_fixtures import notifications
+
+    from napari_cxrseg._widgets._common import start_worker
+
+    make_napari_viewer()
+    got = notifications()
+    seen, finished, values = [], [], []
+
+    def job():
+        yield 1
+        raise exc_type("simulated failure in step 2")
+
+    w = start_worker(job, context="Long job", yielded=values.append, errored=seen.append,
+                     finished=lambda: finished.append(1))
+    with qtbot.waitSignal(w.finished, timeout=10_000):
+        pass
+    assert finished == [1] and values == [1]
+    assert len(seen) == 1 and type(seen[0]) is exc_type
+    qtbot.waitUntil(lambda: any("Long job failed: simulated failure" in str(n.message) for n in got), timeout=5000)

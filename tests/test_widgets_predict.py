@@ -236,3 +236,31 @@ def test_hand_edits_in_prediction_layer_survive_threshold_and_rerun(viewer, qtbo
     assert w.discard_edits() is True
     assert np.array_equal(pred.data, paint_labels(s.masks, (SIZE, SIZE)))
     assert s.prediction_edits() is None and w.discard_edits() is False
+
+
+def test_second_click_while_predicting_is_ignored(viewer, qtbot, phantom_root, tiny_ckpt, monkeypatch):
+    import threading
+
+    from cxrseg.predict import Predictor
+
+    gate, calls = threading.Event(), []
+    orig = Predictor.predict
+
+    def slow(self, image, **kw):
+        calls.append(1)
+        gate.wait(20)
+        return orig(self, image, **kw)
+
+    monkeypatch.setattr(Predictor, "predict", slow)
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    qtbot.waitUntil(lambda: w.model_info.get("ok") is True, timeout=30_000)
+    open_case(qtbot, s, phantom_root)
+    first = w.run()
+    assert first is not None and w.run() is None and "Still predicting" in w.status.text()
+    # a slow run shows itself as busy after BUSY_DELAY_MS
+    qtbot.waitUntil(lambda: not w.run_btn.isEnabled() and "Predicting" in w.status.text(), timeout=5000)
+    gate.set()
+    wait_worker(qtbot, first)
+    assert len(calls) == 1 and w.run_btn.isEnabled() and s.masks is not None
+    wait_worker(qtbot, w.run())  # and the next click runs again
+    assert len(calls) == 2

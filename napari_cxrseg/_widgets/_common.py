@@ -16,6 +16,7 @@ With ``CXRSEG_SYNC=1`` in the environment, or ``sync=True`` (a session's
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -156,6 +157,34 @@ def notify_info(message: str) -> None:
     show_info(message)
 
 
+class WorkerRuntimeError(Exception):
+    """A ``RuntimeError`` raised in a generator worker, carried out as a plain exception.
+
+    superqt's ``GeneratorWorker`` takes any ``RuntimeError`` from the generator for a
+    deleted Qt object: it only warns, and emits neither ``errored`` nor ``finished``. torch
+    raises ``RuntimeError`` for most failures (out of memory included), so a dock would
+    wait forever. :func:`start_worker` re-raises them as this class; callbacks get the
+    original exception (:attr:`original`)."""
+
+    def __init__(self, original: RuntimeError):
+        super().__init__(str(original) or type(original).__name__)
+        self.original = original
+
+
+def _plain_errors(genfunc: Callable) -> Callable:
+    """Wrap a generator function so a ``RuntimeError`` it raises leaves as
+    :class:`WorkerRuntimeError` (``send`` values pass through)."""
+
+    @functools.wraps(genfunc)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return (yield from genfunc(*args, **kwargs))
+        except RuntimeError as exc:
+            raise WorkerRuntimeError(exc) from exc
+
+    return wrapper
+
+
 def start_worker(
     func: Callable,
     *args: Any,
@@ -196,6 +225,7 @@ def start_worker(
     guard_triton_import()
 
     def _on_error(exc: BaseException) -> None:
+        exc = exc.original if isinstance(exc, WorkerRuntimeError) else exc
         notify_error(f"{context} failed", exc)
         if errored is not None:
             errored(exc)
@@ -231,6 +261,8 @@ def start_worker(
     if progress and os.environ.get("CXRSEG_NAPARI_PROGRESS", "1") != "0":
         prog = dict(progress) if isinstance(progress, Mapping) else {}
         prog.setdefault("desc", context)
+    if inspect.isgeneratorfunction(func):
+        func = _plain_errors(func)
     worker = create_worker(func, *args, _start_thread=False, _progress=prog, _ignore_errors=True, **kwargs)
     # napari relays worker errors to the notification manager itself; we show one
     # notification with context instead of two.

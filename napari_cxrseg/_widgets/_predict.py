@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -87,12 +87,16 @@ def model_summary(checkpoint: str | None) -> dict:
 class PredictWidget(QWidget):
     """Dock widget running the model on the current case (see the module docstring)."""
 
+    #: Milliseconds a run may take before the dock shows it as busy.
+    BUSY_DELAY_MS = 300
+
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = s = get_session(napari_viewer)
         self.model_info: dict = {}
         self._worker = None
+        self._running = False
 
         # -- model
         self.model_edit = QLineEdit(s.checkpoint or "")
@@ -315,15 +319,32 @@ class PredictWidget(QWidget):
         if self.session.image is None:
             self.status.setText("Load a case first (Cases dock).")
             return None
-        self.status.setText(f"Predicting {self.session.case_id} …")
-        self.run_btn.setEnabled(False)
-        w = self.session.predict(regions)
-        if w is None:
-            self.run_btn.setEnabled(True)
+        if self._running:
+            self.status.setText(f"Still predicting {self.session.case_id} …")
             return None
-        w.finished.connect(lambda: self.run_btn.setEnabled(bool(self.model_info.get("ok", True))))
+        self._running = True
+        # The busy state (status text, disabled button) shows only if the run takes longer
+        # than BUSY_DELAY_MS: repainting the dock at once would take CPU from the model
+        # for a prediction that is over in a fraction of a second. Clicks in between are
+        # ignored (``_running``).
+        QTimer.singleShot(self.BUSY_DELAY_MS, self._show_busy)
+        w = self.session.predict(regions)
+        if w is None:  # nothing to run, or run synchronously (already finished)
+            self._run_finished()
+            return None
+        w.finished.connect(self._run_finished)
         self._worker = w
         return w
+
+    def _show_busy(self) -> None:
+        if self._running:
+            self.status.setText(f"Predicting {self.session.case_id} …")
+            self.run_btn.setEnabled(False)
+
+    def _run_finished(self) -> None:
+        self._running = False
+        self._worker = None
+        self.run_btn.setEnabled(bool(self.model_info.get("ok", True)))
 
     def _on_prediction(self, model_id) -> None:
         self.run_btn.setEnabled(bool(self.model_info.get("ok", True)))

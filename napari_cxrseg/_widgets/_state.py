@@ -241,7 +241,11 @@ def _errors_colormap():
 
 def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool,
                  heat_stride: int = 1):
-    """Worker body of a prediction (torch is imported here, off the GUI thread)."""
+    """Worker body of a prediction (torch is imported here, off the GUI thread).
+
+    A generator in two stages: it yields the probability maps (and their display copies)
+    as soon as the model has run, so the GUI thread shows the heatmaps while the worker
+    thresholds the maps and paints the label image, which it then returns."""
     from cxrseg.predict import get_predictor
 
     t0 = time.perf_counter()
@@ -256,23 +260,25 @@ def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds
         )
     probs = torch_call(predictor.predict, image, regions=wanted)
     probs = {r: np.asarray(probs[r], dtype=np.float32) for r in wanted}
-    t2 = time.perf_counter()
-    th = dict(predictor.config.thresholds)
-    th.update(thresholds or {})
-    res = _mask_job(probs, th, postprocess, image.shape)
     heat = _heat_display(probs, heat_stride)
-    t3 = time.perf_counter()
-    return {
+    t2 = time.perf_counter()
+    yield {
         "probs": probs,
         "heat": heat,
-        "masks": res["masks"],
-        "labels": res["labels"],
-        "masks_s": t3 - t2,
         "model_id": str(predictor.model_id),
         "model_thresholds": dict(predictor.config.thresholds),
         "model_regions": model_regions,
         "load_s": t1 - t0,
         "predict_s": t2 - t1,
+    }
+    t3 = time.perf_counter()
+    th = dict(predictor.config.thresholds)
+    th.update(thresholds or {})
+    res = _mask_job(probs, th, postprocess, image.shape)
+    return {
+        "masks": res["masks"],
+        "labels": res["labels"],
+        "masks_s": time.perf_counter() - t3,
     }
 
 
@@ -336,6 +342,7 @@ class Session:
         #: Order of PageDown / PageUp stepping (the Cases table's order); ``None``: dataset order.
         self.case_order: list[str] | None = None
         self._mask_gen = 0
+        self._pending_mask_gen = 0
         self._pred_gen = 0
         self._keys_bound = False
         #: (case id, copy of the labels last written into the prediction layer): pixels of
@@ -700,14 +707,21 @@ class Session:
     def predict_sync(self, regions=None) -> None:
         """Run the model on the current case and show the result (blocking)."""
         t0 = time.perf_counter()
-        res = _predict_job(*self._job_args(regions))
-        self._apply_prediction(res, self._pred_gen, t0)
+        gen = self._pred_gen
+        job = _predict_job(*self._job_args(regions))
+        self._apply_heat_stage(next(job), gen, t0)
+        try:
+            next(job)
+        except StopIteration as stop:
+            self._apply_mask_stage(stop.value, gen, t0)
 
     def predict(self, regions=None):
         """Run the model on the current case in a worker; returns the worker.
 
-        When it returns, :meth:`set_prediction` shows one heatmap layer per region and
-        the prediction Labels layer (unless another case was loaded meanwhile).
+        The heatmap layers appear as soon as the model has run; the prediction Labels
+        layer follows when the worker has thresholded the maps (unless another case was
+        loaded or another prediction started meanwhile). ``prediction_changed`` is emitted
+        once both are shown.
         """
         try:
             args = self._job_args(regions)
@@ -718,23 +732,35 @@ class Session:
         gen = self._pred_gen = self._pred_gen + 1
         t0 = time.perf_counter()
         return start_worker(_predict_job, *args, context=f"Predict {self.case_id}",
-                            returned=lambda res: self._apply_prediction(res, gen, t0),
+                            yielded=lambda res: self._apply_heat_stage(res, gen, t0),
+                            returned=lambda res: self._apply_mask_stage(res, gen, t0),
                             errored=lambda exc: self.prediction_failed.emit(str(exc)), sync=self.synchronous)
 
-    def _apply_prediction(self, res: dict, gen: int, t0: float) -> None:
+    def _apply_heat_stage(self, res: dict, gen: int, t0: float) -> None:
         if gen != self._pred_gen:  # another case or prediction started meanwhile
             return
         for r, t in res["model_thresholds"].items():
             self.thresholds.setdefault(r, float(t))
         self.model_regions = tuple(res["model_regions"])
         t1 = time.perf_counter()
-        # (known before the layers are shown, so prediction_changed handlers can read it)
-        self.last_timing = {"load_s": res["load_s"], "predict_s": res["predict_s"], "masks_s": res["masks_s"],
-                            "worker_s": t1 - t0}
-        self.set_prediction(res["probs"], res["model_id"], masks=res["masks"], labels=res["labels"],
-                            heat=res.get("heat"))
+        self.last_timing = {"load_s": res["load_s"], "predict_s": res["predict_s"], "worker_s": t1 - t0}
+        self._begin_prediction(res["probs"], res["model_id"], heat=res.get("heat"))
         t2 = time.perf_counter()
-        self.last_timing.update(gui_s=t2 - t1, total_s=t2 - t0)
+        self.last_timing.update(heat_gui_s=t2 - t1, _heat_done=t2)
+
+    def _apply_mask_stage(self, res: dict, gen: int, t0: float) -> None:
+        if gen != self._pred_gen or self.probs is None:
+            return
+        t1 = time.perf_counter()
+        if self._mask_gen == self._pending_mask_gen:  # (else a threshold change superseded these masks)
+            self._finish_prediction(res["masks"], res["labels"])
+        else:
+            self.prediction_changed.emit(self.model_id)
+        t2 = time.perf_counter()
+        tm = self.last_timing
+        tm.update(masks_s=res["masks_s"], labels_gui_s=t2 - t1, total_s=t2 - t0,
+                  masks_wait_s=max(0.0, t1 - tm.pop("_heat_done", t1)))
+        tm["gui_s"] = tm.get("heat_gui_s", 0.0) + tm["labels_gui_s"]
 
     def set_prediction(self, probs: Mapping[str, np.ndarray] | None, model_id: str | None, *,
                        masks: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
@@ -767,6 +793,12 @@ class Session:
                             self._park(ly)
             self.prediction_changed.emit(None)
             return
+        self._begin_prediction(probs, model_id, heat=heat)
+        self._finish_prediction(masks, labels)
+
+    def _begin_prediction(self, probs: Mapping[str, np.ndarray], model_id: str | None, *,
+                          heat: Mapping[str, np.ndarray] | None = None) -> None:
+        """First half of :meth:`set_prediction`: keep the maps, show the heatmaps."""
         if self.image is None:
             raise ValueError("set_prediction: no case is loaded")
         probs = {canonical_region(r): np.asarray(p, dtype=np.float32) for r, p in probs.items()}
@@ -777,18 +809,25 @@ class Session:
             self.thresholds.setdefault(r, 0.5)
         self.probs = {r: probs[r] for r in REGIONS if r in probs}
         self.model_id = model_id
+        self.masks = None
         self._mask_gen += 1
-        if masks is None:
-            masks = compute_masks(self.probs, self.thresholds, postprocess=self.postprocess)
-        self.masks = {r: np.asarray(masks[r], bool) for r in self.probs if r in masks}
-        if v is not None:
+        self._pending_mask_gen = self._mask_gen
+        if self.viewer is not None:
             stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
             if heat is None or any(h.shape != self.probs[r][::stride, ::stride].shape for r, h in heat.items()):
                 heat = _heat_display(self.probs, stride)
             with self._one_extent_update():
                 self._show_heatmaps(heat, stride)
+
+    def _finish_prediction(self, masks: Mapping[str, np.ndarray] | None, labels: np.ndarray | None) -> None:
+        """Second half of :meth:`set_prediction`: the masks and the prediction Labels layer."""
+        if masks is None:
+            masks = compute_masks(self.probs, self.thresholds, postprocess=self.postprocess)
+        self.masks = {r: np.asarray(masks[r], bool) for r in self.probs if r in masks}
+        if self.viewer is not None:
+            with self._one_extent_update():
                 self._show_prediction_labels(labels)
-        self.prediction_changed.emit(model_id)
+        self.prediction_changed.emit(self.model_id)
 
     def _show_heatmaps(self, heat: Mapping[str, np.ndarray], stride: int = 1) -> None:
         v = self.viewer
