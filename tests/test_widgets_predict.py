@@ -173,7 +173,7 @@ def test_next_case_recycles_prediction_layers(viewer, qtbot, phantom_root, tiny_
     n_layers = len(viewer.layers)
     wait_worker(qtbot, s.load_case("PHANTOM002"))
     # the old case's overlays are parked: emptied (nothing shown), not named after any case
-    assert heat.name.startswith("(idle)") and heat.data.size == 1 and not heat.data.any()
+    assert heat.name.startswith("(idle)") and not heat.data.any()
     assert pred.name.startswith("(idle)") and "masks" not in pred.metadata["cxrseg"]
     assert not any(ly.name.startswith("PHANTOM001") for ly in viewer.layers)
     assert s.get_layer("prediction") is None and s.get_layer("heatmap", "heart") is None
@@ -182,6 +182,10 @@ def test_next_case_recycles_prediction_layers(viewer, qtbot, phantom_root, tiny_
     assert viewer.layers["PHANTOM002 prediction"] is pred
     assert len(viewer.layers) == n_layers
     assert heat.data.shape == (SIZE, SIZE) and np.array_equal(heat.data, s.probs["heart"])
+    # the heatmap layer owns its array (written in place for the next case): never the
+    # session's probability map itself
+    assert not np.shares_memory(heat.data, s.probs["heart"])
+
     assert np.array_equal(pred.metadata["cxrseg"]["masks"]["heart"], s.probs["heart"] >= s.thresholds["heart"])
     assert pred.metadata["cxrseg"]["case_id"] == "PHANTOM002"
 
@@ -264,3 +268,35 @@ def test_second_click_while_predicting_is_ignored(viewer, qtbot, phantom_root, t
     assert len(calls) == 1 and w.run_btn.isEnabled() and s.masks is not None
     wait_worker(qtbot, w.run())  # and the next click runs again
     assert len(calls) == 2
+
+
+
+def test_heatmap_written_in_place_is_what_the_canvas_shows(make_napari_viewer, qtbot, phantom_root, tiny_ckpt):
+    """Next case -> Run writes the heatmap into the recycled layer's own array; the canvas
+    visual gets it (one ``set_data``), and a screenshot equals one taken after giving
+    napari the same map through its ``data`` setter."""
+    viewer = make_napari_viewer(show=True)
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    open_case(qtbot, s, phantom_root, "PHANTOM001")
+    wait_worker(qtbot, w.run())
+    heat = viewer.layers["PHANTOM001 heatmap heart"]
+    wait_worker(qtbot, s.load_case("PHANTOM002"))
+    # only the (parked) heart heatmap is shown; nothing below touches its visibility
+    for ly in viewer.layers:
+        if ly is not heat:
+            ly.visible = False
+    heat.opacity = 1.0
+    node = viewer.window._qt_viewer.canvas.layer_to_visual[heat].node
+    uploads = []
+    orig = node.set_data
+    node.set_data = lambda data, *a, **k: (uploads.append(np.array(data)), orig(data, *a, **k))[1]
+    wait_worker(qtbot, w.run())
+    assert viewer.layers["PHANTOM002 heatmap heart"] is heat
+    assert len(uploads) == 1 and np.array_equal(uploads[0].astype(np.float32), s.probs["heart"])
+    qtbot.wait(50)
+    in_place = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    heat.data = np.array(s.probs["heart"])
+    qtbot.wait(50)
+    setter = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert in_place.shape == setter.shape and in_place.max() > 50
+    assert np.abs(in_place - setter).max() <= 1

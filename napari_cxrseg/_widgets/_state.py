@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 
 from cxrseg.regions import COLORS, REGIONS, canonical_region, parse_regions
 
@@ -241,11 +242,11 @@ def _errors_colormap():
 
 def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool,
                  heat_stride: int = 1):
-    """Worker body of a prediction (torch is imported here, off the GUI thread).
+    """Worker body of a prediction (torch is imported here, off the GUI thread): the maps,
+    their display copies, the thresholded masks and the painted label image.
 
-    A generator in two stages: it yields the probability maps (and their display copies)
-    as soon as the model has run, so the GUI thread shows the heatmaps while the worker
-    thresholds the maps and paints the label image, which it then returns."""
+    (Showing the heatmaps first, while the worker thresholds, was measured slower: the
+    canvas redraws in between, ~35 ms under software OpenGL, before the labels arrive.)"""
     from cxrseg.predict import get_predictor
 
     t0 = time.perf_counter()
@@ -260,25 +261,22 @@ def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds
         )
     probs = torch_call(predictor.predict, image, regions=wanted)
     probs = {r: np.asarray(probs[r], dtype=np.float32) for r in wanted}
-    heat = _heat_display(probs, heat_stride)
     t2 = time.perf_counter()
-    yield {
+    th = dict(predictor.config.thresholds)
+    th.update(thresholds or {})
+    res = _mask_job(probs, th, postprocess, image.shape)
+    heat = _heat_display(probs, heat_stride)
+    return {
         "probs": probs,
         "heat": heat,
+        "masks": res["masks"],
+        "labels": res["labels"],
+        "masks_s": time.perf_counter() - t2,
         "model_id": str(predictor.model_id),
         "model_thresholds": dict(predictor.config.thresholds),
         "model_regions": model_regions,
         "load_s": t1 - t0,
         "predict_s": t2 - t1,
-    }
-    t3 = time.perf_counter()
-    th = dict(predictor.config.thresholds)
-    th.update(thresholds or {})
-    res = _mask_job(probs, th, postprocess, image.shape)
-    return {
-        "masks": res["masks"],
-        "labels": res["labels"],
-        "masks_s": time.perf_counter() - t3,
     }
 
 
@@ -342,7 +340,9 @@ class Session:
         #: Order of PageDown / PageUp stepping (the Cases table's order); ``None``: dataset order.
         self.case_order: list[str] | None = None
         self._mask_gen = 0
-        self._pending_mask_gen = 0
+        #: heatmap layer -> the array the session gave it (written in place; see _set_heat_data)
+        self._heat_buffers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._stale_thumbnails: weakref.WeakSet = weakref.WeakSet()
         self._pred_gen = 0
         self._keys_bound = False
         #: (case id, copy of the labels last written into the prediction layer): pixels of
@@ -467,8 +467,58 @@ class Session:
         # and a 1x1 zero label is transparent, and showing the layer again later would
         # cost a redraw per layer (~20 ms each).
         layer.metadata = {**layer.metadata, "cxrseg": md}
-        layer.data = np.zeros((1, 1), dtype=layer.data.dtype)
+        if not self._zero_in_place(layer):
+            layer.data = np.zeros((1, 1), dtype=layer.data.dtype)
         layer.name = f"(idle) cxrseg {md.get('kind')}" + (f" {md['region']}" if md.get("region") else "")
+
+    # -- heatmap buffers: a heatmap layer keeps one array of its own, and a new map of the
+    # same shape is copied into it. napari's ``data`` setter costs ~7 ms a layer under
+    # software OpenGL (dims, transforms, thumbnail); writing in place and refreshing only
+    # the displayed slice costs about half, and the layer-list thumbnails follow on the
+    # next event-loop turn.
+    def _own_buffer(self, layer) -> np.ndarray | None:
+        buf = self._heat_buffers.get(layer)
+        return buf if buf is not None and layer.data is buf else None
+
+    def _set_heat_data(self, layer, p: np.ndarray) -> None:
+        buf = self._own_buffer(layer)
+        if buf is not None and buf.shape == p.shape and buf.dtype == p.dtype:
+            np.copyto(buf, p)
+            self._refresh_in_place(layer)
+            return
+        buf = np.array(p, dtype=np.float32, copy=True)
+        layer.data = buf
+        if layer.data is buf:
+            self._heat_buffers[layer] = buf
+
+    def _zero_in_place(self, layer) -> bool:
+        buf = self._own_buffer(layer)
+        if buf is None:
+            return False
+        buf.fill(0)
+        self._refresh_in_place(layer)
+        return True
+
+    def _refresh_in_place(self, layer) -> None:
+        try:
+            layer.refresh(thumbnail=False, highlight=False, extent=False)
+        except TypeError:  # pragma: no cover - a napari without these keywords
+            layer.refresh()
+            return
+        self._stale_thumbnails.add(layer)
+
+    def _schedule_thumbnails(self) -> None:
+        """Update the thumbnails left stale by in-place writes on a later event-loop turn,
+        once the layers a user waits for are shown."""
+        if self._stale_thumbnails:
+            QTimer.singleShot(0, self._update_thumbnails)
+
+    def _update_thumbnails(self) -> None:
+        layers, self._stale_thumbnails = list(self._stale_thumbnails), weakref.WeakSet()
+        for ly in layers:
+            update = getattr(ly, "_update_thumbnail", None)
+            if update is not None:
+                update()
 
     def _claim(self, kind: str, region: str | None = None):
         """The current case's layer of that kind, else a parked one renamed for it, else ``None``."""
@@ -621,6 +671,7 @@ class Session:
             self._swap_case_layers(payload, old)
         if old_shape != self.image.shape:
             v.reset_view()
+        self._schedule_thumbnails()
         self.case_changed.emit(self.case_id)
         if predict:
             self.predict()
@@ -707,21 +758,14 @@ class Session:
     def predict_sync(self, regions=None) -> None:
         """Run the model on the current case and show the result (blocking)."""
         t0 = time.perf_counter()
-        gen = self._pred_gen
-        job = _predict_job(*self._job_args(regions))
-        self._apply_heat_stage(next(job), gen, t0)
-        try:
-            next(job)
-        except StopIteration as stop:
-            self._apply_mask_stage(stop.value, gen, t0)
+        res = _predict_job(*self._job_args(regions))
+        self._apply_prediction(res, self._pred_gen, t0)
 
     def predict(self, regions=None):
         """Run the model on the current case in a worker; returns the worker.
 
-        The heatmap layers appear as soon as the model has run; the prediction Labels
-        layer follows when the worker has thresholded the maps (unless another case was
-        loaded or another prediction started meanwhile). ``prediction_changed`` is emitted
-        once both are shown.
+        When it returns, :meth:`set_prediction` shows one heatmap layer per region and
+        the prediction Labels layer (unless another case was loaded meanwhile).
         """
         try:
             args = self._job_args(regions)
@@ -732,35 +776,23 @@ class Session:
         gen = self._pred_gen = self._pred_gen + 1
         t0 = time.perf_counter()
         return start_worker(_predict_job, *args, context=f"Predict {self.case_id}",
-                            yielded=lambda res: self._apply_heat_stage(res, gen, t0),
-                            returned=lambda res: self._apply_mask_stage(res, gen, t0),
+                            returned=lambda res: self._apply_prediction(res, gen, t0),
                             errored=lambda exc: self.prediction_failed.emit(str(exc)), sync=self.synchronous)
 
-    def _apply_heat_stage(self, res: dict, gen: int, t0: float) -> None:
+    def _apply_prediction(self, res: dict, gen: int, t0: float) -> None:
         if gen != self._pred_gen:  # another case or prediction started meanwhile
             return
         for r, t in res["model_thresholds"].items():
             self.thresholds.setdefault(r, float(t))
         self.model_regions = tuple(res["model_regions"])
         t1 = time.perf_counter()
-        self.last_timing = {"load_s": res["load_s"], "predict_s": res["predict_s"], "worker_s": t1 - t0}
-        self._begin_prediction(res["probs"], res["model_id"], heat=res.get("heat"))
+        # (known before the layers are shown, so prediction_changed handlers can read it)
+        self.last_timing = {"load_s": res["load_s"], "predict_s": res["predict_s"], "masks_s": res["masks_s"],
+                            "worker_s": t1 - t0}
+        self.set_prediction(res["probs"], res["model_id"], masks=res["masks"], labels=res["labels"],
+                            heat=res.get("heat"))
         t2 = time.perf_counter()
-        self.last_timing.update(heat_gui_s=t2 - t1, _heat_done=t2)
-
-    def _apply_mask_stage(self, res: dict, gen: int, t0: float) -> None:
-        if gen != self._pred_gen or self.probs is None:
-            return
-        t1 = time.perf_counter()
-        if self._mask_gen == self._pending_mask_gen:  # (else a threshold change superseded these masks)
-            self._finish_prediction(res["masks"], res["labels"])
-        else:
-            self.prediction_changed.emit(self.model_id)
-        t2 = time.perf_counter()
-        tm = self.last_timing
-        tm.update(masks_s=res["masks_s"], labels_gui_s=t2 - t1, total_s=t2 - t0,
-                  masks_wait_s=max(0.0, t1 - tm.pop("_heat_done", t1)))
-        tm["gui_s"] = tm.get("heat_gui_s", 0.0) + tm["labels_gui_s"]
+        self.last_timing.update(gui_s=t2 - t1, total_s=t2 - t0)
 
     def set_prediction(self, probs: Mapping[str, np.ndarray] | None, model_id: str | None, *,
                        masks: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None,
@@ -791,14 +823,17 @@ class Session:
                         if ly.name.startswith(f"{self.case_id} heatmap ") or ly.name in (
                                 self.layer_name("prediction"), self.layer_name("errors")):
                             self._park(ly)
+                self._schedule_thumbnails()
             self.prediction_changed.emit(None)
             return
-        self._begin_prediction(probs, model_id, heat=heat)
-        self._finish_prediction(masks, labels)
+        with self._one_extent_update():
+            self._begin_prediction(probs, model_id, heat=heat)
+            self._finish_prediction(masks, labels)
 
     def _begin_prediction(self, probs: Mapping[str, np.ndarray], model_id: str | None, *,
                           heat: Mapping[str, np.ndarray] | None = None) -> None:
-        """First half of :meth:`set_prediction`: keep the maps, show the heatmaps."""
+        """First half of :meth:`set_prediction`: keep the maps, show the heatmaps (call
+        inside :meth:`_one_extent_update`)."""
         if self.image is None:
             raise ValueError("set_prediction: no case is loaded")
         probs = {canonical_region(r): np.asarray(p, dtype=np.float32) for r, p in probs.items()}
@@ -811,13 +846,11 @@ class Session:
         self.model_id = model_id
         self.masks = None
         self._mask_gen += 1
-        self._pending_mask_gen = self._mask_gen
         if self.viewer is not None:
             stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
             if heat is None or any(h.shape != self.probs[r][::stride, ::stride].shape for r, h in heat.items()):
                 heat = _heat_display(self.probs, stride)
-            with self._one_extent_update():
-                self._show_heatmaps(heat, stride)
+            self._show_heatmaps(heat, stride)
 
     def _finish_prediction(self, masks: Mapping[str, np.ndarray] | None, labels: np.ndarray | None) -> None:
         """Second half of :meth:`set_prediction`: the masks and the prediction Labels layer."""
@@ -825,8 +858,8 @@ class Session:
             masks = compute_masks(self.probs, self.thresholds, postprocess=self.postprocess)
         self.masks = {r: np.asarray(masks[r], bool) for r in self.probs if r in masks}
         if self.viewer is not None:
-            with self._one_extent_update():
-                self._show_prediction_labels(labels)
+            self._show_prediction_labels(labels)
+            self._schedule_thumbnails()
         self.prediction_changed.emit(self.model_id)
 
     def _show_heatmaps(self, heat: Mapping[str, np.ndarray], stride: int = 1) -> None:
@@ -843,7 +876,7 @@ class Session:
                 if tuple(layer.scale) != scale:
                     layer.scale = scale
                 layer.metadata["cxrseg"]["stride"] = stride
-                layer.data = p
+                self._set_heat_data(layer, p)
                 layer.metadata["cxrseg"]["model_id"] = self.model_id
                 if layer.visible != bool(self.display["show_heatmaps"]):
                     layer.visible = bool(self.display["show_heatmaps"])
@@ -858,7 +891,10 @@ class Session:
                 "visible": bool(self.display["show_heatmaps"]),
                 "metadata": {"cxrseg": {"model_id": self.model_id, "stride": stride}},
             }
-            self._add_layer(p, kw, "image", kind="heatmap", region=r)
+            buf = np.array(p, dtype=np.float32, copy=True)
+            layer = self._add_layer(buf, kw, "image", kind="heatmap", region=r)
+            if layer.data is buf:
+                self._heat_buffers[layer] = buf
 
     def _show_prediction_labels(self, labels: np.ndarray | None = None, *, keep_edits: bool = True) -> None:
         from napari_cxrseg._layers import labels_layer_tuple
