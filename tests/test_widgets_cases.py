@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from _gui_fixtures import _isolated_home, open_case, phantom_root, wait_worker  # noqa: F401
+from _gui_fixtures import _isolated_home, open_case, phantom_root, tiny_ckpt, wait_worker  # noqa: F401
 
 
 def test_table_columns_and_keyboard_stepping(make_napari_viewer, qtbot, phantom_root):
@@ -161,3 +161,28 @@ def test_generator_worker_errors_are_reported_and_finish(make_napari_viewer, qtb
     assert finished == [1] and values == [1]
     assert len(seen) == 1 and type(seen[0]) is exc_type
     qtbot.waitUntil(lambda: any("Long job failed: simulated failure" in str(n.message) for n in got), timeout=5000)
+
+
+def test_cases_of_different_sizes_update_the_viewer_dims(make_napari_viewer, qtbot, tmp_path, tiny_ckpt):
+    """Layer swaps are batched into one dims update (Session._one_extent_update): after a
+    case of another size (and its prediction), the dims cover exactly the new image."""
+    from PIL import Image
+
+    from napari_cxrseg._widgets._state import get_session
+
+    rng = np.random.default_rng(0)
+    files = []
+    for name, shape in (("SMALL", (96, 128)), ("LARGE", (300, 260))):
+        f = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(f)
+        files.append(f)
+    viewer = make_napari_viewer()
+    s = get_session(viewer)
+    s.set_model(str(tiny_ckpt))
+    wait_worker(qtbot, s.open_files(files))
+    for cid, shape in (("SMALL", (96, 128)), ("LARGE", (300, 260)), ("SMALL", (96, 128))):
+        wait_worker(qtbot, s.load_case(cid))
+        wait_worker(qtbot, s.predict())
+        assert viewer.layers[f"{cid} prediction"].data.shape == shape
+        spans = [r.stop - r.start for r in viewer.dims.range]
+        assert np.allclose(spans, np.array(shape) - 1) or np.allclose(spans, shape), (viewer.dims.range, shape)
