@@ -453,8 +453,8 @@ class Session:
 
     # -- layer recycling: creating a napari layer costs ~100 ms of GUI time (Qt controls,
     # vispy visual), swapping its data ~10 ms. A case's layers are therefore reused for the
-    # next case: image and ground truth at once, prediction overlays "parked" (emptied to
-    # 1x1 zeros, renamed "(idle) ...") until the next prediction claims them.
+    # next case: image and ground truth at once, prediction overlays "parked" (emptied,
+    # renamed "(idle) ...") until the next prediction claims them.
     @staticmethod
     def _md(layer) -> dict:
         return dict(layer.metadata.get("cxrseg") or {})
@@ -463,9 +463,9 @@ class Session:
         md = self._md(layer)
         md.update(parked=True, case_id=None)
         md.pop("masks", None)
-        # Emptied rather than hidden: a 1x1 zero image adds nothing (additive blending)
-        # and a 1x1 zero label is transparent, and showing the layer again later would
-        # cost a redraw per layer (~20 ms each).
+        # Emptied rather than hidden: a zero heatmap adds nothing (additive blending; it is
+        # zeroed in its own array, see _set_heat_data) and a 1x1 zero label is transparent;
+        # showing a hidden layer again later would cost a redraw per layer (~20 ms each).
         layer.metadata = {**layer.metadata, "cxrseg": md}
         if not self._zero_in_place(layer):
             layer.data = np.zeros((1, 1), dtype=layer.data.dtype)
@@ -826,14 +826,6 @@ class Session:
                 self._schedule_thumbnails()
             self.prediction_changed.emit(None)
             return
-        with self._one_extent_update():
-            self._begin_prediction(probs, model_id, heat=heat)
-            self._finish_prediction(masks, labels)
-
-    def _begin_prediction(self, probs: Mapping[str, np.ndarray], model_id: str | None, *,
-                          heat: Mapping[str, np.ndarray] | None = None) -> None:
-        """First half of :meth:`set_prediction`: keep the maps, show the heatmaps (call
-        inside :meth:`_one_extent_update`)."""
         if self.image is None:
             raise ValueError("set_prediction: no case is loaded")
         probs = {canonical_region(r): np.asarray(p, dtype=np.float32) for r, p in probs.items()}
@@ -844,23 +836,19 @@ class Session:
             self.thresholds.setdefault(r, 0.5)
         self.probs = {r: probs[r] for r in REGIONS if r in probs}
         self.model_id = model_id
-        self.masks = None
         self._mask_gen += 1
-        if self.viewer is not None:
-            stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
-            if heat is None or any(h.shape != self.probs[r][::stride, ::stride].shape for r, h in heat.items()):
-                heat = _heat_display(self.probs, stride)
-            self._show_heatmaps(heat, stride)
-
-    def _finish_prediction(self, masks: Mapping[str, np.ndarray] | None, labels: np.ndarray | None) -> None:
-        """Second half of :meth:`set_prediction`: the masks and the prediction Labels layer."""
         if masks is None:
             masks = compute_masks(self.probs, self.thresholds, postprocess=self.postprocess)
         self.masks = {r: np.asarray(masks[r], bool) for r in self.probs if r in masks}
-        if self.viewer is not None:
-            self._show_prediction_labels(labels)
+        if v is not None:
+            stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
+            if heat is None or any(h.shape != self.probs[r][::stride, ::stride].shape for r, h in heat.items()):
+                heat = _heat_display(self.probs, stride)
+            with self._one_extent_update():
+                self._show_heatmaps(heat, stride)
+                self._show_prediction_labels(labels)
             self._schedule_thumbnails()
-        self.prediction_changed.emit(self.model_id)
+        self.prediction_changed.emit(model_id)
 
     def _show_heatmaps(self, heat: Mapping[str, np.ndarray], stride: int = 1) -> None:
         v = self.viewer
