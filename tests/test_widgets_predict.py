@@ -300,3 +300,56 @@ def test_heatmap_written_in_place_is_what_the_canvas_shows(make_napari_viewer, q
     setter = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     assert in_place.shape == setter.shape and in_place.max() > 50
     assert np.abs(in_place - setter).max() <= 1
+
+
+@pytest.mark.parametrize("contour", [0, 2])
+def test_prediction_labels_written_in_place_are_what_the_canvas_shows(make_napari_viewer, qtbot, phantom_root,
+                                                                       tiny_ckpt, contour):
+    """Next case -> Run writes the label image into the recycled prediction layer's own
+    array. Filled labels (the canvas shows that array itself) take vispy's texture upload
+    alone, without a napari refresh; contours (a derived view) go through napari's refresh.
+    Either way a screenshot equals one taken after napari's ``data`` setter, and a stroke
+    painted on the previous case cannot be undone into the new labels."""
+    viewer = make_napari_viewer(show=True)
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    s.apply_display(contour=contour)
+    s.display["heatmap_max_side"] = SIZE // 2  # heatmaps shown at every 2nd pixel
+    open_case(qtbot, s, phantom_root, "PHANTOM001")
+    wait_worker(qtbot, w.run())
+    pred = viewer.layers["PHANTOM001 prediction"]
+    pred.brush_size = 3
+    pred.paint((5, 5), 7)  # an undoable stroke on the first case
+    buf = pred.data
+    wait_worker(qtbot, s.load_case("PHANTOM002"))
+    assert pred.data is buf and not buf.any()  # parked: zeroed in place, still its own array
+    for ly in viewer.layers:
+        if ly is not pred:
+            ly.visible = False
+    pred.opacity = 1.0
+    node = viewer.window._qt_viewer.canvas.layer_to_visual[pred].node
+    uploads, refreshes = [], []
+    orig_set, orig_refresh = node.set_data, pred.refresh
+    node.set_data = lambda data, *a, **k: (uploads.append(1), orig_set(data, *a, **k))[1]
+    pred.refresh = lambda *a, **k: (refreshes.append(1), orig_refresh(*a, **k))[1]
+    wait_worker(qtbot, w.run())
+    assert viewer.layers["PHANTOM002 prediction"] is pred and pred.data is buf
+    from napari_cxrseg._widgets._state import paint_labels
+
+    assert np.array_equal(pred.data, paint_labels(s.masks, (SIZE, SIZE))) and pred.data.any()
+    assert len(uploads) >= 1
+    assert (len(refreshes) == 0) if contour == 0 else (len(refreshes) >= 1)
+    heat = viewer.layers["PHANTOM002 heatmap heart"]
+    assert heat.data.shape == (SIZE // 2, SIZE // 2) and np.array_equal(heat.data, s.probs["heart"][::2, ::2])
+    assert heat.scale[0] == 2 * viewer.layers["PHANTOM002"].scale[0]
+
+    before_undo = pred.data.copy()
+    pred.undo()
+    assert np.array_equal(pred.data, before_undo), "undo wrote a stroke of the previous case into the new labels"
+    pred.refresh = orig_refresh
+    qtbot.wait(50)
+    in_place = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    pred.data = np.array(pred.data)
+    qtbot.wait(50)
+    setter = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert in_place.shape == setter.shape and in_place.max() > 50
+    assert np.abs(in_place - setter).max() <= 1

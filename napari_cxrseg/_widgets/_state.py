@@ -179,32 +179,20 @@ def compute_masks(
     return {r: np.asarray(masks[r], dtype=bool) for r in REGIONS if r in masks}
 
 
-def _paint_lut() -> np.ndarray:
-    """Lookup table: bit pattern of the regions present at a pixel -> its label value,
-    the last region of :data:`~cxrseg.regions.PAINT_ORDER` winning."""
-    from cxrseg.regions import LABEL_VALUES, PAINT_ORDER
-
-    lut = np.zeros(1 << len(REGIONS), np.uint8)
-    for code in range(len(lut)):
-        for r in PAINT_ORDER:
-            if code >> REGIONS.index(r) & 1:
-                lut[code] = LABEL_VALUES[r]
-    return lut
-
-
-_LUT = _paint_lut()
-
-
 def paint_labels(masks: Mapping[str, np.ndarray], shape) -> np.ndarray:
     """Region masks (on one grid) -> ``uint8`` label image, as
     :func:`napari_cxrseg._layers.labels_from_masks` paints it (same values, same paint
-    order), in one table lookup instead of one masked assignment per region."""
-    code = np.zeros(tuple(shape), np.uint8)
-    tmp = np.empty_like(code)
-    for r, m in masks.items():
-        np.left_shift(np.asarray(m, dtype=bool).view(np.uint8), np.uint8(REGIONS.index(r)), out=tmp)
-        np.bitwise_or(code, tmp, out=code)
-    return _LUT.take(code)
+    order: a later region of :data:`~cxrseg.regions.PAINT_ORDER` wins where masks overlap),
+    with one ``copyto(..., where=mask)`` per region (~1 ms for five 1024² masks; a bit-code
+    table lookup took 4 ms)."""
+    from cxrseg.regions import LABEL_VALUES, PAINT_ORDER
+
+    labels = np.zeros(tuple(shape), np.uint8)
+    for r in PAINT_ORDER:
+        m = masks.get(r)
+        if m is not None:
+            np.copyto(labels, np.uint8(LABEL_VALUES[r]), where=np.asarray(m, dtype=bool))
+    return labels
 
 
 def _mask_job(probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], postprocess: bool, shape):
@@ -212,6 +200,15 @@ def _mask_job(probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], 
     masks = compute_masks(probs, thresholds, postprocess=postprocess)
     labels = paint_labels(masks, shape) if masks else np.zeros(shape, np.uint8)
     return {"masks": masks, "labels": labels}
+
+
+def _same_view(a, b) -> bool:
+    """``a`` and ``b`` are the same numpy view of the same memory (O(1), unlike
+    ``np.shares_memory``)."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return False
+    return (a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def display_stride(shape, max_side: int | None) -> int:
@@ -222,10 +219,11 @@ def display_stride(shape, max_side: int | None) -> int:
 
 
 def _heat_display(probs: Mapping[str, np.ndarray], stride: int) -> dict[str, np.ndarray]:
-    """Probability maps subsampled for display (the session keeps the full ones)."""
+    """Probability maps subsampled for display (the session keeps the full ones): strided
+    views, copied once, into the heatmap layers' own arrays (:meth:`Session._set_heat_data`)."""
     if stride <= 1:
         return dict(probs)
-    return {r: np.ascontiguousarray(p[::stride, ::stride]) for r, p in probs.items()}
+    return {r: p[::stride, ::stride] for r, p in probs.items()}
 
 
 def _heat_colormap(region: str):
@@ -240,10 +238,9 @@ def _errors_colormap():
     return {0: (0.0, 0.0, 0.0, 0.0), 1: ERROR_COLORS["fp"], 2: ERROR_COLORS["fn"], None: (0.5, 0.5, 0.5, 1.0)}
 
 
-def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool,
-                 heat_stride: int = 1):
+def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool):
     """Worker body of a prediction (torch is imported here, off the GUI thread): the maps,
-    their display copies, the thresholded masks and the painted label image.
+    the thresholded masks and the painted label image.
 
     (Showing the heatmaps first, while the worker thresholds, was measured slower: the
     canvas redraws in between, ~35 ms under software OpenGL, before the labels arrive.)"""
@@ -265,10 +262,8 @@ def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds
     th = dict(predictor.config.thresholds)
     th.update(thresholds or {})
     res = _mask_job(probs, th, postprocess, image.shape)
-    heat = _heat_display(probs, heat_stride)
     return {
         "probs": probs,
-        "heat": heat,
         "masks": res["masks"],
         "labels": res["labels"],
         "masks_s": time.perf_counter() - t2,
@@ -341,7 +336,7 @@ class Session:
         self.case_order: list[str] | None = None
         self._mask_gen = 0
         #: heatmap layer -> the array the session gave it (written in place; see _set_heat_data)
-        self._heat_buffers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._buffers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._stale_thumbnails: weakref.WeakSet = weakref.WeakSet()
         self._pred_gen = 0
         self._keys_bound = False
@@ -434,22 +429,31 @@ class Session:
         napari recomputes the extent of every layer and revalidates its dims after each
         layer's ``data`` or ``scale`` change (``ViewerModel._on_layers_change``; ~5-10 ms
         each under software OpenGL). Inside this block that callback is held back for the
-        existing layers and run once at the end."""
+        existing layers and run once at the end -- if any of them changed its data or scale
+        (in-place writes change neither) or layers were added or removed."""
         v = self.viewer
         cb = getattr(v, "_on_layers_change", None)
         if cb is None:
             yield
             return
-        emitters = [getattr(ly.events, e) for ly in list(v.layers) for e in ("data", "scale")
-                    if hasattr(ly.events, e)]
+        before = list(v.layers)
+        emitters = [getattr(ly.events, e) for ly in before for e in ("data", "scale") if hasattr(ly.events, e)]
+        changed: list[bool] = []
+
+        def mark(_event=None):
+            changed.append(True)
+
         for em in emitters:
             em.block(cb)
+            em.connect(mark)
         try:
             yield
         finally:
             for em in emitters:
                 em.unblock(cb)
-            cb()
+                em.disconnect(mark)
+            if changed or list(v.layers) != before:
+                cb()
 
     # -- layer recycling: creating a napari layer costs ~100 ms of GUI time (Qt controls,
     # vispy visual), swapping its data ~10 ms. A case's layers are therefore reused for the
@@ -471,41 +475,78 @@ class Session:
             layer.data = np.zeros((1, 1), dtype=layer.data.dtype)
         layer.name = f"(idle) cxrseg {md.get('kind')}" + (f" {md['region']}" if md.get("region") else "")
 
-    # -- heatmap buffers: a heatmap layer keeps one array of its own, and a new map of the
-    # same shape is copied into it. napari's ``data`` setter costs ~7 ms a layer under
-    # software OpenGL (dims, transforms, thumbnail); writing in place and refreshing only
-    # the displayed slice costs about half, and the layer-list thumbnails follow on the
+    # -- own buffers: a heatmap or prediction layer keeps one array of its own, and the next
+    # map or label image of the same shape is copied into it. napari's ``data`` setter costs
+    # ~7 ms a layer under software OpenGL (dims, transforms, slicing, thumbnail); a layer
+    # refresh about half of that, most of it recomputing the layer's transforms. When the
+    # canvas visual shows the layer's array itself (a 2D numpy layer: napari's slice and
+    # vispy's texture data are views of it), the in-place write only needs vispy to upload
+    # the texture again (:meth:`_reupload`, ~0.1 ms). Layer-list thumbnails follow on the
     # next event-loop turn.
     def _own_buffer(self, layer) -> np.ndarray | None:
-        buf = self._heat_buffers.get(layer)
+        buf = self._buffers.get(layer)
         return buf if buf is not None and layer.data is buf else None
 
-    def _set_heat_data(self, layer, p: np.ndarray) -> None:
+    def _own(self, layer, data) -> None:
+        """Give ``layer`` the array ``data`` (which nobody else holds) as its own buffer."""
+        layer.data = data
+        if layer.data is data:
+            self._buffers[layer] = data
+
+    def _write_in_place(self, layer, new: np.ndarray) -> bool:
+        """Copy ``new`` into the layer's own buffer and show it; ``False`` (nothing done)
+        if the layer has no own buffer of that shape and dtype."""
         buf = self._own_buffer(layer)
-        if buf is not None and buf.shape == p.shape and buf.dtype == p.dtype:
-            np.copyto(buf, p)
-            self._refresh_in_place(layer)
-            return
-        buf = np.array(p, dtype=np.float32, copy=True)
-        layer.data = buf
-        if layer.data is buf:
-            self._heat_buffers[layer] = buf
+        if buf is None or buf.shape != new.shape or buf.dtype != new.dtype:
+            return False
+        np.copyto(buf, new)
+        self._redisplay(layer)
+        return True
+
+    def _set_heat_data(self, layer, p: np.ndarray) -> None:
+        if not self._write_in_place(layer, p):
+            self._own(layer, np.array(p, dtype=np.float32, copy=True))
 
     def _zero_in_place(self, layer) -> bool:
         buf = self._own_buffer(layer)
         if buf is None:
             return False
         buf.fill(0)
-        self._refresh_in_place(layer)
+        self._redisplay(layer)
         return True
 
-    def _refresh_in_place(self, layer) -> None:
-        try:
-            layer.refresh(thumbnail=False, highlight=False, extent=False)
-        except TypeError:  # pragma: no cover - a napari without these keywords
-            layer.refresh()
-            return
+    def _redisplay(self, layer) -> None:
+        """Show a layer whose array was written in place."""
+        reset = getattr(layer, "_reset_history", None)
+        if reset is not None:  # a Labels layer: undoing a stroke must not write into new labels
+            reset()
+        if not self._reupload(layer):
+            try:
+                layer.refresh(thumbnail=False, highlight=False, extent=False)
+            except TypeError:  # pragma: no cover - a napari without these keywords
+                layer.refresh()
+                return
         self._stale_thumbnails.add(layer)
+
+    def _reupload(self, layer) -> bool:
+        """If the canvas visual of ``layer`` holds the layer's array itself (same memory,
+        shape and strides), tell vispy to upload it again; ``False`` if it does not (a
+        contour view, a converted dtype, no canvas, another napari) -- then the caller
+        refreshes the layer through napari."""
+        v = self.viewer
+        try:
+            node = v.window._qt_viewer.canvas.layer_to_visual[layer].node
+            shown = node._data
+        except (AttributeError, KeyError, TypeError, RuntimeError):
+            return False
+        data = layer.data
+        if not (isinstance(shown, np.ndarray) and isinstance(data, np.ndarray) and _same_view(shown, data)):
+            return False
+        if getattr(layer, "_slice", None) is not None and not _same_view(getattr(layer._slice.image, "raw", None),
+                                                                          data):
+            return False
+        node.set_data(shown)
+        return True
 
     def _schedule_thumbnails(self) -> None:
         """Update the thumbnails left stale by in-place writes on a later event-loop turn,
@@ -751,9 +792,7 @@ class Session:
         if self.image is None:
             raise ValueError("no case is loaded: open a dataset and pick a case first")
         regions = regions if regions is not None else self.regions
-        stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
-        return (self.image.data, self.checkpoint, self.device, regions, dict(self.thresholds), self.postprocess,
-                stride)
+        return (self.image.data, self.checkpoint, self.device, regions, dict(self.thresholds), self.postprocess)
 
     def predict_sync(self, regions=None) -> None:
         """Run the model on the current case and show the result (blocking)."""
@@ -789,8 +828,7 @@ class Session:
         # (known before the layers are shown, so prediction_changed handlers can read it)
         self.last_timing = {"load_s": res["load_s"], "predict_s": res["predict_s"], "masks_s": res["masks_s"],
                             "worker_s": t1 - t0}
-        self.set_prediction(res["probs"], res["model_id"], masks=res["masks"], labels=res["labels"],
-                            heat=res.get("heat"))
+        self.set_prediction(res["probs"], res["model_id"], masks=res["masks"], labels=res["labels"])
         t2 = time.perf_counter()
         self.last_timing.update(gui_s=t2 - t1, total_s=t2 - t0)
 
@@ -882,7 +920,7 @@ class Session:
             buf = np.array(p, dtype=np.float32, copy=True)
             layer = self._add_layer(buf, kw, "image", kind="heatmap", region=r)
             if layer.data is buf:
-                self._heat_buffers[layer] = buf
+                self._buffers[layer] = buf
 
     def _show_prediction_labels(self, labels: np.ndarray | None = None, *, keep_edits: bool = True) -> None:
         from napari_cxrseg._layers import labels_layer_tuple
@@ -906,14 +944,17 @@ class Session:
             layer.metadata = {**layer.metadata, "cxrseg": {**layer.metadata.get("cxrseg", {}), **md}}
             if tuple(layer.scale) != self._scale():
                 layer.scale = self._scale()
-            layer.data = labels
+            if not self._write_in_place(layer, labels):
+                self._own(layer, labels if edits is not None else pristine.copy())  # a copy nobody else holds
             self._pred_shown = (self.case_id, pristine)
             return
-        data, kw, lt = labels_layer_tuple(labels, name, scale=self._scale(), metadata=md,
+        data, kw, lt = labels_layer_tuple(labels.copy(), name, scale=self._scale(), metadata=md,
                                           opacity=float(self.display["mask_opacity"]))
         layer = self._add_layer(data, kw, lt, kind="prediction")
         layer.contour = int(self.display["contour"])
         layer.events.paint.connect(self._on_paint)
+        if layer.data is data:
+            self._buffers[layer] = data
         self._pred_shown = (self.case_id, np.array(layer.data, copy=True))
 
     def prediction_edits(self, layer=None) -> tuple[np.ndarray, np.ndarray] | None:
