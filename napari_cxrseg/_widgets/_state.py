@@ -436,23 +436,19 @@ class Session:
         if cb is None:
             yield
             return
-        before = list(v.layers)
-        emitters = [getattr(ly.events, e) for ly in before for e in ("data", "scale") if hasattr(ly.events, e)]
-        changed: list[bool] = []
+        def state():
+            return [(ly, id(ly.data), tuple(ly.scale)) for ly in v.layers]
 
-        def mark(_event=None):
-            changed.append(True)
-
+        before = state()
+        emitters = [getattr(ly.events, e) for ly, _, _ in before for e in ("data", "scale") if hasattr(ly.events, e)]
         for em in emitters:
             em.block(cb)
-            em.connect(mark)
         try:
             yield
         finally:
             for em in emitters:
                 em.unblock(cb)
-                em.disconnect(mark)
-            if changed or list(v.layers) != before:
+            if state() != before:
                 cb()
 
     # -- layer recycling: creating a napari layer costs ~100 ms of GUI time (Qt controls,
