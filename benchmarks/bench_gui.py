@@ -223,6 +223,10 @@ def main(argv=None) -> int:
         print(f"GUI thread during the {args.repeats} clicks (profiled: times are inflated):")
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
         pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_stats(args.profile)
+    paired = [c / b for c, b in zip(click, bare, strict=True)]
+    extra = statistics.median(c - b for c, b in zip(click, bare, strict=True)) * 1000
+    print(f"  paired by case (same image, bare timed just before the click): median click/bare "
+          f"{statistics.median(paired):.2f}, median click - bare {extra:.0f} ms")
     print(f"GUI overhead: {over:+.1f} %  (ratio {mc / mb:.2f}; target < 20 %) -> {'OK' if over < 20 else 'OVER'}")
 
     # ---------------------------------------------------------------- 2. review-run stall
