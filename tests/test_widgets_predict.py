@@ -286,6 +286,10 @@ def test_heatmap_written_in_place_is_what_the_canvas_shows(make_napari_viewer, q
         if ly is not heat:
             ly.visible = False
     heat.opacity = 1.0
+    from napari.components.histogram import HistogramModel
+
+    heat.histogram.mode = "full"
+    old_counts = np.array(heat.histogram.counts)  # cached over the whole (parked, zero) array
     node = viewer.window._qt_viewer.canvas.layer_to_visual[heat].node
     uploads = []
     orig = node.set_data
@@ -293,6 +297,11 @@ def test_heatmap_written_in_place_is_what_the_canvas_shows(make_napari_viewer, q
     wait_worker(qtbot, w.run())
     assert viewer.layers["PHANTOM002 heatmap heart"] is heat
     assert len(uploads) == 1 and np.array_equal(uploads[0].astype(np.float32), s.probs["heart"])
+    # the contrast histogram follows the in-place write
+    fresh = HistogramModel(heat)
+    fresh.mode = "full"
+    assert not np.array_equal(np.array(fresh.counts), old_counts)
+    assert np.array_equal(np.array(heat.histogram.counts), np.array(fresh.counts))
     qtbot.wait(50)
     in_place = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     heat.data = np.array(s.probs["heart"])

@@ -516,6 +516,10 @@ class Session:
         reset = getattr(layer, "_reset_history", None)
         if reset is not None:  # a Labels layer: undoing a stroke must not write into new labels
             reset()
+        hist = vars(layer).get("_histogram")  # napari's contrast histogram, once someone opened it
+        invalidate = getattr(hist, "_invalidate", None)
+        if invalidate is not None:  # its cache of the whole array is stale (napari's refresh keeps it too)
+            invalidate()
         if not self._reupload(layer):
             try:
                 layer.refresh(thumbnail=False, highlight=False, extent=False)
