@@ -19,7 +19,7 @@ def _predict_widget(viewer, ckpt):
     from napari_cxrseg._widgets._state import get_session
 
     w = PredictWidget(viewer)
-    w.set_checkpoint(str(ckpt))
+    w.set_checkpoint(str(ckpt) if ckpt is not None else None)
     return w, get_session(viewer)
 
 
@@ -362,3 +362,44 @@ def test_prediction_labels_written_in_place_are_what_the_canvas_shows(make_napar
     setter = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
     assert in_place.shape == setter.shape and in_place.max() > 50
     assert np.abs(in_place - setter).max() <= 1
+
+
+@pytest.mark.parametrize("source", ["phantoms", "jsrt"])
+def test_recycled_overlays_look_like_a_fresh_viewer(make_napari_viewer, qtbot, request, source, phantom_root,
+                                                    tiny_ckpt):
+    """Three cases predicted in turn (overlays recycled and written in place) leave the
+    canvas exactly as a fresh viewer that shows only the third case. ``jsrt``: real cases
+    with the shipped model (skipped without the data or the model)."""
+    if source == "jsrt":
+        from cxrseg.dataset import DatasetIndex
+        from cxrseg.model import default_checkpoint_path
+
+        root = request.getfixturevalue("real_data_root")
+        if not default_checkpoint_path().is_file():
+            pytest.skip("the shipped model is missing")
+        ckpt = None
+        ids = [c.case_id for c in DatasetIndex(root).cases[:3]]
+    else:
+        root, ckpt, ids = phantom_root, str(tiny_ckpt), ["PHANTOM001", "PHANTOM002", "PHANTOM003"]
+
+    def show(case_ids):
+        viewer = make_napari_viewer(show=True)
+        w, s = _predict_widget(viewer, ckpt)
+        s._ledger_path = None
+        wait_worker(qtbot, s.open_dataset(root))
+        for cid in case_ids:
+            wait_worker(qtbot, s.load_case(cid))
+            qtbot.waitUntil(lambda: w.model_info.get("ok") is True, timeout=60_000)
+            wait_worker(qtbot, w.run(), timeout=120_000)
+            assert s.case_id == cid and s.probs is not None
+        viewer.window.resize(900, 700)
+        qtbot.wait(100)
+        viewer.reset_view()
+        qtbot.wait(100)
+        return viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int), [ly.name for ly in viewer.layers]
+
+    recycled, names_recycled = show(ids)
+    fresh, names_fresh = show(ids[-1:])
+    assert names_recycled == names_fresh and len(names_fresh) == 8
+    assert recycled.shape == fresh.shape and recycled.max() > 50
+    assert np.abs(recycled - fresh).max() <= 1
