@@ -335,7 +335,7 @@ class Session:
         #: Order of PageDown / PageUp stepping (the Cases table's order); ``None``: dataset order.
         self.case_order: list[str] | None = None
         self._mask_gen = 0
-        #: heatmap layer -> the array the session gave it (written in place; see _set_heat_data)
+        #: heatmap / prediction layer -> the array the session gave it (written in place; see _own)
         self._buffers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._stale_thumbnails: weakref.WeakSet = weakref.WeakSet()
         self._pred_gen = 0
@@ -436,6 +436,7 @@ class Session:
         if cb is None:
             yield
             return
+
         def state():
             return [(ly, id(ly.data), tuple(ly.scale)) for ly in v.layers]
 
@@ -486,6 +487,11 @@ class Session:
     def _own(self, layer, data) -> None:
         """Give ``layer`` the array ``data`` (which nobody else holds) as its own buffer."""
         layer.data = data
+        self._adopt(layer, data)
+
+    def _adopt(self, layer, data) -> None:
+        """Record ``data`` (given to ``layer`` by the session) as the layer's own buffer,
+        if napari kept that very array."""
         if layer.data is data:
             self._buffers[layer] = data
 
@@ -918,9 +924,7 @@ class Session:
                 "metadata": {"cxrseg": {"model_id": self.model_id, "stride": stride}},
             }
             buf = np.array(p, dtype=np.float32, copy=True)
-            layer = self._add_layer(buf, kw, "image", kind="heatmap", region=r)
-            if layer.data is buf:
-                self._buffers[layer] = buf
+            self._adopt(self._add_layer(buf, kw, "image", kind="heatmap", region=r), buf)
 
     def _show_prediction_labels(self, labels: np.ndarray | None = None, *, keep_edits: bool = True) -> None:
         from napari_cxrseg._layers import labels_layer_tuple
@@ -953,8 +957,7 @@ class Session:
         layer = self._add_layer(data, kw, lt, kind="prediction")
         layer.contour = int(self.display["contour"])
         layer.events.paint.connect(self._on_paint)
-        if layer.data is data:
-            self._buffers[layer] = data
+        self._adopt(layer, data)
         self._pred_shown = (self.case_id, np.array(layer.data, copy=True))
 
     def prediction_edits(self, layer=None) -> tuple[np.ndarray, np.ndarray] | None:
