@@ -232,6 +232,13 @@ def test_hand_edits_in_prediction_layer_survive_threshold_and_rerun(viewer, qtbo
     assert np.array_equal(pred.data[where], painted[where]), "a threshold change must not erase hand edits"
     assert not np.array_equal(model, painted), "the threshold change should have changed the model's labels"
     assert any("hand-edited" in str(getattr(n, "message", n)) for n in got)
+    # ... and the strokes can still be undone (same case: the undo history is kept)
+    erased = (rows[0] + SIZE // 4, cols[0])
+    after = pred.data.copy()
+    pred.undo()
+    assert pred.data[erased] != 0, "undo of the eraser stroke after a threshold change"
+    pred.redo()
+    assert np.array_equal(pred.data, after)
 
     # running the model again on the same case keeps them too
     wait_worker(qtbot, w.run())

@@ -495,14 +495,15 @@ class Session:
         if layer.data is data:
             self._buffers[layer] = data
 
-    def _write_in_place(self, layer, new: np.ndarray) -> bool:
+    def _write_in_place(self, layer, new: np.ndarray, *, keep_history: bool = False) -> bool:
         """Copy ``new`` into the layer's own buffer and show it; ``False`` (nothing done)
-        if the layer has no own buffer of that shape and dtype."""
+        if the layer has no own buffer of that shape and dtype. ``keep_history``: the new
+        array shows the same case (a Labels layer's undo history stays)."""
         buf = self._own_buffer(layer)
         if buf is None or buf.shape != new.shape or buf.dtype != new.dtype:
             return False
         np.copyto(buf, new)
-        self._redisplay(layer)
+        self._redisplay(layer, keep_history=keep_history)
         return True
 
     def _set_heat_data(self, layer, p: np.ndarray) -> None:
@@ -517,11 +518,11 @@ class Session:
         self._redisplay(layer)
         return True
 
-    def _redisplay(self, layer) -> None:
+    def _redisplay(self, layer, *, keep_history: bool = False) -> None:
         """Show a layer whose array was written in place."""
         reset = getattr(layer, "_reset_history", None)
-        if reset is not None:  # a Labels layer: undoing a stroke must not write into new labels
-            reset()
+        if reset is not None and not keep_history:
+            reset()  # a Labels layer with another case's labels: undo must not write old strokes into it
         hist = vars(layer).get("_histogram")  # napari's contrast histogram, once someone opened it
         invalidate = getattr(hist, "_invalidate", None)
         if invalidate is not None:  # its cache of the whole array is stale (napari's refresh keeps it too)
@@ -948,7 +949,8 @@ class Session:
             layer.metadata = {**layer.metadata, "cxrseg": {**layer.metadata.get("cxrseg", {}), **md}}
             if tuple(layer.scale) != self._scale():
                 layer.scale = self._scale()
-            if not self._write_in_place(layer, labels):
+            same_case = self._pred_shown is not None and self._pred_shown[0] == self.case_id
+            if not self._write_in_place(layer, labels, keep_history=same_case):
                 self._own(layer, labels if edits is not None else pristine.copy())  # a copy nobody else holds
             self._pred_shown = (self.case_id, pristine)
             return
