@@ -464,10 +464,12 @@ class Session:
         md = self._md(layer)
         md.update(parked=True, case_id=None)
         md.pop("masks", None)
-        # Emptied rather than hidden: a zero heatmap adds nothing (additive blending; it is
-        # zeroed in its own array, see _set_heat_data) and a 1x1 zero label is transparent;
-        # showing a hidden layer again later would cost a redraw per layer (~20 ms each).
+        # Emptied rather than hidden: a zero heatmap adds nothing (additive blending) and zero
+        # labels are transparent -- zeroed in the layer's own array (see _own), else replaced
+        # by a 1x1 zero array; showing a hidden layer again later would cost a redraw per
+        # layer (~20 ms each).
         layer.metadata = {**layer.metadata, "cxrseg": md}
+        self._forget_history(layer)
         if not self._zero_in_place(layer):
             layer.data = np.zeros((1, 1), dtype=layer.data.dtype)
         layer.name = f"(idle) cxrseg {md.get('kind')}" + (f" {md['region']}" if md.get("region") else "")
@@ -495,16 +497,23 @@ class Session:
         if layer.data is data:
             self._buffers[layer] = data
 
-    def _write_in_place(self, layer, new: np.ndarray, *, keep_history: bool = False) -> bool:
+    def _write_in_place(self, layer, new: np.ndarray) -> bool:
         """Copy ``new`` into the layer's own buffer and show it; ``False`` (nothing done)
-        if the layer has no own buffer of that shape and dtype. ``keep_history``: the new
-        array shows the same case (a Labels layer's undo history stays)."""
+        if the layer has no own buffer of that shape and dtype."""
         buf = self._own_buffer(layer)
         if buf is None or buf.shape != new.shape or buf.dtype != new.dtype:
             return False
         np.copyto(buf, new)
-        self._redisplay(layer, keep_history=keep_history)
+        self._redisplay(layer)
         return True
+
+    @staticmethod
+    def _forget_history(layer) -> None:
+        """Drop a Labels layer's undo history: it now holds another case's labels, and undoing
+        an old stroke would write it into them (napari's ``data`` setter keeps the history)."""
+        reset = getattr(layer, "_reset_history", None)
+        if reset is not None:
+            reset()
 
     def _set_heat_data(self, layer, p: np.ndarray) -> None:
         if not self._write_in_place(layer, p):
@@ -518,11 +527,8 @@ class Session:
         self._redisplay(layer)
         return True
 
-    def _redisplay(self, layer, *, keep_history: bool = False) -> None:
+    def _redisplay(self, layer) -> None:
         """Show a layer whose array was written in place."""
-        reset = getattr(layer, "_reset_history", None)
-        if reset is not None and not keep_history:
-            reset()  # a Labels layer with another case's labels: undo must not write old strokes into it
         hist = vars(layer).get("_histogram")  # napari's contrast histogram, once someone opened it
         invalidate = getattr(hist, "_invalidate", None)
         if invalidate is not None:  # its cache of the whole array is stale (napari's refresh keeps it too)
@@ -949,8 +955,9 @@ class Session:
             layer.metadata = {**layer.metadata, "cxrseg": {**layer.metadata.get("cxrseg", {}), **md}}
             if tuple(layer.scale) != self._scale():
                 layer.scale = self._scale()
-            same_case = self._pred_shown is not None and self._pred_shown[0] == self.case_id
-            if not self._write_in_place(layer, labels, keep_history=same_case):
+            if self._pred_shown is None or self._pred_shown[0] != self.case_id:
+                self._forget_history(layer)  # same case (new threshold, re-run): strokes stay undoable
+            if not self._write_in_place(layer, labels):
                 self._own(layer, labels if edits is not None else pristine.copy())  # a copy nobody else holds
             self._pred_shown = (self.case_id, pristine)
             return
