@@ -154,11 +154,13 @@ def test_png_16bit(tmp_path):
     im = read_raster(p)
     _check_image(im, (16, 16))
     np.testing.assert_allclose(im.data, a / 65535.0, atol=1e-6)
-    # 12-bit content in a 16-bit PNG is still divided by 65535 (documented)
+    # 12-bit content in a 16-bit PNG (max < 4096) is divided by 4095, with a warning
     b = np.full((8, 8), 4095, np.uint16)
     b[0, 0] = 300  # keep it out of the 8-bit range
     Image.fromarray(b).save(tmp_path / "g12.png")
-    assert read_raster(tmp_path / "g12.png").data[1, 1] == pytest.approx(4095 / 65535, abs=1e-6)
+    im12 = read_raster(tmp_path / "g12.png")
+    assert im12.data[1, 1] == pytest.approx(1.0, abs=1e-6)
+    assert "12-bit" in im12.meta["warning"]
 
 
 def test_png_1bit(tmp_path):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from . import __version__
 
@@ -56,7 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit statuses shared by every command.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: ``finally`` blocks run, workers end, claims go."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; the exit status is 0 (done), 1 (some inputs failed), 2 (usage
+    error), 3 (an output could not be written: full disk, read-only folder, no
+    permission), 130 (interrupted) or 143 (terminated by SIGTERM)."""
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
     parser = build_parser()
@@ -64,17 +82,33 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args._run(args) or 0)
+    except Terminated:
+        print(f"cxrseg {args.command}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         if os.environ.get("CXRSEG_DEBUG"):
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"cxrseg {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except OSError as exc:
+        if os.environ.get("CXRSEG_DEBUG"):
+            raise
+        from .io import describe_oserror
+
+        print(f"cxrseg {args.command}: error: {describe_oserror(exc)}", file=sys.stderr)
+        return EXIT_OUTPUT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,23 @@ Supported inputs
 * PNG / JPEG / TIFF / BMP / GIF through Pillow (tifffile as a fallback for TIFF variants
   Pillow does not read) (:func:`read_raster`).
 
+Size limits
+-----------
+An image's size is read from its header and checked **before** its pixels are decoded, for
+every decoder (Pillow, the tifffile fallback, DICOM, JSRT ``.IMG``): images with more than
+:func:`max_pixels` pixels (default :data:`DEFAULT_MAX_PIXELS`, 150 megapixels, about
+12247 x 12247; set ``CXRSEG_MAX_PIXELS`` or pass ``max_pixels=``) are refused with a
+:class:`CXRSegIOError`, and so are images with a side below ``min_side`` pixels when a
+caller asks for one (``cxrseg predict`` refuses sides below :data:`MIN_SIDE`, 32 pixels).
+``read_image(..., max_side=N)`` decodes a larger image at a reduced size (a box average
+by an integer factor), so a huge radiograph never needs its full-size float copy.
+
+12-bit data in 16-bit files
+---------------------------
+A 16-bit grayscale PNG/TIFF whose largest value is below 4096 is taken as 12-bit data
+(as most radiographs are) and divided by 4095 instead of 65535, which would leave it
+nearly black; ``CXRImage.meta["warning"]`` says so (``cxrseg predict`` prints it).
+
 Bad input raises :class:`CXRSegIOError` (a :class:`ValueError`) whose message names the file
 and what was expected. Writers are atomic: they write a temporary file in the target
 directory, ``fsync`` it and ``os.replace`` it over the target, so an error never leaves a
@@ -21,7 +38,9 @@ half-written file behind.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +70,14 @@ __all__ = [
     "write_jsrt_img",
     "is_dicom",
     "atomic_write",
+    "DEFAULT_MAX_PIXELS",
+    "MIN_SIDE",
+    "max_pixels",
+    "check_image_size",
+    "describe_oserror",
+    "is_disk_error",
+    "sweep_temporary",
+    "pid_alive",
 ]
 
 
@@ -82,6 +109,60 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".img",) + DICOM_SUFFIXES + RASTER_SUFFIXES
 MASK_SUFFIXES: tuple[str, ...] = (".gif", ".png", ".tif", ".tiff", ".bmp")
 
 _RASTER_EXPECTED = "expected a PNG/JPEG/TIFF/BMP image"
+
+#: Largest image, in pixels, read by default (150 MP, ~12247 x 12247); see :func:`max_pixels`.
+DEFAULT_MAX_PIXELS: int = 150_000_000
+#: Smallest side, in pixels, of an image that is segmented (``cxrseg predict``).
+MIN_SIDE: int = 32
+
+
+def max_pixels() -> int:
+    """The pixel limit: ``$CXRSEG_MAX_PIXELS`` if set (an integer), else the default."""
+    env = os.environ.get("CXRSEG_MAX_PIXELS", "").strip()
+    if env:
+        try:
+            value = int(float(env))
+        except ValueError:
+            raise CXRSegIOError(
+                f"CXRSEG_MAX_PIXELS={env!r}: expected a number of pixels, e.g. 150000000"
+            ) from None
+        if value > 0:
+            return value
+    return DEFAULT_MAX_PIXELS
+
+
+def check_image_size(
+    path,
+    rows: int,
+    cols: int,
+    *,
+    frames: int = 1,
+    limit: int | None = None,
+    min_side: int | None = None,
+):
+    """Refuse an image by its header size, before decoding it.
+
+    Raises
+    ------
+    CXRSegIOError
+        A side below ``min_side`` (when given), or more than ``limit`` (default
+        :func:`max_pixels`) pixels in all.
+    """
+    rows, cols, frames = int(rows), int(cols), max(1, int(frames))
+    lim = max_pixels() if limit is None else int(limit)
+    if min_side and (rows < min_side or cols < min_side):
+        raise CXRSegIOError(
+            f"{path}: image is {rows}x{cols} pixels, expected a radiograph of at least "
+            f"{min_side}x{min_side} pixels"
+        )
+    n = rows * cols * frames
+    if n > lim:
+        what = f"{rows}x{cols}" + (f"x{frames} frames" if frames > 1 else "")
+        raise CXRSegIOError(
+            f"{path}: image is {what} pixels ({n / 1e6:.0f} megapixels), above the limit of "
+            f"{lim / 1e6:.0f} megapixels; refused before decoding it (raise the limit with "
+            "CXRSEG_MAX_PIXELS=N or --max-pixels N if the image is genuine)"
+        )
 
 
 @dataclass
@@ -157,14 +238,27 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     )
 
 
-def _to_unit(arr: np.ndarray, path: Path) -> np.ndarray:
+def _to_unit(arr: np.ndarray, path: Path, meta: dict | None = None) -> np.ndarray:
     """Normalise a 2-D (or channel-last 3-D) array to float32 [0, 1] grayscale.
 
-    bool -> {0, 1}; uint8 -> /255; uint16 -> /65535 (a 16-bit image holding 12-bit data
-    is still divided by 65535); other integer types -> /255 when in [0, 255], /65535 when
-    in [0, 65535], else min-max; floats -> as is when already in [0, 1], else min-max.
+    bool -> {0, 1}; uint8 -> /255; uint16 -> /65535, except gray 16-bit data whose maximum
+    is below 4096, taken as 12-bit and divided by 4095 (``meta["warning"]`` says so);
+    other integer types -> /255 when in [0, 255], /65535 when in [0, 65535], else min-max;
+    floats -> as is when already in [0, 1], else min-max.
     """
     a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[-1] in (1, 2):
+        a = a[..., 0]
+    if a.ndim == 2 and a.dtype == np.uint16 and a.size:
+        top = int(a.max())
+        if 0 < top <= JSRT_MAX:
+            if meta is not None:
+                meta["bits_stored"] = 12
+                meta["warning"] = (
+                    f"16-bit image with values up to {top} (< 4096): read as 12-bit data "
+                    "(divided by 4095, not 65535)"
+                )
+            return _finish(a / np.float32(JSRT_MAX))
     if a.ndim == 3:
         if a.shape[-1] in (3, 4):
             scale = _dtype_scale(a[..., :3])
@@ -234,11 +328,14 @@ def atomic_write(path, write: Callable[[BinaryIO], Any]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, CXRSegIOError):
+            # name the file being written, not its temporary
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     try:  # make the rename durable (best effort; not possible on every platform)
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -251,10 +348,134 @@ def atomic_write(path, write: Callable[[BinaryIO], Any]) -> Path:
     return path
 
 
+_DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.EIO,
+}
+_SHORT_WRITE_RE = re.compile(r"(\d+) requested and (\d+) written")
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """Whether an error says the destination cannot take writes (full, read-only, denied)."""
+    if not isinstance(exc, OSError) or isinstance(exc, CXRSegIOError):
+        return False
+    return exc.errno in _DISK_ERRNOS or bool(_SHORT_WRITE_RE.search(str(exc)))
+
+
+def describe_oserror(exc: BaseException, path=None) -> str:
+    """One line naming the path and the cause of an ``OSError``.
+
+    >>> import errno
+    >>> describe_oserror(OSError(errno.ENOSPC, "No space left on device", "/out/a.png"))
+    '/out/a.png: no space left on device (the disk or quota is full)'
+    """
+    if not isinstance(exc, OSError) or isinstance(exc, CXRSegIOError):
+        return str(exc)
+    where = exc.filename if exc.filename is not None else path
+    code = exc.errno
+    short = _SHORT_WRITE_RE.search(str(exc))
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        cause = "no space left on device (the disk or quota is full)"
+    elif short:
+        cause = (
+            f"only {short.group(2)} of {short.group(1)} bytes could be written "
+            "(the disk is probably full)"
+        )
+    elif code == errno.EROFS:
+        cause = "read-only file system"
+    elif code in (errno.EACCES, errno.EPERM):
+        cause = "permission denied"
+    elif code == errno.ENOENT:
+        cause = "no such file or folder"
+    else:
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        if code is not None:
+            cause = f"{cause} (errno {code})"
+    return f"{where}: {cause}" if where is not None else cause
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:  # pragma: no cover
+        return False
+    return True
+
+
+#: Temporary files of :func:`atomic_write` (``.<name>.<pid>.<hex>.tmp``) and older
+#: ``.<name>.<pid>.tmp`` ones.
+_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)(?:\.[0-9a-f]+)?\.tmp$")
+
+
+def sweep_temporary(folder, *, recursive: bool = True) -> list[Path]:
+    """Remove temporary files left under ``folder`` by killed writers.
+
+    A file named like :func:`atomic_write`'s temporaries (``.<name>.<pid>.<hex>.tmp``) is
+    removed when the process that wrote it is gone; a live writer's file is left alone.
+    Symbolic links are not followed. Returns the files removed.
+    """
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
+    for dirpath, _dirs, files in walker:
+        for name in files:
+            m = _TMP_RE.match(name)
+            if not m:
+                continue
+            pid = int(m.group("pid"))
+            if pid != os.getpid() and pid_alive(pid):
+                continue
+            f = Path(dirpath) / name
+            try:
+                if f.is_symlink() or not f.is_file():
+                    continue
+                f.unlink()
+                removed.append(f)
+            except OSError:
+                continue
+    return removed
+
+
+def _reduce(a: np.ndarray, k: int) -> np.ndarray:
+    """Box-average a 2-D (or channel-last) array by an integer factor, keeping its dtype."""
+    if k <= 1:
+        return a
+    h, w = (a.shape[0] // k) * k, (a.shape[1] // k) * k
+    v = a[:h, :w]
+    v = v.reshape(h // k, k, w // k, k, *a.shape[2:])
+    m = v.mean(axis=(1, 3), dtype=np.float32)
+    if a.dtype == np.bool_:
+        return m >= 0.5
+    if np.issubdtype(a.dtype, np.integer):
+        return np.rint(m).astype(a.dtype)
+    return m.astype(a.dtype, copy=False)
+
+
+def _reduce_factor(shape, max_side: int | None) -> int:
+    if not max_side:
+        return 1
+    longest = max(int(shape[0]), int(shape[1]))
+    return max(1, -(-longest // int(max_side)))
+
+
 # ------------------------------------------------------------------------------------- JSRT
 
 
-def read_jsrt_img(path) -> CXRImage:
+def read_jsrt_img(path, *, max_pixels: int | None = None, min_side: int | None = None) -> CXRImage:
     """Read a JSRT raw ``.IMG`` file.
 
     The file is 2048x2048 big-endian 16-bit words holding 12-bit film densities (bone
@@ -273,6 +494,7 @@ def read_jsrt_img(path) -> CXRImage:
             f"{p}: file is {size} bytes, expected a JSRT .IMG of {JSRT_NBYTES} bytes "
             f"({JSRT_SHAPE[0]}x{JSRT_SHAPE[1]} big-endian 16-bit words, no header)"
         )
+    check_image_size(p, *JSRT_SHAPE, limit=max_pixels, min_side=min_side)
     raw = np.fromfile(p, dtype=">u2")
     if raw.size != JSRT_SHAPE[0] * JSRT_SHAPE[1]:  # pragma: no cover - file changed meanwhile
         raise CXRSegIOError(f"{p}: could read only {raw.size * 2} of {JSRT_NBYTES} bytes")
@@ -399,7 +621,7 @@ def _spacing_of(ds) -> tuple[tuple[float, float] | None, str | None]:
     return None, None
 
 
-def read_dicom(path) -> CXRImage:
+def read_dicom(path, *, max_pixels: int | None = None, min_side: int | None = None) -> CXRImage:
     """Read a DICOM radiograph with pydicom.
 
     Applies the modality LUT (rescale slope/intercept), then the VOI LUT or window when the
@@ -428,9 +650,10 @@ def read_dicom(path) -> CXRImage:
             ds = pydicom.dcmread(p, force=True)
         except Exception as exc:
             raise CXRSegIOError(f"{p}: not a readable DICOM file ({exc})") from exc
-        if len(ds) == 0:
+        if len(ds) == 0 or not any(k in ds for k in ("Rows", "Columns", "SOPClassUID", "Modality")):
             raise CXRSegIOError(
-                f"{p}: not a DICOM file (no 'DICM' marker, no data elements)"
+                f"{p}: not a DICOM file (no 'DICM' marker at byte 128, no image attributes); "
+                "expected a DICOM radiograph"
             ) from None
     except Exception as exc:
         raise CXRSegIOError(f"{p}: not a readable DICOM file ({exc})") from exc
@@ -440,6 +663,12 @@ def read_dicom(path) -> CXRImage:
             f"{p}: DICOM file has no pixel data, expected an image "
             f"(SOP class {ds.get('SOPClassUID', 'unknown')}, modality {ds.get('Modality', '?')})"
         )
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise CXRSegIOError(f"{p}: DICOM file has no valid Rows/Columns") from None
+    check_image_size(p, rows, cols, frames=frames, limit=max_pixels, min_side=min_side)
     fm = getattr(ds, "file_meta", None)
     ts = getattr(fm, "TransferSyntaxUID", None) if fm is not None else None
     if ts is None:  # no file meta: assume what the reader found
@@ -567,17 +796,47 @@ def _first(v) -> float:
 # ----------------------------------------------------------------------------------- raster
 
 
-def _open_pil(p: Path, expected: str):
+class _TooLarge(CXRSegIOError):
+    """An image refused by its header size (never retried with another decoder)."""
+
+
+def _open_pil(p: Path, expected: str, *, check=None):
+    """Open with Pillow; ``check(rows, cols)`` runs on the header size before decoding."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        im = Image.open(p)
-        im.load()
+        with warnings.catch_warnings():
+            # our own limit (check) applies, not Pillow's decompression-bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+            if check is not None:
+                try:
+                    check(im.size[1], im.size[0])
+                except CXRSegIOError as exc:
+                    raise _TooLarge(str(exc)) from None
+            im.load()
+    except _TooLarge:
+        raise
+    except Image.DecompressionBombError as exc:
+        w, h = _header_size(str(exc))
+        if check is not None and h:
+            check(h, w)
+        raise _TooLarge(f"{p}: image is too large ({exc}); {expected}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CXRSegIOError(f"{p}: cannot read ({exc}); {expected}") from exc
-    except Image.DecompressionBombError as exc:  # pragma: no cover
-        raise CXRSegIOError(f"{p}: image is too large ({exc}); {expected}") from exc
     return im
+
+
+def _header_size(msg: str) -> tuple[int, int]:
+    """(width, height) from Pillow's decompression-bomb message, if it says."""
+    m = re.search(r"\((\d+) pixels\)", msg)
+    if m:
+        n = int(m.group(1))
+        side = int(n**0.5)
+        return side, max(1, n // max(side, 1))
+    return 0, 0
 
 
 def _pil_to_array(im, p: Path) -> tuple[np.ndarray, dict]:
@@ -606,44 +865,79 @@ def _pil_to_array(im, p: Path) -> tuple[np.ndarray, dict]:
     return np.asarray(im.convert("RGB")), info
 
 
-def _tifffile_read(p: Path) -> np.ndarray:
+def _tifffile_read(p: Path, *, check=None) -> np.ndarray:
     import tifffile
 
-    a = tifffile.imread(p, key=0)
+    with tifffile.TiffFile(p) as tf:
+        page = tf.pages[0]
+        shape = tuple(int(s) for s in page.shape)
+        if check is not None:
+            planar = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
+            rows, cols = (shape[1], shape[2]) if planar else (shape[0], shape[1] if len(shape) > 1 else 1)
+            check(rows, cols)  # before any pixel is decoded
+        a = page.asarray()
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] not in (3, 4):
         a = np.moveaxis(a, 0, -1)  # planar RGB
     return a
 
 
-def read_raster(path) -> CXRImage:
+def read_raster(
+    path,
+    *,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    min_side: int | None = None,
+) -> CXRImage:
     """Read a PNG/JPEG/TIFF/BMP/GIF image as grayscale ``[0, 1]``.
 
-    Any bit depth is accepted: 1-bit, 8-bit (``/255``), 16-bit (``/65535``; a 16-bit PNG
-    holding 12-bit data is still divided by 65535, so it looks darker than the full
-    range), float TIFF (kept when already in ``[0, 1]``, else min-max scaled). Palette
-    images are read through their palette; colour images become luma (ITU-R 601).
-    Of multi-frame files (animated GIF, multi-page TIFF) the first frame is used.
-    Spacing is taken from the file's DPI when it records one (``25.4 / dpi`` mm).
+    Any bit depth is accepted: 1-bit, 8-bit (``/255``), 16-bit (``/65535``; gray 16-bit
+    data whose maximum is below 4096 is taken as 12-bit and divided by 4095, with a
+    ``meta["warning"]``), float TIFF (kept when already in ``[0, 1]``, else min-max
+    scaled). Palette images are read through their palette; colour images become luma
+    (ITU-R 601). Of multi-frame files (animated GIF, multi-page TIFF) the first frame is
+    used. Spacing is taken from the file's DPI when it records one (``25.4 / dpi`` mm).
+
+    Parameters
+    ----------
+    path : str or Path
+    max_pixels : int, optional
+        Refuse larger images before decoding (default :func:`max_pixels`).
+    min_side : int, optional
+        Refuse images with a shorter side (by the header).
+    max_side : int, optional
+        Box-average an image whose longer side exceeds this by an integer factor right
+        after decoding (``meta["original_shape"]``, ``meta["original_spacing"]`` keep the
+        file's geometry).
 
     Raises
     ------
     CXRSegIOError
-        Empty, truncated or non-image files.
+        Empty, truncated, non-image, too small or too large files.
     """
     p = _check_file(path)
     if p.stat().st_size == 0:
         raise CXRSegIOError(f"{p}: file is empty, {_RASTER_EXPECTED}")
     suffix = p.suffix.lower()
+
+    def check(rows, cols):
+        check_image_size(p, rows, cols, limit=max_pixels, min_side=min_side)
+
     try:
-        im = _open_pil(p, _RASTER_EXPECTED)
+        im = _open_pil(p, _RASTER_EXPECTED, check=check)
+    except _TooLarge:
+        raise
     except CXRSegIOError:
         if suffix in (".tif", ".tiff"):
             try:
-                arr = _tifffile_read(p)
+                arr = _tifffile_read(p, check=check)
+            except CXRSegIOError:
+                raise
             except Exception as exc:
                 raise CXRSegIOError(f"{p}: cannot read ({exc}); {_RASTER_EXPECTED}") from exc
-            return CXRImage(_to_unit(arr, p), None, p, {"format": "tiff", "reader": "tifffile"})
+            meta = {"format": "tiff", "reader": "tifffile"}
+            arr, spacing = _maybe_reduce(arr, None, max_side, meta)
+            return CXRImage(_to_unit(arr, p, meta), spacing, p, meta)
         raise
     fmt = (im.format or suffix.lstrip(".") or "raster").lower()
     meta: dict[str, Any] = {"format": {"tif": "tiff", "jpg": "jpeg"}.get(fmt, fmt)}
@@ -655,7 +949,7 @@ def read_raster(path) -> CXRImage:
         arr, info = _pil_to_array(im, p)
     except Exception as exc:
         if suffix in (".tif", ".tiff"):
-            arr, info = _tifffile_read(p), {"reader": "tifffile"}
+            arr, info = _tifffile_read(p, check=check), {"reader": "tifffile"}
         else:
             raise CXRSegIOError(f"{p}: cannot decode ({exc}); {_RASTER_EXPECTED}") from exc
     meta.update(info)
@@ -666,7 +960,24 @@ def read_raster(path) -> CXRImage:
             spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))
     except (TypeError, ValueError, IndexError):
         spacing = None
-    return CXRImage(_to_unit(arr, p), spacing, p, meta)
+    im.close()
+    del im  # the decoded copy in ``arr`` is all that is needed now
+    arr, spacing = _maybe_reduce(arr, spacing, max_side, meta)
+    return CXRImage(_to_unit(arr, p, meta), spacing, p, meta)
+
+
+def _maybe_reduce(arr, spacing, max_side, meta):
+    """Reduce a decoded array when its longer side exceeds ``max_side`` (see read_raster)."""
+    k = _reduce_factor(arr.shape, max_side)
+    if k <= 1:
+        return arr, spacing
+    meta["original_shape"] = (int(arr.shape[0]), int(arr.shape[1]))
+    meta["original_spacing"] = spacing
+    meta["reduced_by"] = k
+    arr = _reduce(arr, k)
+    if spacing is not None:
+        spacing = (spacing[0] * k, spacing[1] * k)
+    return arr, spacing
 
 
 def _default_dpi(dpi) -> bool:
@@ -690,7 +1001,14 @@ _FORMAT_ALIASES = {
 }
 
 
-def read_image(path, *, format: str | None = None) -> CXRImage:  # noqa: A002 - API name
+def read_image(
+    path,
+    *,
+    format: str | None = None,  # noqa: A002 - API name
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+    min_side: int | None = None,
+) -> CXRImage:
     """Read a chest radiograph of any supported format.
 
     Parameters
@@ -701,6 +1019,14 @@ def read_image(path, *, format: str | None = None) -> CXRImage:  # noqa: A002 - 
         ``"jsrt-img"``, ``"dicom"``, ``"raster"`` (or a raster suffix such as ``"png"``);
         by default chosen from the suffix, then from the content (``DICM`` marker, the
         JSRT byte count, else Pillow).
+    max_pixels : int, optional
+        Refuse images with more pixels, by their header, before decoding (default
+        :func:`max_pixels`: ``$CXRSEG_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`).
+    min_side : int, optional
+        Refuse images with a shorter side, by the header (e.g. :data:`MIN_SIDE`).
+    max_side : int, optional
+        Return an image whose longer side exceeds this reduced by an integer factor (box
+        average; ``meta["original_shape"]`` keeps the file's size).
 
     Returns
     -------
@@ -729,12 +1055,15 @@ def read_image(path, *, format: str | None = None) -> CXRImage:  # noqa: A002 - 
             kind = "jsrt"
         else:
             kind = "raster"
-    if kind == "jsrt":
-        return read_jsrt_img(p)
-    if kind == "dicom":
-        return read_dicom(p)
+    if kind in ("jsrt", "dicom"):
+        reader = read_jsrt_img if kind == "jsrt" else read_dicom
+        img = reader(p, max_pixels=max_pixels, min_side=min_side)
+        data, spacing = _maybe_reduce(img.data, img.spacing, max_side, img.meta)
+        if data is not img.data:
+            img = CXRImage(data, spacing, img.path, img.meta)
+        return img
     try:
-        return read_raster(p)
+        return read_raster(p, max_pixels=max_pixels, max_side=max_side, min_side=min_side)
     except CXRSegIOError as exc:
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             raise CXRSegIOError(f"{exc}; supported suffixes: {', '.join(IMAGE_SUFFIXES)}") from exc
@@ -779,14 +1108,27 @@ def read_mask(path, *, shape: tuple[int, int] | None = None) -> np.ndarray:
     p = _check_file(path)
     if p.stat().st_size == 0:
         raise CXRSegIOError(f"{p}: file is empty, {expected}")
+
+    def check(rows, cols):
+        lim = max_pixels()
+        if int(rows) * int(cols) > lim:
+            raise CXRSegIOError(
+                f"{p}: mask is {rows}x{cols} pixels, above the limit of {lim} pixels "
+                "(CXRSEG_MAX_PIXELS); refused before decoding it"
+            )
+
     try:
-        im = _open_pil(p, expected)
+        im = _open_pil(p, expected, check=check)
         arr, _ = _pil_to_array(im, p)
+    except _TooLarge:
+        raise
     except CXRSegIOError:
         if p.suffix.lower() not in (".tif", ".tiff"):
             raise
         try:
-            arr = _tifffile_read(p)
+            arr = _tifffile_read(p, check=check)
+        except CXRSegIOError:
+            raise
         except Exception as exc:
             raise CXRSegIOError(f"{p}: cannot read ({exc}); {expected}") from exc
     arr = np.asarray(arr)

@@ -8,19 +8,34 @@ Output layout (``--out DIR``)::
     DIR/predictions.csv                 one row per case and region
     DIR/errors.csv                      files that failed, with the reason (only if any did)
     DIR/.done/<case>.json               per-case marker, written last (resume)
+    DIR/.claims/<case>                  per-case claim of a running ``cxrseg predict``
+    DIR/.cxrseg-output                  says "written by cxrseg": never read as ground truth
 
 Masks are PNG by default (``--mask-format gif`` writes SCR-style GIFs); they have the
 input's native size, e.g. 2048 x 2048 for a JSRT ``.IMG`` (the SCR reference masks are
-1024 x 1024: halve them to compare).
+1024 x 1024: halve them to compare), except that an input whose longer side exceeds
+``--max-output-side`` (default 4096) gets masks scaled down to that side (the aspect ratio
+kept; ``height``/``width`` in the CSV and ``area_mm2`` are those of the written mask), which
+bounds the memory a huge image needs. Such an image is also decoded at a reduced size.
+
+The output folder is marked as cxrseg output (``.cxrseg-output``): dataset readers never
+take its masks as ground truth. A folder that holds an unmarked ``masks/`` (a dataset's
+ground truth) and the input folder itself are refused as ``--out``.
 
 Pipeline: a torch ``DataLoader`` decodes and pre-processes images in ``--workers``
 processes (they return only the model-sized input, not the full image), the main process
 runs batched forward passes, and a writer thread resizes probabilities back, thresholds,
 cleans up and writes the files of one batch while the next batch runs through the model.
 
-Resuming: a case is skipped when its done-marker exists, was made from the same source
-file with the same model, thresholds and post-processing, and all requested outputs
-exist; ``--overwrite`` recomputes everything. ``predictions.csv`` is rebuilt from the
+Resuming: a case is skipped when its done-marker exists, was made from the same input
+content (path, size, modification time and SHA-256 of the file) with the same model,
+thresholds, post-processing and output options, and all requested outputs exist;
+``--overwrite`` recomputes everything. A rerun with nothing to do reads only the model's
+metadata and never loads its weights. Each case to do is first *claimed*
+(``.claims/<case>``, created exclusively, holding the process id): a second run on the
+same ``--out`` skips the cases a live run has claimed, and claims of dead runs are taken
+over. Temporary files left by a killed run (``.<name>.<pid>.<hex>.tmp``) are removed at
+the start of the next run on the same folder; they are never read as results. ``predictions.csv`` is rebuilt from the
 markers at the start and the end of a run and appended one complete batch at a time in
 between (one ``write`` on an ``O_APPEND`` file), so a killed run never leaves a corrupt
 CSV, and the next run repairs it.
@@ -30,7 +45,11 @@ Case names are the file stems; stems that occur more than once (``a/x.png`` and
 
 Exit status: 0 when every file was segmented, 1 when any failed (the others are still
 done; see ``errors.csv``), 2 for usage errors (bad options, missing inputs, a model that
-cannot be loaded).
+cannot be loaded), 3 when the output cannot be written (full disk, read-only folder, no
+permission: the run stops at once, with one line naming the path and the cause; what was
+written is complete and the next run resumes), 130 when interrupted (Ctrl-C, SIGINT) and
+143 when terminated (SIGTERM); DataLoader worker processes end with the run, however it
+ends.
 """
 
 from __future__ import annotations
@@ -65,7 +84,11 @@ CSV_COLUMNS = (
     "threshold",
 )
 ERROR_COLUMNS = ("path", "case", "reason")
-MARKER_VERSION = 1
+MARKER_VERSION = 2
+#: Longer side above which masks are written scaled down (bounds the memory of huge inputs).
+DEFAULT_MAX_OUTPUT_SIDE = 4096
+#: Exit status when the output cannot be written (full disk, read-only folder, ...).
+EXIT_OUTPUT_ERROR = 3
 
 
 # --------------------------------------------------------------------------- arguments
@@ -87,8 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--regions",
-        default="all",
-        help="all, lungs, clavicles or a comma list (heart,left_clavicle,...); default all",
+        default=None,
+        help="all, lungs, clavicles or a comma list (heart,left_clavicle,...); "
+        "default: every region the model predicts",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
@@ -133,6 +157,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("png", "gif"),
         default="png",
         help="mask file format (default png)",
+    )
+    p.add_argument(
+        "--max-output-side",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_SIDE,
+        help="inputs whose longer side exceeds this get masks scaled down to it, which "
+        f"bounds memory (default {DEFAULT_MAX_OUTPUT_SIDE})",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels than this, before decoding them (default: "
+        "$CXRSEG_MAX_PIXELS, else cxrseg.io.DEFAULT_MAX_PIXELS)",
     )
     p.add_argument("--overwrite", action="store_true", help="recompute cases that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -243,32 +281,65 @@ def case_names(files: list[Path]) -> list[str]:
 # --------------------------------------------------------------------------- decoding
 
 
+def input_key(path) -> dict:
+    """What identifies an input's content for resuming: size, mtime (ns) and SHA-256."""
+    import hashlib
+
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": h.hexdigest()}
+
+
 class DecodeDataset:
     """Map-style dataset for a torch ``DataLoader``: reads one image and pre-processes it
     to the model's input size. Errors are returned (not raised) so one bad file does not
-    stop the loader. Only the small model input travels back to the main process."""
+    stop the loader. Only the small model input travels back to the main process.
 
-    def __init__(self, paths: list[str], size: int):
+    ``max_side`` decodes huge images at a reduced size (their original shape is still
+    reported); ``max_pixels`` refuses larger images before decoding them.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        size: int,
+        *,
+        max_side: int | None = None,
+        max_pixels: int | None = None,
+    ):
         self.paths = [str(p) for p in paths]
         self.size = int(size)
+        self.max_side = max_side
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from .io import read_image
+        from .io import MIN_SIDE, read_image
         from .transforms import image_to_input
 
         path = self.paths[i]
         try:
-            img = read_image(path)
+            key = input_key(path)
+            img = read_image(
+                path, max_side=self.max_side, max_pixels=self.max_pixels, min_side=MIN_SIDE
+            )
             x, info = image_to_input(img.data, self.size)
+            shape = img.meta.get("original_shape") or img.data.shape
+            sp = img.meta.get("original_spacing", img.spacing)
             return {
                 "i": i,
                 "input": x,
                 "info": (info.top, info.left, info.rows, info.cols),
-                "shape": tuple(int(s) for s in img.data.shape),
-                "spacing": None if img.spacing is None else tuple(float(s) for s in img.spacing),
+                "shape": tuple(int(s) for s in shape),
+                "decoded_shape": tuple(int(s) for s in img.data.shape),
+                "spacing": None if sp is None else tuple(float(s) for s in sp),
+                "note": img.meta.get("warning"),
+                "key": key,
                 "error": None,
             }
         except Exception as exc:  # reported per file, the run goes on
@@ -276,12 +347,60 @@ class DecodeDataset:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, ValueError):
+        from .io import describe_oserror
+
+        return describe_oserror(exc)
     msg = str(exc).strip() or type(exc).__name__
     return msg if isinstance(exc, ValueError) else f"{type(exc).__name__}: {msg}"
 
 
 def _collate(batch):
     return batch
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker process when ``parent`` dies, however it dies (even SIGKILL).
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; everywhere: a daemon thread that exits
+    the process once its parent id changes (the orphan was re-parented).
+    """
+    import signal
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread suffices
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="cxrseg-parent-watch", daemon=True).start()
+
+
+class _WorkerInit:
+    """``worker_init_fn``: one torch thread, and die with the parent (picklable)."""
+
+    def __init__(self, parent: int):
+        self.parent = int(parent)
+
+    def __call__(self, _worker_id: int) -> None:
+        import torch
+
+        _die_with_parent(self.parent)
+        torch.set_num_threads(1)
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -375,10 +494,109 @@ class PredictSummary:
     failed: int = 0
     errors: list[tuple[str, str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Cases left to another live run that had claimed them.
+    claimed_elsewhere: int = 0
+    #: Whether the model's weights were loaded (not when there was nothing to do).
+    model_loaded: bool = False
 
     @property
     def images_per_second(self) -> float:
         return self.predicted / self.seconds if self.seconds > 0 else float("nan")
+
+
+class OutputWriteError(OSError):
+    """The output folder cannot be written (full disk, read-only folder, no permission).
+
+    ``str()`` is one line naming the path and the cause.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors of the output folder itself: stop the run rather than fail every case."""
+    from .io import is_disk_error
+
+    return isinstance(exc, OSError) and is_disk_error(exc)
+
+
+class LazyPredictor:
+    """A :class:`cxrseg.predict.Predictor` whose weights load on first use.
+
+    The regions, thresholds, input size and ``model_id`` come from the checkpoint's
+    metadata (:func:`cxrseg.model.read_metadata`, no weights read), so a run with nothing
+    to do, or with a region the model does not predict, never loads the model.
+
+    Parameters
+    ----------
+    checkpoint : path-like, optional
+        As for :class:`~cxrseg.predict.Predictor`.
+    on_load : callable, optional
+        Called with the loaded predictor (e.g. to print its device).
+    **kwargs
+        Passed to :class:`~cxrseg.predict.Predictor` (``device``, ``precision``, ...).
+    """
+
+    def __init__(self, checkpoint=None, *, on_load=None, **kwargs):
+        from .config import ModelConfig
+        from .model import read_metadata
+        from .predict import resolve_checkpoint_path
+
+        self.path: Path = resolve_checkpoint_path(checkpoint)
+        self.metadata = read_metadata(self.path)
+        try:
+            config = ModelConfig.from_dict(self.metadata["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            from .model import CheckpointError
+
+            raise CheckpointError(f"checkpoint {self.path}: invalid config ({exc})") from None
+        self.config = config
+        self.regions: tuple[str, ...] = tuple(config.regions)
+        self.thresholds: dict[str, float] = dict(config.thresholds)
+        self.input_size: int = int(config.input_size)
+        self.model_id: str = str(self.metadata.get("model_id", "unknown"))
+        self._kwargs = kwargs
+        self._on_load = on_load
+        self._loaded = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights have been loaded."""
+        return self._loaded is not None
+
+    def select(self, regions=None) -> tuple[str, ...]:
+        """The requested regions, checked against the model's (no weights loaded)."""
+        from .regions import parse_regions
+
+        if regions is None:
+            return self.regions
+        wanted = parse_regions(regions)
+        missing = [r for r in wanted if r not in self.regions]
+        if missing:
+            raise ValueError(
+                f"model {self.path.name} does not predict {', '.join(missing)}; "
+                f"it predicts {', '.join(self.regions)}"
+            )
+        return wanted
+
+    def load(self):
+        """The loaded :class:`~cxrseg.predict.Predictor` (loaded once)."""
+        with self._lock:
+            if self._loaded is None:
+                from .predict import Predictor
+
+                self._loaded = Predictor(self.path, **self._kwargs)
+                if self._on_load is not None:
+                    self._on_load(self._loaded)
+            return self._loaded
+
+    def __getattr__(self, name):
+        # forward, to_native, precision, device, ...: the real predictor's
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.load(), name)
 
 
 @dataclass
@@ -386,6 +604,12 @@ class _Case:
     name: str
     path: Path
     source: str
+
+
+def _pid_alive(pid: int) -> bool:
+    from .io import pid_alive
+
+    return pid_alive(pid)
 
 
 class _Runner:
@@ -400,8 +624,11 @@ class _Runner:
         heatmap_png,
         postprocess,
         mask_format,
+        max_output_side,
         log,
     ):
+        import socket
+
         self.pred = predictor
         self.out = out_dir
         self.regions = regions
@@ -410,11 +637,15 @@ class _Runner:
         self.heatmap_png = heatmap_png
         self.postprocess = postprocess
         self.mask_format = mask_format
+        self.max_output_side = max_output_side
         self.log = log
         self.lock = threading.Lock()
         self.errors: list[tuple[str, str, str]] = []
         self.old_markers: dict[str, dict] = {}
         self.done = 0
+        self.fatal: BaseException | None = None
+        self.claimed: set[str] = set()
+        self.host = socket.gethostname()
 
     # paths
     def mask_path(self, region, case):
@@ -426,6 +657,16 @@ class _Runner:
     def marker_path(self, case):
         return self.out / ".done" / f"{case}.json"
 
+    def claim_path(self, case):
+        return self.out / ".claims" / case
+
+    def options(self) -> dict:
+        """Output options a done case must have been made with (besides thresholds)."""
+        return {
+            "postprocess": bool(self.postprocess),
+            "max_output_side": self.max_output_side,
+        }
+
     def settings(self) -> dict:
         return {"model_id": self.pred.model_id, "postprocess": bool(self.postprocess)}
 
@@ -434,7 +675,7 @@ class _Runner:
             return False
         if marker.get("source") != c.source or marker.get("model_id") != self.pred.model_id:
             return False
-        if bool(marker.get("postprocess")) != bool(self.postprocess):
+        if marker.get("options") != self.options():
             return False
         th = marker.get("thresholds") or {}
         have = {r.get("region") for r in marker.get("rows", [])}
@@ -447,16 +688,83 @@ class _Runner:
                 return False
             if self.heatmap_png and not self.heat_path(r, c.name, "png").is_file():
                 return False
-        return True
+        # the same content: size and mtime first (cheap), then the hash
+        key = marker.get("input") or {}
+        try:
+            st = os.stat(c.path)
+        except OSError:
+            return False
+        if key.get("size") != st.st_size or key.get("mtime_ns") != st.st_mtime_ns:
+            return False
+        try:
+            return input_key(c.path)["sha256"] == key.get("sha256")
+        except OSError:
+            return False
+
+    # claims: a second run on the same folder leaves a live run's cases alone
+    def claim(self, case: str) -> bool:
+        f = self.claim_path(case)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{os.getpid()} {self.host}\n".encode()
+        for _attempt in range(3):
+            try:
+                fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._claim_live(f):
+                    return False
+                try:  # a dead run's claim: take it over
+                    f.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            try:
+                os.write(fd, me)
+            finally:
+                os.close(fd)
+            self.claimed.add(case)
+            return True
+        return False
+
+    def _claim_live(self, f: Path) -> bool:
+        try:
+            text = f.read_text(encoding="utf-8").split()
+            age = time.time() - f.stat().st_mtime
+        except (OSError, UnicodeDecodeError):
+            return False
+        if len(text) < 2:
+            return age < 30  # being written right now
+        try:
+            pid = int(text[0])
+        except ValueError:
+            return False
+        if text[1] != self.host:
+            return True  # another machine's run: cannot tell, leave it alone
+        return pid != os.getpid() and _pid_alive(pid)
+
+    def release(self, case: str) -> None:
+        if case in self.claimed:
+            self.claimed.discard(case)
+            try:
+                self.claim_path(case).unlink()
+            except OSError:
+                pass
+
+    def release_all(self) -> None:
+        for case in list(self.claimed):
+            self.release(case)
 
     def error(self, path, case, reason):
         with self.lock:
             self.errors.append((str(path), case, reason))
-            _append_lines(
-                self.out / "errors.csv",
-                _csv_text([{"path": str(path), "case": case, "reason": reason}], ERROR_COLUMNS),
-                header=_header(ERROR_COLUMNS),
-            )
+            try:
+                _append_lines(
+                    self.out / "errors.csv",
+                    _csv_text([{"path": str(path), "case": case, "reason": reason}], ERROR_COLUMNS),
+                    header=_header(ERROR_COLUMNS),
+                )
+            except OSError:
+                pass  # a full disk: the error is still reported on stderr and in the summary
+        self.release(case)
         self.log(
             f"cxrseg predict: {reason}"
             if str(path) in reason
@@ -474,17 +782,27 @@ class _Runner:
             [self.th[r] for r in self.regions], dtype=torch.float32, device=prob.device
         ).view(-1, 1, 1)
         for k, (c, item) in enumerate(items):
+            if self.fatal is not None:
+                break  # the output folder cannot be written: stop at once
             try:
                 rows_all += self._finish_one(c, item, prob[k], th, clean)
             except Exception as exc:
+                if _is_fatal(exc):
+                    self.fatal = exc
+                    self.error(c.path, c.name, f"outputs not written: {_reason(exc)}")
+                    break
                 self.error(c.path, c.name, f"writing outputs failed: {_reason(exc)}")
         if rows_all:
             with self.lock:
-                _append_lines(
-                    self.out / "predictions.csv",
-                    _csv_text(rows_all, CSV_COLUMNS),
-                    header=_header(CSV_COLUMNS),
-                )
+                try:
+                    _append_lines(
+                        self.out / "predictions.csv",
+                        _csv_text(rows_all, CSV_COLUMNS),
+                        header=_header(CSV_COLUMNS),
+                    )
+                except OSError as exc:  # rebuilt from the markers at the end
+                    if self.fatal is None and _is_fatal(exc):
+                        self.fatal = exc
         return len(items)
 
     def _finish_one(self, c: _Case, item: dict, prob, th, clean) -> list[dict]:
@@ -493,17 +811,25 @@ class _Runner:
         from .io import atomic_write, write_mask
         from .transforms import PadInfo
 
-        info = PadInfo(*item["info"])
+        h0, w0 = item["shape"]
+        h, w = output_shape((h0, w0), self.max_output_side)
+        if (h, w) == (h0, w0) and item.get("decoded_shape", (h0, w0)) == (h0, w0):
+            info = PadInfo(*item["info"])
+        else:  # a huge input: masks at the documented smaller size
+            side = max(h, w)
+            info = PadInfo((side - h) // 2, (side - w) // 2, h, w)
         with torch.inference_mode():
             native = self.pred.to_native(prob, info)  # (R, H, W) float32
             masks_t = native >= th
             heat = native.half().cpu().numpy() if self.heatmaps or self.heatmap_png else None
             masks_np = masks_t.cpu().numpy()
+            del native, masks_t
         masks = {r: masks_np[j] for j, r in enumerate(self.regions)}
         if self.postprocess:
             masks = clean(masks)
-        h, w = item["shape"]
         sp = item["spacing"]
+        if sp is not None and (h, w) != (h0, w0):
+            sp = (sp[0] * h0 / h, sp[1] * w0 / w)
         rows = []
         for j, r in enumerate(self.regions):
             write_mask(masks[r], self.mask_path(r, c.name))
@@ -531,14 +857,16 @@ class _Runner:
                     "threshold": f"{self.th[r]:g}",
                 }
             )
-        # keep rows of regions done earlier with the same source and model
+        # keep rows of regions done earlier with the same input, model and options
         old = self.old_markers.get(c.name)
         thresholds = {r: self.th[r] for r in self.regions}
         if (
             old
+            and old.get("version") == MARKER_VERSION
             and old.get("source") == c.source
             and old.get("model_id") == self.pred.model_id
-            and bool(old.get("postprocess")) == bool(self.postprocess)
+            and old.get("options") == self.options()
+            and old.get("input") == item.get("key")
         ):
             for row in old.get("rows", []):
                 r = row.get("region")
@@ -551,20 +879,61 @@ class _Runner:
             "version": MARKER_VERSION,
             "case": c.name,
             "source": c.source,
+            "input": item.get("key"),
             "model_id": self.pred.model_id,
             "model_path": str(self.pred.path),
             "precision": self.pred.precision,
             "postprocess": bool(self.postprocess),
+            "options": self.options(),
             "thresholds": thresholds,
             "shape": [h, w],
+            "input_shape": [h0, w0],
             "spacing": None if sp is None else list(sp),
             "rows": rows,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        if item.get("note"):
+            marker["note"] = item["note"]
         _write_text_atomic(self.marker_path(c.name), json.dumps(marker, indent=1))
+        self.release(c.name)
         with self.lock:
             self.done += 1
         return [r for r in rows if r["region"] in self.regions]
+
+
+def output_shape(shape, max_side: int | None) -> tuple[int, int]:
+    """The mask size written for an input of ``shape``: the same, or scaled down so that
+    the longer side is ``max_side`` (aspect ratio kept)."""
+    h, w = int(shape[0]), int(shape[1])
+    if max_side is None or max(h, w) <= int(max_side):
+        return h, w
+    f = int(max_side) / max(h, w)
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def _check_out_dir(out_dir: Path, inputs) -> None:
+    """Refuse an output folder that is an input folder or holds a dataset's ground truth."""
+    from .io import IMAGE_SUFFIXES as _SUFFIXES
+    from .workspace import is_output
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    resolved = out_dir.resolve()
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir() and p.resolve() == resolved:
+            raise ValueError(
+                f"--out {out_dir} is the input folder; choose another folder for the "
+                f"outputs, e.g. {out_dir / 'predictions'}"
+            )
+    masks = out_dir / "masks"
+    if masks.is_dir() and not is_output(out_dir):
+        for _dirpath, _dirs, files in os.walk(masks):
+            if any(Path(f).suffix.lower() in _SUFFIXES and not f.startswith(".") for f in files):
+                raise ValueError(
+                    f"--out {out_dir}: {masks} holds masks that cxrseg did not write (a "
+                    "dataset's ground truth?); they would be overwritten. Choose another folder"
+                )
 
 
 def run_predict(
@@ -583,6 +952,8 @@ def run_predict(
     mask_format: str = "png",
     progress: bool = True,
     overlap: bool = True,
+    max_output_side: int | None = DEFAULT_MAX_OUTPUT_SIDE,
+    max_pixels: int | None = None,
     log=None,
 ) -> PredictSummary:
     """Segment every image of ``inputs`` with ``predictor`` into ``out_dir`` (see the
@@ -593,7 +964,8 @@ def run_predict(
     inputs : list of path-like
         Files and folders (:func:`collect_inputs`).
     out_dir : path-like
-    predictor : cxrseg.predict.Predictor
+    predictor : cxrseg.predict.Predictor or LazyPredictor
+        A :class:`LazyPredictor` loads its weights only when a case has to be computed.
     regions : optional
         Regions to write (default: all the model predicts).
     thresholds : float, str or dict, optional
@@ -614,17 +986,31 @@ def run_predict(
         Show a tqdm bar.
     overlap : bool
         Write one batch's files in a thread while the next batch runs through the model.
+    max_output_side : int or None
+        Inputs with a longer side get masks (and heatmaps) scaled down to it and are
+        decoded at a reduced size (bounds memory); ``None``: always the native size.
+    max_pixels : int, optional
+        Refuse larger images before decoding them (default:
+        :func:`cxrseg.io.max_pixels`).
     log : callable, optional
         Called with each error line (default: print to stderr).
 
     Returns
     -------
     PredictSummary
+
+    Raises
+    ------
+    OutputWriteError
+        The output folder cannot be written (full disk, read-only, no permission); the
+        run stopped at once, what was written is complete.
     """
     import torch
     from tqdm.auto import tqdm
 
+    from .io import describe_oserror, sweep_temporary
     from .predict import parse_thresholds
+    from .workspace import mark_output
 
     t_start = time.perf_counter()
     if int(batch_size) < 1:
@@ -633,9 +1019,10 @@ def run_predict(
         raise ValueError(f"--workers must be >= 0, got {workers}")
     if mask_format not in ("png", "gif"):
         raise ValueError(f"mask format must be png or gif, got {mask_format!r}")
+    if max_output_side is not None and int(max_output_side) < 64:
+        raise ValueError(f"--max-output-side must be >= 64, got {max_output_side}")
     out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    _check_out_dir(out_dir, inputs)
     regs = predictor.select(regions)
     th = parse_thresholds(thresholds, regs, default=predictor.thresholds)
     files = collect_inputs(inputs, exclude=out_dir)
@@ -646,7 +1033,6 @@ def run_predict(
         )
     names = case_names(files)
     cases = [_Case(n, f, str(f.resolve())) for n, f in zip(names, files, strict=True)]
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     def _log(msg):
         if log is not None:
@@ -663,128 +1049,193 @@ def run_predict(
         heatmap_png=heatmap_png,
         postprocess=postprocess,
         mask_format=mask_format,
+        max_output_side=None if max_output_side is None else int(max_output_side),
         log=_log,
     )
-    markers = read_markers(out_dir)
-    todo = [c for c in cases if overwrite or not run.is_done(c, markers.get(c.name))]
-    summary = PredictSummary(out_dir=out_dir, total=len(cases), skipped=len(cases) - len(todo))
-    # Markers of cases about to be recomputed go first (their rows would be duplicated).
-    for c in todo:
-        if c.name in markers:
-            run.old_markers[c.name] = markers[c.name]
-            run.marker_path(c.name).unlink(missing_ok=True)
-    (out_dir / "errors.csv").unlink(missing_ok=True)
-    rebuild_csv(out_dir)
-
-    if todo:
-        n_workers = default_workers() if workers is None else int(workers)
-        if workers is None and len(todo) <= batch_size:
-            n_workers = 0
-        n_workers = min(n_workers, len(todo))
-        ds = DecodeDataset([c.path for c in todo], predictor.input_size)
-        loader = torch.utils.data.DataLoader(
-            ds,
-            batch_size=int(batch_size),
-            shuffle=False,
-            num_workers=n_workers,
-            collate_fn=_collate,
-            worker_init_fn=_worker_init if n_workers else None,
-            prefetch_factor=2 if n_workers else None,
-        )
-        bar = tqdm(
-            total=len(todo),
-            desc="predict",
-            unit="img",
-            disable=not progress,
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
-        pool = None
-        if overlap:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrseg-writer")
-        pending: deque = deque()
-
-        def drain(limit):
-            while len(pending) > limit:
-                fut, n = pending.popleft()
-                fut.result()
-                bar.update(n)
-
+    summary = PredictSummary(out_dir=out_dir, total=len(cases))
+    try:
         try:
-            for batch in loader:
-                good = []
-                n_bad = 0
-                for item in batch:
-                    c = todo[item["i"]]
-                    if item["error"] is not None:
-                        run.error(c.path, c.name, item["error"])
-                        n_bad += 1
-                    else:
-                        good.append((c, item))
-                bar.update(n_bad)
-                if not good:
-                    continue
-                try:
-                    prob = predictor.forward(
-                        np.stack([it["input"] for _, it in good]), regions=regs
-                    )
-                except Exception as exc:
-                    for c, _ in good:
-                        run.error(c.path, c.name, f"model failed: {_reason(exc)}")
-                    bar.update(len(good))
-                    continue
-                if pool is None:
-                    bar.update(run.finish(good, prob))
+            mark_output(out_dir, "predict")
+            sweep_temporary(out_dir)  # a killed run's temporary files, never results
+            markers = read_markers(out_dir)
+            todo = []
+            for c in cases:
+                if not overwrite and run.is_done(c, markers.get(c.name)):
+                    summary.skipped += 1
+                elif run.claim(c.name):
+                    todo.append(c)
                 else:
-                    pending.append((pool.submit(run.finish, good, prob), len(good)))
-                    drain(1)
-            drain(0)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
-            bar.close()
-        rebuild_csv(out_dir)
+                    summary.claimed_elsewhere += 1
+            # Markers of cases about to be recomputed go first (their rows would be duplicated).
+            for c in todo:
+                if c.name in markers:
+                    run.old_markers[c.name] = markers[c.name]
+                    run.marker_path(c.name).unlink(missing_ok=True)
+            if not summary.claimed_elsewhere:
+                (out_dir / "errors.csv").unlink(missing_ok=True)
+            rebuild_csv(out_dir)
+        except OSError as exc:
+            raise OutputWriteError(
+                getattr(exc, "errno", None), f"cannot write the output: {describe_oserror(exc)}"
+            ) from exc
+        if summary.claimed_elsewhere:
+            _log(
+                f"cxrseg predict: {summary.claimed_elsewhere} case(s) are being segmented by "
+                f"another run on {out_dir}; left to it"
+            )
+        if todo:
+            _predict_cases(run, todo, predictor, regs, batch_size, workers, progress, overlap,
+                           max_pixels, tqdm, torch)
+    finally:
+        run.release_all()
     summary.predicted = run.done
     summary.errors = list(run.errors)
     summary.failed = len({e[0] for e in run.errors})
     summary.seconds = time.perf_counter() - t_start
+    summary.model_loaded = bool(getattr(predictor, "loaded", True))
+    if run.fatal is not None:
+        left = len(todo) - run.done - summary.failed
+        raise OutputWriteError(
+            getattr(run.fatal, "errno", None),
+            f"cannot write the output: {describe_oserror(run.fatal)}; stopped after "
+            f"{run.done} case(s) ({max(left, 0)} not attempted; rerun to resume)",
+        ) from run.fatal
     return summary
 
 
-def run_cli(args) -> int:
-    from .predict import Predictor
+def _predict_cases(
+    run, todo, predictor, regs, batch_size, workers, progress, overlap, max_pixels, tqdm, torch
+):
+    """Decode, forward and write ``todo`` (claimed cases); stops on a fatal output error."""
+    n_workers = default_workers() if workers is None else int(workers)
+    if workers is None and len(todo) <= batch_size:
+        n_workers = 0
+    n_workers = min(n_workers, len(todo))
+    ds = DecodeDataset(
+        [c.path for c in todo],
+        predictor.input_size,
+        max_side=run.max_output_side,
+        max_pixels=max_pixels,
+    )
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=int(batch_size),
+        shuffle=False,
+        num_workers=n_workers,
+        collate_fn=_collate,
+        worker_init_fn=_WorkerInit(os.getpid()) if n_workers else None,
+        prefetch_factor=2 if n_workers else None,
+    )
+    bar = tqdm(
+        total=len(todo),
+        desc="predict",
+        unit="img",
+        disable=not progress,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    pool = None
+    if overlap:
+        from concurrent.futures import ThreadPoolExecutor
 
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrseg-writer")
+    pending: deque = deque()
+
+    def drain(limit):
+        while len(pending) > limit:
+            fut, n = pending.popleft()
+            fut.result()
+            bar.update(n)
+
+    it = iter(loader)
+    try:
+        for batch in it:
+            if run.fatal is not None:
+                break
+            good = []
+            n_bad = 0
+            for item in batch:
+                c = todo[item["i"]]
+                if item["error"] is not None:
+                    run.error(c.path, c.name, item["error"])
+                    n_bad += 1
+                else:
+                    if item.get("note"):
+                        run.log(f"cxrseg predict: {c.path}: {item['note']}")
+                    good.append((c, item))
+            bar.update(n_bad)
+            if not good:
+                continue
+            try:
+                prob = predictor.forward(np.stack([it_["input"] for _, it_ in good]), regions=regs)
+            except Exception as exc:
+                for c, _ in good:
+                    run.error(c.path, c.name, f"model failed: {_reason(exc)}")
+                bar.update(len(good))
+                continue
+            if pool is None:
+                bar.update(run.finish(good, prob))
+            else:
+                pending.append((pool.submit(run.finish, good, prob), len(good)))
+                drain(1)
+        drain(0)
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()  # workers end with the run, also on an interrupt
+        if pool is not None:
+            pool.shutdown(wait=True)
+        bar.close()
+        try:
+            rebuild_csv(run.out)
+        except OSError:
+            pass  # a full disk: the previous CSV stays; the next run rebuilds it
+
+
+def run_cli(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     collect_inputs(args.inputs, exclude=args.out)  # fail fast on missing inputs
-    predictor = Predictor(args.model, device=args.device, precision=args.precision)
-    if not args.quiet:
-        print(
-            f"model {predictor.path.name} ({predictor.model_id}), device {predictor.device}, "
-            f"precision {predictor.precision}",
-            file=sys.stderr,
-        )
-    s = run_predict(
-        args.inputs,
-        args.out,
-        predictor=predictor,
-        regions=args.regions,
-        thresholds=args.threshold,
-        heatmaps=args.heatmaps,
-        heatmap_png=args.heatmap_png,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        postprocess=args.postprocess,
-        overwrite=args.overwrite,
-        mask_format=args.mask_format,
-        progress=not args.quiet,
+    _check_out_dir(Path(args.out).expanduser(), args.inputs)
+
+    def announce(p):
+        if not args.quiet:
+            print(
+                f"model {p.path.name} ({p.model_id}), device {p.device}, "
+                f"precision {p.precision}",
+                file=sys.stderr,
+            )
+
+    predictor = LazyPredictor(
+        args.model, device=args.device, precision=args.precision, on_load=announce
     )
+    predictor.select(args.regions)  # a region the model lacks: before any weight is read
+    try:
+        s = run_predict(
+            args.inputs,
+            args.out,
+            predictor=predictor,
+            regions=args.regions,
+            thresholds=args.threshold,
+            heatmaps=args.heatmaps,
+            heatmap_png=args.heatmap_png,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            postprocess=args.postprocess,
+            overwrite=args.overwrite,
+            mask_format=args.mask_format,
+            progress=not args.quiet,
+            max_output_side=args.max_output_side,
+            max_pixels=args.max_pixels,
+        )
+    except OutputWriteError as exc:
+        print(f"cxrseg predict: error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT_ERROR
+    busy = f", {s.claimed_elsewhere} left to another run" if s.claimed_elsewhere else ""
     print(
-        f"{s.total} image(s): {s.predicted} segmented, {s.skipped} already done, {s.failed} failed "
-        f"-> {s.out_dir}" + (f" (see {s.out_dir / 'errors.csv'})" if s.failed else "")
+        f"{s.total} image(s): {s.predicted} segmented, {s.skipped} already done, {s.failed} failed"
+        f"{busy} -> {s.out_dir}" + (f" (see {s.out_dir / 'errors.csv'})" if s.failed else "")
     )
     return 1 if s.failed else 0

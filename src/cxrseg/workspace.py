@@ -42,3 +42,60 @@ def corrections_dir(dataset_root: str | os.PathLike) -> Path:
     """The default corrections store of a dataset."""
     root = Path(dataset_root).resolve()
     return root / "corrections" if _writable(root) else _fallback(root) / "corrections"
+
+
+# ------------------------------------------------------------------------- output marker
+
+#: Name of the marker file in every folder cxrseg writes results into (``cxrseg predict``
+#: output, a corrections store, a working folder). Readers never take masks below a
+#: folder holding it as ground truth.
+OUTPUT_MARKER = ".cxrseg-output"
+
+
+def mark_output(folder: str | os.PathLike, kind: str) -> Path:
+    """Create ``folder`` (if needed) and its :data:`OUTPUT_MARKER` file.
+
+    Parameters
+    ----------
+    folder : path-like
+        A folder cxrseg writes results into.
+    kind : str
+        What it holds (``"predict"``, ``"corrections"``, ``"workdir"``), recorded in the
+        marker for people who look.
+
+    Returns
+    -------
+    pathlib.Path
+        The marker file.
+    """
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    m = d / OUTPUT_MARKER
+    if not m.is_file():
+        text = (
+            f'{{"kind": "{kind}", "note": "written by cxrseg; never read as ground truth"}}\n'
+        )
+        tmp = d / f".{OUTPUT_MARKER}.{os.getpid()}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, m)
+    return m
+
+
+def is_output(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds the :data:`OUTPUT_MARKER` (cxrseg wrote it)."""
+    return (Path(folder) / OUTPUT_MARKER).is_file()
+
+
+def output_root_of(path: str | os.PathLike, *, stop: str | os.PathLike | None = None) -> Path | None:
+    """The nearest folder at or above ``path`` that holds the marker, or ``None``.
+
+    The search stops after ``stop`` (inclusive) when given, else at the file-system root.
+    """
+    p = Path(os.path.abspath(path))
+    stop_p = Path(os.path.abspath(stop)) if stop is not None else None
+    for d in (p, *p.parents):
+        if is_output(d):
+            return d
+        if stop_p is not None and d == stop_p:
+            break
+    return None
