@@ -17,6 +17,12 @@ What is read
 * a case folder (one image and its masks) or a dataset root: its first case (the first
   with masks), image and ground truth; the layers' metadata say how many cases there were;
 * a list of any of these.
+
+Nothing in a folder cxrseg wrote (``cxrseg predict`` output, a corrections store, a
+working folder: they hold :data:`cxrseg.workspace.OUTPUT_MARKER`) is read as ground
+truth: such a folder is not offered as a dataset, and a mask file opened from it becomes
+a layer named ``"<case> <region> (cxrseg output)"`` whose metadata say
+``ground_truth: False``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from cxrseg.io import (
     read_mask,
 )
 from cxrseg.regions import canonical_region
+from cxrseg.workspace import output_root_of
 
 from ._layers import GROUND_TRUTH_SUFFIX, ground_truth_layer_tuple, image_layer_tuple
 
@@ -125,6 +132,8 @@ def _classify(path: Any) -> str | None:
         return None
     p = Path(path).expanduser()
     if p.is_dir():
+        if output_root_of(p) is not None:
+            return None  # cxrseg's own output: not a dataset with ground truth
         return "folder" if _looks_like_dataset(p) else None
     if not p.is_file():
         return None
@@ -321,14 +330,22 @@ def _read_mask_file(p: Path) -> list[LayerData]:
                 spacing = scale if img_spacing else None
     except (CXRSegIOError, OSError) as exc:  # the mask itself is fine: no overlay scale
         log.info("%s: its image could not be used for scaling (%s)", p, exc)
+    output = output_root_of(p.parent)
+    name = f"{case_id} {region}" + (" (cxrseg output)" if output is not None else "")
     layer = ground_truth_layer_tuple(
         {region: mask},
-        f"{case_id} {region}",
+        name,
         shape=mask.shape,
         scale=scale,
         case_id=case_id,
         spacing=spacing,
         source={region: p},
-        extra={"region": region, "image_path": image_path},
+        extra={
+            "region": region,
+            "image_path": image_path,
+            # a mask cxrseg wrote (a prediction, a correction) is never ground truth
+            "ground_truth": output is None,
+            **({"cxrseg_output": str(output)} if output is not None else {}),
+        },
     )
     return [layer]

@@ -127,9 +127,10 @@ def test_mask_without_sidecar_is_invisible_and_its_number_not_reused(tmp_path):
     assert [v.version for v in store.versions("CASE1", "heart")] == [1]
     v3 = store.save("CASE1", "heart", _square(r1=40))
     assert v3.version == 3
-    # a broken sidecar is ignored too
+    # a broken sidecar is reported by name (an older version never silently wins)
     (v1.mask_path.parent / "CASE1.v004.json").write_text("{not json")
-    assert store.latest("CASE1", "heart").version == 3
+    with pytest.raises(CorrectionError, match="CASE1.v004.json"):
+        store.latest("CASE1", "heart")
 
 
 def test_concurrent_saves_get_distinct_versions(tmp_path):

@@ -21,7 +21,17 @@ atomically over the reservation (:func:`cxrseg.io.write_mask`: temporary file, `
 ``os.replace``), then writes the sidecar atomically, **last**. A version exists only when
 its sidecar exists, and the sidecar records the SHA-256 of the mask, so a process killed
 at any point leaves either the complete new version or no visible new version (a stray
-mask without a sidecar is ignored and its number is not reused).
+mask without a sidecar is ignored and its number is not reused). A reservation holds the
+saver's process id until the mask replaces it; reservations and temporary files of
+savers that are gone are removed when the store is next opened, so they are never read.
+
+Reading is strict: a sidecar that cannot be parsed, or whose mask is missing, raises a
+:class:`CorrectionError` naming the file (an older version never silently wins), and so
+does a file whose case id is not a safe id (``..``, ``-rf``). A mask whose shape differs
+from its image's (``image_path``) or from the shape its sidecar records is refused.
+
+The store's root holds :data:`cxrseg.workspace.OUTPUT_MARKER`, so dataset readers never
+take corrections for ground truth.
 
 Ground truth is never written: a store refuses a root that is, contains or lies inside
 a folder holding the dataset's reference masks, and refuses a root whose ``masks/``
@@ -106,6 +116,27 @@ def _as_mask(mask, what: str) -> np.ndarray:
     if np.issubdtype(m.dtype, np.floating):
         return m > 0.5
     return m != 0
+
+
+def _image_shape(path: Path) -> tuple[int, int] | None:
+    """(rows, cols) of an image from its header (no decoding), or None if unknown."""
+    from .io import DICOM_SUFFIXES, JSRT_NBYTES, JSRT_SHAPE, is_dicom
+
+    p = Path(path)
+    try:
+        if p.suffix.lower() == ".img" and p.stat().st_size == JSRT_NBYTES and not is_dicom(p):
+            return JSRT_SHAPE
+        if p.suffix.lower() in DICOM_SUFFIXES or is_dicom(p):
+            import pydicom
+
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+            return int(ds.Rows), int(ds.Columns)
+        from PIL import Image
+
+        with Image.open(p) as im:
+            return int(im.size[1]), int(im.size[0])
+    except Exception:
+        return None
 
 
 def _fit(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
@@ -203,8 +234,21 @@ class CorrectionVersion:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
 
     def load_mask(self) -> np.ndarray:
-        """The corrected mask (``bool``)."""
-        return read_mask(self.mask_path)
+        """The corrected mask (``bool``).
+
+        Raises
+        ------
+        CorrectionError
+            The mask's shape is not the one its sidecar records.
+        """
+        m = read_mask(self.mask_path)
+        shape = self.meta.get("shape")
+        if isinstance(shape, list) and len(shape) == 2 and tuple(m.shape) != tuple(shape):
+            raise CorrectionError(
+                f"{self.mask_path}: mask is {m.shape[0]}x{m.shape[1]}, its sidecar "
+                f"{self.sidecar_path.name} records {shape[0]}x{shape[1]}; refused"
+            )
+        return m
 
     @property
     def sidecar_sha256(self) -> str:
@@ -316,6 +360,45 @@ class CorrectionStore:
                 "(<case>.vNNN.png); this looks like a ground-truth folder, which is never "
                 "written to. Choose an empty folder or an existing corrections store"
             )
+        self.swept: list[Path] = self.sweep()
+
+    def sweep(self) -> list[Path]:
+        """Remove what killed savers left: temporary files and empty reservations.
+
+        A temporary file (``.<name>.<pid>.<hex>.tmp``) or a reservation (a mask file of
+        a few bytes holding a process id, with no sidecar) is removed when its process is
+        gone. Returns the files removed.
+        """
+        from .io import pid_alive, sweep_temporary
+
+        masks = self.root / "masks"
+        if not masks.is_dir():
+            return []
+        try:
+            removed = sweep_temporary(masks)
+        except OSError:
+            return []
+        for d in masks.iterdir():
+            if not d.is_dir():
+                continue
+            for f in d.iterdir():
+                m = _VERSION_RE.match(f.name)
+                if not m or m.group("ext") != "png" or f.with_suffix(".json").exists():
+                    continue
+                try:
+                    if f.stat().st_size > 32:
+                        continue  # a whole mask: ignored, its number not reused
+                    text = f.read_bytes().decode("ascii", "replace").strip()
+                    pid = int(text) if text.isdigit() else 0
+                    if pid == os.getpid() or (pid and pid_alive(pid)):
+                        continue
+                    if not pid and time_since(f) < 60:
+                        continue  # an empty reservation being written right now
+                    f.unlink()
+                    removed.append(f)
+                except OSError:
+                    continue
+        return removed
 
     @classmethod
     def for_dataset(cls, dataset_root: str | os.PathLike) -> CorrectionStore:
@@ -368,7 +451,10 @@ class CorrectionStore:
                 fd = os.open(mask_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 continue  # another saver took it: scan again
-            os.close(fd)
+            try:  # who holds it: a reservation of a dead saver is swept later
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
             return n, mask_path, side_path
         raise CorrectionError(f"{d}: could not reserve a new version number for {case}")
 
@@ -420,14 +506,25 @@ class CorrectionStore:
         case = _check_case_id(case)
         region = canonical_region(region)
         m = _as_mask(mask, f"correction of {case} {region}")
+        if image_path is not None:
+            shape = _image_shape(Path(image_path))
+            if shape is not None and tuple(m.shape) != tuple(shape):
+                raise CorrectionError(
+                    f"correction of {case} {region}: mask is {m.shape[0]}x{m.shape[1]}, its "
+                    f"image {Path(image_path).name} is {shape[0]}x{shape[1]}; expected a mask "
+                    "of the image's size"
+                )
         stats = mask_stats(m, prediction=prediction, truth=truth)
+        from .workspace import mark_output
+
+        mark_output(self.root, "corrections")
         n, mask_path, side_path = self._reserve(case, region)
         try:
             write_mask(m, mask_path)
         except BaseException:
             # an empty reservation is invisible (no sidecar); remove it when we can
             try:
-                if mask_path.stat().st_size == 0:
+                if mask_path.stat().st_size <= 32:
                     mask_path.unlink()
             except OSError:
                 pass
@@ -456,15 +553,29 @@ class CorrectionStore:
     # -- reading
     def _read(self, side_path: Path) -> CorrectionVersion | None:
         m = _VERSION_RE.match(side_path.name)
-        if not m or m.group("ext") != "json":
+        if not m or m.group("ext") != "json" or side_path.name.startswith("."):
             return None
+        try:
+            _check_case_id(m.group("case"))
+        except CorrectionError:
+            raise CorrectionError(
+                f"{side_path}: case id {m.group('case')!r} is not a safe case id (letters, "
+                "digits, '.', '_', '+', '-', starting with a letter or digit); refused"
+            ) from None
         mask_path = side_path.with_suffix(".png")
         try:
             meta = json.loads(side_path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or not mask_path.is_file():
-            return None
+        except (OSError, ValueError) as exc:
+            raise CorrectionError(
+                f"{side_path}: corrupt correction sidecar ({exc}); repair or remove it "
+                "(its version would otherwise hide behind an older one)"
+            ) from None
+        if not isinstance(meta, dict):
+            raise CorrectionError(f"{side_path}: corrupt correction sidecar (not a JSON object)")
+        if not mask_path.is_file():
+            raise CorrectionError(
+                f"{side_path}: its mask {mask_path.name} is missing; the version is incomplete"
+            )
         region = side_path.parent.name
         try:
             region = canonical_region(region)
@@ -475,7 +586,14 @@ class CorrectionStore:
         )
 
     def versions(self, case: str, region: str) -> list[CorrectionVersion]:
-        """Complete versions of a case and region, oldest first."""
+        """Complete versions of a case and region, oldest first.
+
+        Raises
+        ------
+        CorrectionError
+            An unsafe case id, or a corrupt sidecar (named).
+        """
+        case = _check_case_id(case)
         d = self.region_dir(region)
         if not d.is_dir():
             return []
@@ -542,6 +660,13 @@ class CorrectionStore:
         return len(self.latest_versions())
 
 
+def time_since(path: Path) -> float:
+    """Seconds since ``path`` was last modified."""
+    import time
+
+    return time.time() - path.stat().st_mtime
+
+
 def glob_escape(text: str) -> str:
     """Escape ``*?[`` for :meth:`pathlib.Path.glob`."""
     return re.sub(r"([*?\[])", r"[\1]", text)
@@ -585,6 +710,9 @@ class AutosaveStore:
     def save(self, case: str, region: str, mask, **meta) -> Path:
         """Write (atomically) the current state of an edit; ``meta`` is kept with it."""
         m = _as_mask(mask, f"autosave of {case} {region}")
+        from .workspace import mark_output
+
+        mark_output(self.workdir, "workdir")
         info = {k: v for k, v in meta.items() if v is not None}
         info.update(
             {

@@ -3,7 +3,7 @@
 Discovery never reads an image: it only lists files, so indexing the 247 JSRT cases takes
 milliseconds.
 
-Accepted layouts (any mix, at any depth under the root)::
+Accepted layouts::
 
     images/<CASE>.png                    masks/<region>/<CASE>.gif       (flat)
     All247images/<CASE>.IMG              fold1/masks/<region>/<CASE>.gif (official SCR)
@@ -15,10 +15,20 @@ Accepted layouts (any mix, at any depth under the root)::
   inside a ``masks`` folder; the case id is the file stem (JSRT stems such as ``jpcln001``
   are upper-cased to ``JPCLN001``; other stems are kept as they are). When a case has
   several image files the preferred is ``.IMG`` > ``.dcm`` > ``.png`` > others.
-* Masks are ``<...>/masks/<region folder>/<case>.(gif|png|tif|bmp)``; the region folder may
-  be spelled with spaces (official: ``left clavicle``), underscores or hyphens.
+* **Ground truth comes only from these places**: the root's own ``masks/`` folder, SCR
+  ``fold<N>/masks/`` folders (at any depth: the SCR archive unpacks into
+  ``scratch/fold1/masks``), and case folders. Masks are
+  ``masks/<region folder>/<case>.(gif|png|tif|bmp)``; the region folder may be spelled
+  with spaces (official: ``left clavicle``), underscores or hyphens. Any other ``masks``
+  folder (``preds/masks``, ``other/masks``) is never read as ground truth; they are
+  listed in :attr:`DatasetIndex.ignored_masks`.
 * A folder that holds exactly one image may hold its masks next to it, named after the
   region (``heart.gif``, ``left_lung.png``).
+* One case's masks all come from **one** of these places: the root's ``masks/`` first,
+  then the ``fold<N>/masks/`` folders (in path order), then its case folder.
+* Folders that cxrseg wrote (``cxrseg predict`` output, a corrections store, a working
+  folder: they hold the :data:`cxrseg.workspace.OUTPUT_MARKER` file) and hidden folders
+  are never read as ground truth, nor is anything when the root lies in such a folder.
 * JSRT clinical files ``CLNDAT_EN.txt`` / ``CNNDAT_EN.TXT`` anywhere under the root are
   parsed into :attr:`Case.clinical`.
 
@@ -180,6 +190,8 @@ def _is_hidden(name: str) -> bool:
 
 def _scan_masks_dir(masks_dir: Path, out: dict[str, dict[str, Path]]) -> None:
     """Add ``<masks_dir>/<region>/<case>.<ext>`` files to ``out[case][region]``."""
+    if _in_output(masks_dir):
+        return  # cxrseg wrote it: never ground truth
     try:
         entries = sorted(os.scandir(masks_dir), key=lambda e: e.name)
     except OSError:
@@ -205,15 +217,34 @@ def _scan_masks_dir(masks_dir: Path, out: dict[str, dict[str, Path]]) -> None:
 
 
 _CLINICAL_RE = re.compile(r"^(CLNDAT|CNNDAT).*\.txt$", re.IGNORECASE)
+_FOLD_RE = re.compile(r"^fold\d+$", re.IGNORECASE)
+
+
+def _in_output(folder: Path, stop: Path | None = None) -> bool:
+    """Whether ``folder`` lies in a folder cxrseg wrote (it holds the output marker)."""
+    from .workspace import output_root_of
+
+    return output_root_of(folder, stop=stop) is not None
+
+
+def _is_truth_masks_dir(masks_dir: Path, root: Path) -> bool:
+    """The documented ground-truth places: ``<root>/masks`` and ``.../fold<N>/masks``."""
+    return masks_dir.parent == root or bool(_FOLD_RE.match(masks_dir.parent.name))
 
 
 def _discover(root: Path):
-    """Walk ``root``: image files, mask files, clinical files, masks beside a single image."""
+    """Walk ``root``: image files, ground-truth mask folders, clinical files, masks beside
+    a single image. Returns ``masks`` as ``{masks folder: {case: {region: file}}}``."""
+    from .workspace import OUTPUT_MARKER
+
     images: dict[str, list[Path]] = {}
-    masks: dict[str, dict[str, Path]] = {}
+    masks: dict[Path, dict[str, dict[str, Path]]] = {}
+    ignored: list[Path] = []
     beside: list[tuple[Path, dict[str, Path]]] = []  # (single image, region -> file)
     clinical_files: list[Path] = []
     seen: set[str] = set()
+    # a root inside cxrseg's own output holds no ground truth at all
+    no_truth = _in_output(root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:  # a symlink loop or a folder linked twice
@@ -225,8 +256,14 @@ def _discover(root: Path):
         for d in dirnames:
             if _is_hidden(d) or d.lower() == "corrections":
                 continue  # hidden folders and a corrections store are not ground truth
+            sub = Path(dirpath) / d
+            if (sub / OUTPUT_MARKER).is_file():
+                continue  # cxrseg wrote it (predictions, corrections): never ground truth
             if d.lower() == _MASKS_DIR:
-                _scan_masks_dir(Path(dirpath) / d, masks)
+                if not no_truth and _is_truth_masks_dir(sub, root):
+                    _scan_masks_dir(sub, masks.setdefault(sub, {}))
+                else:
+                    ignored.append(sub)
                 continue
             keep.append(d)
         dirnames[:] = keep
@@ -249,9 +286,25 @@ def _discover(root: Path):
             dir_images.append(Path(dirpath) / name)
         for p in dir_images:
             images.setdefault(_normalise_id(p.stem), []).append(p)
-        if dir_region_files and len({_normalise_id(p.stem) for p in dir_images}) == 1:
+        if (
+            not no_truth
+            and dir_region_files
+            and len({_normalise_id(p.stem) for p in dir_images}) == 1
+        ):
             beside.append((min(dir_images, key=_image_rank), dir_region_files))
-    return images, masks, beside, clinical_files
+    return images, masks, beside, clinical_files, ignored
+
+
+def _pick_source(cid: str, sources: list[dict[str, dict[str, Path]]], exact: bool):
+    """The masks of ``cid`` from the first source that has any (one root per case)."""
+    for src in sources:
+        found = src.get(cid)
+        if not found and not exact:
+            low = cid.lower()
+            found = next((v for k, v in src.items() if k.lower() == low), None)
+        if found:
+            return dict(found)
+    return {}
 
 
 # -------------------------------------------------------------------------------- clinical
@@ -411,6 +464,9 @@ class DatasetIndex:
         Case id -> clinical row, for every row of the clinical files found.
     orphan_masks : dict
         Case id -> {region: path} for masks whose image was not found.
+    ignored_masks : list of pathlib.Path
+        ``masks`` folders that are not a documented ground-truth place (or lie in cxrseg
+        output) and were therefore not read.
     """
 
     def __init__(self, root, *, require_masks: bool = False):
@@ -430,7 +486,11 @@ class DatasetIndex:
             only = root
             root = root.parent
         self.root: Path = root
-        images, masks, beside, clinical_files = _discover(root)
+        images, masks_by_dir, beside, clinical_files, ignored = _discover(root)
+        self.ignored_masks: list[Path] = ignored
+        # priority: the root's masks/, then fold<N>/masks in path order
+        sources = sorted(masks_by_dir, key=lambda d: (d.parent != root, str(d)))
+        mask_sources = [masks_by_dir[d] for d in sources]
         clinical: dict[str, dict] = {}
         for cf in clinical_files:
             for k, v in parse_clinical_file(cf).items():
@@ -438,9 +498,6 @@ class DatasetIndex:
         self.clinical: dict[str, dict] = clinical
         beside_by_image = {img: regs for img, regs in beside}
 
-        masks_lower = {}
-        for mcid, regs in masks.items():
-            masks_lower.setdefault(mcid.lower(), regs)
         cases: list[Case] = []
         for cid, paths in images.items():
             image_path = min(paths, key=_image_rank)
@@ -448,13 +505,13 @@ class DatasetIndex:
                 continue
             if only is not None:
                 image_path = only
-            mask_paths = dict(masks.get(cid) or {})
-            if not mask_paths and not _JSRT_RE.match(cid):
-                # other ids: case-insensitive match to mask file stems
-                mask_paths = dict(masks_lower.get(cid.lower()) or {})
-            for p in paths:
-                for r, mp in beside_by_image.get(p, {}).items():
-                    mask_paths.setdefault(r, mp)
+            # other ids than JSRT's: case-insensitive match to mask file stems
+            mask_paths = _pick_source(cid, mask_sources, exact=bool(_JSRT_RE.match(cid)))
+            if not mask_paths:  # else its case folder (never mixed with a masks/ folder)
+                for p in paths:
+                    if beside_by_image.get(p):
+                        mask_paths = dict(beside_by_image[p])
+                        break
             mask_paths = {r: mask_paths[r] for r in REGIONS if r in mask_paths}
             cases.append(
                 Case(
@@ -467,9 +524,12 @@ class DatasetIndex:
                 )
             )
         known = {c.case_id.lower() for c in cases}
-        self.orphan_masks: dict[str, dict[str, Path]] = {
-            k: v for k, v in sorted(masks.items()) if k.lower() not in known
-        }
+        orphans: dict[str, dict[str, Path]] = {}
+        for src in mask_sources:
+            for k, v in src.items():
+                if k.lower() not in known:
+                    orphans.setdefault(k, v)
+        self.orphan_masks: dict[str, dict[str, Path]] = dict(sorted(orphans.items()))
         if require_masks:
             cases = [c for c in cases if c.mask_paths]
         cases.sort(key=lambda c: c.case_id)
@@ -568,11 +628,15 @@ class DatasetIndex:
 
 
 def find_case_files(path) -> Case:
-    """The :class:`Case` of one image file, with whatever masks lie beside it.
+    """The :class:`Case` of one image file, with its ground truth from a documented place.
 
-    Looks for ``<dir>/masks/<region>/<stem>.*``, ``<dir>/../masks/<region>/<stem>.*``
-    (``images/`` next to ``masks/``), ``<dir>/../fold*/masks/<region>/<stem>.*`` and, when
-    the folder holds only this image, ``<dir>/<region>.*``.
+    The masks come from the first of these that has any for the case (never from two):
+    ``<dir>/masks/<region>/<stem>.*`` (the image at a dataset root),
+    ``<dir>/../masks/<region>/<stem>.*`` (``images/`` next to ``masks/``),
+    ``<dir>/../fold<N>/masks/<region>/<stem>.*`` (official SCR) and, when the folder holds
+    only this image, ``<dir>/<region>.*`` (a case folder). A sibling folder's ``masks``
+    (``../preds/masks``) is never read, nor is anything in a folder cxrseg wrote (marked by
+    :data:`cxrseg.workspace.OUTPUT_MARKER`).
 
     Raises
     ------
@@ -585,39 +649,42 @@ def find_case_files(path) -> Case:
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         raise CXRSegIOError(f"{p}: expected an image file ({', '.join(IMAGE_SUFFIXES)})")
     cid = _normalise_id(p.stem)
-    masks: dict[str, dict[str, Path]] = {}
     candidates = [p.parent / _MASKS_DIR, p.parent.parent / _MASKS_DIR]
     try:
-        candidates += sorted(d / _MASKS_DIR for d in p.parent.parent.iterdir() if d.is_dir())
+        candidates += sorted(
+            d / _MASKS_DIR
+            for d in p.parent.parent.iterdir()
+            if d.is_dir() and _FOLD_RE.match(d.name)
+        )
     except OSError:
         pass
+    sources: list[dict[str, dict[str, Path]]] = []
     seen = set()
-    for md in candidates:
-        if md in seen or not md.is_dir():
-            continue
-        seen.add(md)
-        _scan_masks_dir(md, masks)
-    mask_paths = dict(masks.get(cid) or {})
-    if not mask_paths:
-        for k, v in masks.items():
-            if k.lower() == cid.lower():
-                mask_paths = dict(v)
-    others = [
-        q
-        for q in p.parent.iterdir()
-        if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and q != p
-    ]
-    regionfiles = {}
-    single = True
-    for q in others:
-        r = _region_of(q.stem) if q.suffix.lower() in MASK_SUFFIXES else None
-        if r is not None:
-            regionfiles.setdefault(r, q)
-        elif _normalise_id(q.stem) != cid:
-            single = False
-    if single:
-        for r, q in regionfiles.items():
-            mask_paths.setdefault(r, q)
+    if not _in_output(p.parent):
+        for md in candidates:
+            if md in seen or not md.is_dir():
+                continue
+            seen.add(md)
+            found: dict[str, dict[str, Path]] = {}
+            _scan_masks_dir(md, found)
+            sources.append(found)
+    mask_paths = _pick_source(cid, sources, exact=False)
+    if not mask_paths and not _in_output(p.parent):
+        others = [
+            q
+            for q in p.parent.iterdir()
+            if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and q != p
+        ]
+        regionfiles = {}
+        single = True
+        for q in others:
+            r = _region_of(q.stem) if q.suffix.lower() in MASK_SUFFIXES else None
+            if r is not None:
+                regionfiles.setdefault(r, q)
+            elif _normalise_id(q.stem) != cid:
+                single = False
+        if single:
+            mask_paths = regionfiles
     return Case(
         case_id=cid,
         image_path=p,

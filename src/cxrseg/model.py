@@ -55,6 +55,13 @@ def build_model(config: ModelConfig, *, encoder_weights: str | os.PathLike | Non
     """
     import segmentation_models_pytorch as smp
 
+    names = _encoder_names()
+    if names and config.encoder_name not in names and not str(config.encoder_name).startswith("tu-"):
+        raise ValueError(
+            f"unknown encoder {config.encoder_name!r}; the {len(names)} encoders are: "
+            + ", ".join(names)
+            + " (and timm encoders as 'tu-<name>')"
+        )
     model = smp.Unet(
         encoder_name=config.encoder_name,
         encoder_depth=config.encoder_depth,
@@ -83,6 +90,15 @@ _HOW_TO_WEIGHTS = (
     "(2) pre-fill the Hugging Face cache with smp-hub/{name}.imagenet (set HF_HOME); or "
     "(3) pass --encoder-weights none to train from scratch."
 )
+
+
+def _encoder_names() -> list[str]:
+    """Every encoder segmentation_models_pytorch knows (sorted), or [] if it cannot say."""
+    try:
+        from segmentation_models_pytorch.encoders import encoders
+    except ImportError:  # pragma: no cover
+        return []
+    return sorted(encoders)
 
 
 def load_encoder_state(spec: str | os.PathLike, encoder_name: str = "resnet34") -> dict:

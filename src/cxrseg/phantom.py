@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -461,11 +462,19 @@ def make_phantom(seed: int = 0, *, size: int = 1024, noise: float = 0.02) -> Pha
 
 
 # --------------------------------------------------------------------------- writing
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
 def phantom_case_id(index: int, *, prefix: str = "PHANTOM") -> str:
     """Case id of the ``index``-th phantom: ``PHANTOM001``, ``PHANTOM002``, ...
 
     Phantom ids never look like JSRT ids (``JPCLNnnn`` / ``JPCNNnnn``).
     """
+    if not _PREFIX_RE.match(str(prefix)):
+        raise ValueError(
+            f"phantom case id prefix {prefix!r}: expected letters, digits, '_' or '-', "
+            "starting with a letter or digit (no path separators or '..')"
+        )
     cid = f"{prefix}{int(index):03d}"
     if cid.upper().startswith(("JPCLN", "JPCNN")):
         raise ValueError(f"phantom case id {cid!r} must not look like a JSRT case id")
