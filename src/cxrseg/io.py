@@ -159,8 +159,8 @@ def check_image_size(
     if n > lim:
         what = f"{rows}x{cols}" + (f"x{frames} frames" if frames > 1 else "")
         raise CXRSegIOError(
-            f"{path}: image is {what} pixels ({n / 1e6:.0f} megapixels), above the limit of "
-            f"{lim / 1e6:.0f} megapixels; refused before decoding it (raise the limit with "
+            f"{path}: image is {what} pixels ({n:,} pixels), above the limit of "
+            f"{lim:,} pixels; refused before decoding it (raise the limit with "
             "CXRSEG_MAX_PIXELS=N or --max-pixels N if the image is genuine)"
         )
 
