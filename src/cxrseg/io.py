@@ -437,8 +437,8 @@ def sweep_temporary(folder, *, recursive: bool = True) -> list[Path]:
             if not m:
                 continue
             pid = int(m.group("pid"))
-            if pid != os.getpid() and pid_alive(pid):
-                continue
+            if pid == os.getpid() or pid_alive(pid):
+                continue  # a live writer's (possibly another thread of this process)
             f = Path(dirpath) / name
             try:
                 if f.is_symlink() or not f.is_file():
