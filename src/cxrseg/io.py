@@ -383,8 +383,8 @@ def describe_oserror(exc: BaseException, path=None) -> str:
         cause = "no space left on device (the disk or quota is full)"
     elif short:
         cause = (
-            f"only {short.group(2)} of {short.group(1)} bytes could be written "
-            "(the disk is probably full)"
+            f"only {short.group(2)} of {short.group(1)} bytes could be written: no space "
+            "left on device (the disk is probably full)"
         )
     elif code == errno.EROFS:
         cause = "read-only file system"
