@@ -221,9 +221,19 @@ def test_killed_correction_save_leaves_nothing_that_is_read(tmp_path):
     assert reservation.is_file() and reservation.stat().st_size <= 32
     tmp = d / f".CASE1.v003.png.{proc.pid}.0a1b2c3d.tmp"
     tmp.write_bytes(b"half a png")
+    # zero-byte reservations (older savers): swept once they are clearly abandoned
+    old_empty = d / "CASE2.v001.png"
+    old_empty.touch()
+    os.utime(old_empty, (time.time() - 600, time.time() - 600))
+    fresh_empty = d / "CASE3.v001.png"
+    fresh_empty.touch()
     assert store.latest("CASE1", "heart").version == 1  # never read as a version
+    assert store.latest("CASE2", "heart") is None
     again = CorrectionStore(store.root)  # the next session on the store
-    assert sorted(p.name for p in again.swept) == sorted([reservation.name, tmp.name])
-    assert not reservation.exists() and not tmp.exists()
+    assert sorted(p.name for p in again.swept) == sorted(
+        [reservation.name, tmp.name, old_empty.name]
+    )
+    assert not reservation.exists() and not tmp.exists() and not old_empty.exists()
+    assert fresh_empty.exists()  # may be a saver at work right now
     assert again.save("CASE1", "heart", m).version == 2
     assert [p.name for p in d.iterdir() if p.name.endswith(".tmp")] == []

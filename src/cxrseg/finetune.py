@@ -526,7 +526,12 @@ def finetune_iter(
                             f"{v.sidecar_path.name}; "
                             "the file was changed outside cxrseg"
                         )
-                targets[r] = _fit(m, image.shape)
+                if m.shape != image.shape:  # corrections are stored at their image's size
+                    raise CorrectionError(
+                        f"{v.mask_path}: mask is {m.shape[0]}x{m.shape[1]}, its image "
+                        f"{img_paths[case]} is {image.shape[0]}x{image.shape[1]}; refused"
+                    )
+                targets[r] = m
                 src_of[r] = f"correction v{v.version}"
             elif index is not None and case in index and r in index[case].mask_paths:
                 targets[r] = index[case].load_masks([r])[r]

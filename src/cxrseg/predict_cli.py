@@ -927,7 +927,8 @@ def _check_out_dir(out_dir: Path, inputs) -> None:
                 f"outputs, e.g. {out_dir / 'predictions'}"
             )
     masks = out_dir / "masks"
-    if masks.is_dir() and not is_output(out_dir):
+    # an output of an older cxrseg (done-markers, no output marker yet) is ours too
+    if masks.is_dir() and not is_output(out_dir) and not (out_dir / ".done").is_dir():
         for _dirpath, _dirs, files in os.walk(masks):
             if any(Path(f).suffix.lower() in _SUFFIXES and not f.startswith(".") for f in files):
                 raise ValueError(
