@@ -62,6 +62,9 @@ def test_decompression_bomb_tiff_is_refused_before_decoding(tmp_path, monkeypatc
     assert str(p) in str(e.value)
     with pytest.raises(CXRSegIOError, match="above the limit"):
         read_mask(p)
+    wide = _tiff_claiming(tmp_path / "wide.tif", 15000, 30000)
+    with pytest.raises(CXRSegIOError, match=r"15000x30000 pixels \(450,000,000 pixels\)"):
+        read_image(wide)
 
 
 def test_tifffile_fallback_checks_the_size_first(tmp_path, monkeypatch):

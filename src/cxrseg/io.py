@@ -41,6 +41,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -796,47 +797,50 @@ def _first(v) -> float:
 # ----------------------------------------------------------------------------------- raster
 
 
-class _TooLarge(CXRSegIOError):
+class _SizeRefused(CXRSegIOError):
     """An image refused by its header size (never retried with another decoder)."""
 
 
+#: Pillow's own pixel limit is global state: changed only under this lock.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
 def _open_pil(p: Path, expected: str, *, check=None):
-    """Open with Pillow; ``check(rows, cols)`` runs on the header size before decoding."""
+    """Open with Pillow; ``check(rows, cols)`` runs on the header size before decoding.
+
+    With a ``check``, it replaces Pillow's decompression-bomb limit (so the size in the
+    message is the header's, and a configured limit above Pillow's applies).
+    """
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
-            # our own limit (check) applies, not Pillow's decompression-bomb warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p)
-            if check is not None:
+            if check is None:
+                im = Image.open(p)
+            else:
+                with _PIL_LIMIT_LOCK:
+                    saved = Image.MAX_IMAGE_PIXELS
+                    Image.MAX_IMAGE_PIXELS = None
+                    try:
+                        im = Image.open(p)
+                    finally:
+                        Image.MAX_IMAGE_PIXELS = saved
                 try:
                     check(im.size[1], im.size[0])
                 except CXRSegIOError as exc:
-                    raise _TooLarge(str(exc)) from None
+                    im.close()
+                    raise _SizeRefused(str(exc)) from None
             im.load()
-    except _TooLarge:
+    except _SizeRefused:
         raise
     except Image.DecompressionBombError as exc:
-        w, h = _header_size(str(exc))
-        if check is not None and h:
-            check(h, w)
-        raise _TooLarge(f"{p}: image is too large ({exc}); {expected}") from exc
+        raise _SizeRefused(f"{p}: image is too large ({exc}); {expected}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CXRSegIOError(f"{p}: cannot read ({exc}); {expected}") from exc
     return im
-
-
-def _header_size(msg: str) -> tuple[int, int]:
-    """(width, height) from Pillow's decompression-bomb message, if it says."""
-    m = re.search(r"\((\d+) pixels\)", msg)
-    if m:
-        n = int(m.group(1))
-        side = int(n**0.5)
-        return side, max(1, n // max(side, 1))
-    return 0, 0
 
 
 def _pil_to_array(im, p: Path) -> tuple[np.ndarray, dict]:
@@ -925,7 +929,7 @@ def read_raster(
 
     try:
         im = _open_pil(p, _RASTER_EXPECTED, check=check)
-    except _TooLarge:
+    except _SizeRefused:
         raise
     except CXRSegIOError:
         if suffix in (".tif", ".tiff"):
@@ -1120,7 +1124,7 @@ def read_mask(path, *, shape: tuple[int, int] | None = None) -> np.ndarray:
     try:
         im = _open_pil(p, expected, check=check)
         arr, _ = _pil_to_array(im, p)
-    except _TooLarge:
+    except _SizeRefused:
         raise
     except CXRSegIOError:
         if p.suffix.lower() not in (".tif", ".tiff"):
