@@ -14,6 +14,9 @@ CALLER="$PWD"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# PyQt6 unless the caller picks another binding (QT_API=pyqt5 runs on PyQt5).
+export QT_API="${QT_API:-pyqt6}"
+
 "$ROOT/scripts/setup.sh"
 
 # A relative --screenshot path is relative to where the script was called from.

@@ -87,10 +87,17 @@ pick_python() {
 }
 
 pip_install() {
-  # Quiet on success; on failure show the end of pip's log (without the index-probe noise).
-  local out
+  # One line per package pip collects or installs (a fresh install takes minutes); on
+  # failure the end of pip's log (without the index-probe noise).
+  local out rc
   out="$(mktemp)"
-  if ! .venv/bin/python -m pip --disable-pip-version-check install -q "$@" >"$out" 2>&1; then
+  set +e
+  .venv/bin/python -m pip --disable-pip-version-check install --progress-bar off "$@" 2>&1 \
+    | tee "$out" \
+    | { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' | sed -u 's/^/[setup]   /' >&2; true; }
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [[ "$rc" != 0 ]]; then
     grep -v "is ignored: it is neither a file nor a directory" "$out" | tail -n 60 >&2
     rm -f "$out"
     log "error: pip install $* failed"
@@ -120,8 +127,8 @@ setup_python() {
   fi
   log "installing ${TORCH_SPEC[*]}"
   pip_install "${TORCH_SPEC[@]}"
-  log "installing the project (editable) with the testing extra"
-  pip_install -e ".[testing]"
+  log "installing the project (editable) with the testing extra (PyQt6) and PyQt5 for the second GUI pass"
+  pip_install -e ".[testing,pyqt5]"
   echo "$want" > "$stamp"
   log "Python environment ready (.venv)"
 }

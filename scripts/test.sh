@@ -8,6 +8,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# PyQt6 unless the caller picks another binding (QT_API=pyqt5 runs on PyQt5).
+export QT_API="${QT_API:-pyqt6}"
+
 bash scripts/setup.sh
 
 PY=.venv/bin/python
