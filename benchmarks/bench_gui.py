@@ -1,7 +1,7 @@
 """GUI overhead and responsiveness of the napari-cxrseg docks (run under a display).
 
     xvfb-run -a .venv/bin/python benchmarks/bench_gui.py                      # phantoms
-    xvfb-run -a .venv/bin/python benchmarks/bench_gui.py --data /work/shared/data/jsrt-scr --n 200
+    xvfb-run -a .venv/bin/python benchmarks/bench_gui.py --data $CXRSEG_DATA --n 200
 
 Two measurements, printed with their targets:
 
