@@ -250,3 +250,38 @@ def test_real_validation_case(real_data_root):
         assert 0.5 < q.estimated_jaccard <= 1.0
         assert q.uncertainty.shape == img.shape
     assert not [c for c in rep.failing if c.name in ("left_right_order", "heart_between_lungs")]
+
+
+def test_predict_cli_quality_columns_and_maps(tmp_path):
+    import csv
+
+    from _tiny_model import make_tiny_checkpoint
+    from PIL import Image
+
+    from cxrseg.cli import main
+
+    ck = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    imgs = tmp_path / "in"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray((rng.random((72, 64)) * 255).astype(np.uint8)).save(imgs / f"c{k}.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(imgs), "--out", str(out), "--model", str(ck), "--quiet",
+                 "--workers", "0"]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert rows and all(r["est_jaccard"] == "" and r["failing_checks"] == "" for r in rows)
+    # asking for quality recomputes the cases that have none
+    assert main(["predict", str(imgs), "--out", str(out), "--model", str(ck), "--quiet",
+                 "--workers", "0", "--quality", "--uncertainty-maps"]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 10
+    # a random model fails checks; the messages name the region
+    assert any(r["failing_checks"] for r in rows)
+    for r in rows:
+        for msg in filter(None, r["failing_checks"].split("; ")):
+            assert any(word in msg for word in ("heart", "lung", "clavicle"))
+    m = np.load(out / "uncertainty" / "heart" / "c0.npy")
+    assert m.shape == (72, 64) and m.dtype == np.float16
+    assert main(["predict", str(imgs), "--out", str(out), "--model", str(ck), "--quiet",
+                 "--quality", "quick", "--uncertainty-maps"]) == 2

@@ -5,7 +5,9 @@ Output layout (``--out DIR``)::
     DIR/masks/<region>/<case>.png       binary masks {0, 255}, at each input's own resolution
     DIR/heatmaps/<region>/<case>.npy    float16 probability maps (--heatmaps)
     DIR/heatmaps/<region>/<case>.png    8-bit previews of them (--heatmap-png)
-    DIR/predictions.csv                 one row per case and region
+    DIR/uncertainty/<region>/<case>.npy float16 disagreement maps (--uncertainty-maps)
+    DIR/predictions.csv                 one row per case and region (with --quality: the
+                                        estimated Jaccard and the failing checks)
     DIR/errors.csv                      files that failed, with the reason (only if any did)
     DIR/.done/<case>.json               per-case marker, written last (resume)
 
@@ -63,6 +65,8 @@ CSV_COLUMNS = (
     "width",
     "model_id",
     "threshold",
+    "est_jaccard",
+    "failing_checks",
 )
 ERROR_COLUMNS = ("path", "case", "reason")
 MARKER_VERSION = 1
@@ -133,6 +137,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("png", "gif"),
         default="png",
         help="mask file format (default png)",
+    )
+    p.add_argument(
+        "--quality",
+        nargs="?",
+        const="full",
+        choices=("quick", "full"),
+        default=None,
+        help="estimate each region's Jaccard without ground truth and list failing plausibility "
+        "checks in the CSV (est_jaccard, failing_checks); full (default): with test-time "
+        "augmentation, quick: checks and entropy only",
+    )
+    p.add_argument(
+        "--uncertainty-maps",
+        action="store_true",
+        help="with --quality full: write float16 disagreement maps OUT/uncertainty/<region>/<case>.npy",
     )
     p.add_argument("--overwrite", action="store_true", help="recompute cases that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -389,6 +408,9 @@ class _Case:
 
 
 class _Runner:
+    quality: str | None = None  # "quick" / "full": quality columns (cxrseg.quality)
+    uncertainty_maps: bool = False
+
     def __init__(
         self,
         predictor,
@@ -438,6 +460,8 @@ class _Runner:
             return False
         th = marker.get("thresholds") or {}
         have = {r.get("region") for r in marker.get("rows", [])}
+        if self.quality and any("est_jaccard" not in r for r in marker.get("rows", [])):
+            return False
         for r in self.regions:
             if r not in have or th.get(r) != self.th[r]:
                 return False
@@ -502,6 +526,15 @@ class _Runner:
         masks = {r: masks_np[j] for j, r in enumerate(self.regions)}
         if self.postprocess:
             masks = clean(masks)
+        qcols = {}
+        if self.quality:
+            from .quality import predict_columns
+
+            qcols = predict_columns(
+                self.pred, (item["input"], info), native, self.regions, mode=self.quality,
+                thresholds=self.th, case=c.name,
+                maps_dir=self.out / "uncertainty" if self.uncertainty_maps else None,
+            )
         h, w = item["shape"]
         sp = item["spacing"]
         rows = []
@@ -529,6 +562,7 @@ class _Runner:
                     "width": w,
                     "model_id": self.pred.model_id,
                     "threshold": f"{self.th[r]:g}",
+                    **qcols.get(r, {}),
                 }
             )
         # keep rows of regions done earlier with the same source and model
@@ -584,6 +618,8 @@ def run_predict(
     progress: bool = True,
     overlap: bool = True,
     log=None,
+    quality: str | None = None,
+    uncertainty_maps: bool = False,
 ) -> PredictSummary:
     """Segment every image of ``inputs`` with ``predictor`` into ``out_dir`` (see the
     module docstring for the layout and the resume rules).
@@ -616,6 +652,10 @@ def run_predict(
         Write one batch's files in a thread while the next batch runs through the model.
     log : callable, optional
         Called with each error line (default: print to stderr).
+    quality : {None, "quick", "full"}
+        Add ``est_jaccard`` and ``failing_checks`` (:func:`cxrseg.quality.predict_columns`).
+    uncertainty_maps : bool
+        With ``quality="full"``: write disagreement maps to ``OUT/uncertainty``.
 
     Returns
     -------
@@ -633,6 +673,9 @@ def run_predict(
         raise ValueError(f"--workers must be >= 0, got {workers}")
     if mask_format not in ("png", "gif"):
         raise ValueError(f"mask format must be png or gif, got {mask_format!r}")
+    if uncertainty_maps and quality == "quick":
+        raise ValueError("--uncertainty-maps needs --quality full (quick mode has no augmentation)")
+    quality = quality or ("full" if uncertainty_maps else None)
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} exists and is not a folder")
@@ -665,6 +708,7 @@ def run_predict(
         mask_format=mask_format,
         log=_log,
     )
+    run.quality, run.uncertainty_maps = quality, bool(uncertainty_maps)
     markers = read_markers(out_dir)
     todo = [c for c in cases if overwrite or not run.is_done(c, markers.get(c.name))]
     summary = PredictSummary(out_dir=out_dir, total=len(cases), skipped=len(cases) - len(todo))
@@ -782,6 +826,8 @@ def run_cli(args) -> int:
         overwrite=args.overwrite,
         mask_format=args.mask_format,
         progress=not args.quiet,
+        quality=args.quality,
+        uncertainty_maps=args.uncertainty_maps,
     )
     print(
         f"{s.total} image(s): {s.predicted} segmented, {s.skipped} already done, {s.failed} failed "

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -461,18 +460,21 @@ def _inverse(theta: np.ndarray) -> np.ndarray:
     return np.linalg.inv(m)[:2].astype(np.float32)
 
 
-def tta_predict(predictor, image, *, regions=None, augmentations=TTA_AUGMENTATIONS):
+def tta_predict(predictor, image, *, regions=None, augmentations=TTA_AUGMENTATIONS, model_input=None):
     """Predict an image plainly and under each augmentation, warped back.
 
     Parameters
     ----------
     predictor : cxrseg.predict.Predictor
     image : ndarray, shape (rows, cols)
+        The radiograph (ignored when ``model_input`` is given).
     regions : optional
         Regions to keep (default: all the model predicts).
     augmentations : sequence of tuple
         ``(shift rows, shift cols, scale, degrees, gamma, contrast)``; see
         :data:`TTA_AUGMENTATIONS`.
+    model_input : tuple, optional
+        ``(input, PadInfo)`` from :meth:`Predictor.preprocess`, when already computed.
 
     Returns
     -------
@@ -488,9 +490,9 @@ def tta_predict(predictor, image, *, regions=None, augmentations=TTA_AUGMENTATIO
     import torch.nn.functional as F
 
     names = predictor.select(regions)
-    x, info = predictor.preprocess(image)
+    x, info = model_input if model_input is not None else predictor.preprocess(image)
     s = x.shape[-1]
-    base = torch.as_tensor(x, dtype=torch.float32)[None, None]
+    base = torch.as_tensor(np.asarray(x), dtype=torch.float32)[None, None]
     batch = [base]
     thetas = []
     for sr, sc, scale, deg, gamma, contrast in augmentations:
@@ -649,11 +651,10 @@ def load_quality_params(checkpoint) -> dict[str, Any] | None:
 
 def save_quality_params(checkpoint, data: Mapping[str, Any]) -> Path:
     """Write the quality file beside a checkpoint (atomically)."""
-    path = quality_path(checkpoint)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    from .io import atomic_write
+
+    text = (json.dumps(data, indent=1) + "\n").encode("utf-8")
+    return atomic_write(quality_path(checkpoint), lambda fh: fh.write(text))
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -668,6 +669,7 @@ def assess(
     params: Mapping[str, Any] | None = None,
     thresholds: Mapping[str, float] | None = None,
     maps: bool = False,
+    model_input=None,
 ) -> QualityReport:
     """Estimate the quality of a prediction without ground truth.
 
@@ -689,6 +691,9 @@ def assess(
         Per-region thresholds (default: the predictor's, else 0.5).
     maps : bool
         Full mode: keep each region's disagreement map at the image's size.
+    model_input : tuple, optional
+        ``(input, PadInfo)`` from :meth:`Predictor.preprocess`: full mode then needs no
+        image (the command line's loader hands over only the model-sized input).
 
     Returns
     -------
@@ -715,10 +720,10 @@ def assess(
         feats[r]["entropy"] = entropy_per_area(probs[r], threshold=t)
     unc: dict[str, np.ndarray] = {}
     if mode == "full":
-        if image is None:
+        if image is None and model_input is None:
             raise ValueError("assess: full mode needs the image")
         names = tuple(r for r in predictor.regions if r in probs)
-        tta, valid, info, names = tta_predict(predictor, image, regions=names)
+        tta, valid, info, names = tta_predict(predictor, image, regions=names, model_input=model_input)
         for r, f in tta_features(tta, valid, names, thresholds=thresholds).items():
             feats[r].update(f)
         if maps:
@@ -771,3 +776,44 @@ def cost_ratio(predictor, image, *, repeats: int = 3) -> dict[str, float]:
         best["full"] = min(best["full"], time.perf_counter() - t0)
     return {"predict_s": best["predict"], "quick_s": best["quick"], "full_s": best["full"],
             "quick_ratio": best["quick"] / best["predict"], "full_ratio": best["full"] / best["predict"]}
+
+
+def predict_columns(predictor, model_input, native, regions, *, mode: str, thresholds, case: str,
+                    maps_dir=None) -> dict[str, dict[str, str]]:
+    """The quality columns of ``cxrseg predict --quality`` for one case.
+
+    Parameters
+    ----------
+    predictor : cxrseg.predict.Predictor
+    model_input : tuple
+        ``(input, PadInfo)`` of the case.
+    native : ndarray or torch.Tensor, shape (R, rows, cols)
+        The plain probabilities at the image's size, channels in ``regions`` order.
+    regions : sequence of str
+    mode : {"quick", "full"}
+    thresholds : dict
+    case : str
+        Case name (file names of the maps).
+    maps_dir : path-like, optional
+        Full mode: write each region's disagreement map as float16
+        ``maps_dir/<region>/<case>.npy``.
+
+    Returns
+    -------
+    dict
+        Region -> ``{"est_jaccard": str, "failing_checks": str}`` (messages joined by ``"; "``).
+    """
+    from .io import atomic_write
+
+    arr = native.float().cpu().numpy() if hasattr(native, "cpu") else np.asarray(native, np.float32)
+    probs = {r: arr[j] for j, r in enumerate(regions)}
+    rep = assess(None, probs, predictor=predictor, mode=mode, thresholds=thresholds,
+                 maps=maps_dir is not None and mode == "full", model_input=model_input)
+    out = {}
+    for r, q in rep.regions.items():
+        out[r] = {"est_jaccard": _round(q.estimated_jaccard),
+                  "failing_checks": "; ".join(c.message for c in q.failing)}
+        if q.uncertainty is not None and maps_dir is not None:
+            a = q.uncertainty.astype(np.float16)
+            atomic_write(Path(maps_dir) / r / f"{case}.npy", lambda fh, a=a: np.save(fh, a))
+    return out
