@@ -817,3 +817,18 @@ def predict_columns(predictor, model_input, native, regions, *, mode: str, thres
             a = q.uncertainty.astype(np.float16)
             atomic_write(Path(maps_dir) / r / f"{case}.npy", lambda fh, a=a: np.save(fh, a))
     return out
+
+
+def bench_section(predictor, args, out, res) -> None:
+    """``cxrseg bench`` section ``quality``: the cost of :func:`assess` (quick and full) as a
+    ratio to a plain prediction of the same phantom image, timed side by side."""
+    from .phantom import make_phantom
+
+    img = make_phantom(0, size=256 if args.smoke else 1024).image
+    cost = cost_ratio(predictor, img, repeats=args.repeats)
+    res["quality"] = cost
+    out("[quality] no-ground-truth quality estimate, one phantom case "
+        f"({img.shape[0]} px, best of {max(1, args.repeats)} runs)")
+    out(f"    plain prediction        {cost['predict_s'] * 1e3:8.1f} ms")
+    out(f"    + quick (checks)        {cost['quick_s'] * 1e3:8.1f} ms   {cost['quick_ratio']:6.1%} of a prediction")
+    out(f"    + full (augmentation)   {cost['full_s'] * 1e3:8.1f} ms   {cost['full_ratio']:6.1%} of a prediction")
