@@ -174,3 +174,71 @@ def test_read_refuses_a_plain_image(phantom_dicom):
     path, _ = phantom_dicom
     with pytest.raises(CXRSegIOError, match="not a readable DICOM Segmentation"):
         read_dicom_seg(path)
+
+
+# ------------------------------------------------------------------------- cxrseg predict
+
+
+def _predict_cli(monkeypatch, *argv):
+    import sys
+
+    from cxrseg import cli
+
+    argv = ["predict", *map(str, argv)]
+    monkeypatch.setattr(sys, "argv", ["cxrseg"] + argv)
+    return cli.main(argv)
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _tiny_model import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+
+
+def test_predict_dicom_seg_for_dicom_inputs_and_a_message_for_others(phantom_dicom, tiny_ckpt, tmp_path,
+                                                                      monkeypatch, capsys):
+    from PIL import Image
+
+    from cxrseg.io import read_mask
+
+    path, ph = phantom_dicom
+    inp = tmp_path / "in"
+    inp.mkdir()
+    path.rename(inp / "chest.dcm")
+    Image.fromarray((ph.image * 255).astype(np.uint8)).save(inp / "other.png")
+    out = tmp_path / "out"
+    rc = _predict_cli(monkeypatch, inp, "--out", out, "--model", tiny_ckpt, "--workers", "0", "--quiet",
+                      "--device", "cpu", "--dicom-seg")
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "other.png: not a DICOM file, no DICOM SEG written" in err
+    segs = sorted((out / "dicom-seg").iterdir())
+    assert [s.name for s in segs] == ["chest.seg.dcm"]
+    back = read_dicom_seg(segs[0])
+    assert not back.fractional and list(back.masks) == list(REGIONS)
+    for r in REGIONS:
+        np.testing.assert_array_equal(back.masks[r], read_mask(out / "masks" / r / "chest.png"))
+    from cxrseg.predict import Predictor
+
+    assert back.model_id == Predictor(tiny_ckpt, device="cpu").model_id
+
+
+def test_predict_dicom_seg_fractional_needs_and_uses_the_heatmaps(phantom_dicom, tiny_ckpt, tmp_path,
+                                                                   monkeypatch, capsys):
+    path, _ = phantom_dicom
+    out = tmp_path / "out"
+    common = (path, "--out", out, "--model", tiny_ckpt, "--workers", "0", "--quiet", "--device", "cpu")
+    assert _predict_cli(monkeypatch, *common, "--dicom-seg", "fractional") == 2
+    assert "add --heatmaps" in capsys.readouterr().err
+    assert not out.exists()
+    assert _predict_cli(monkeypatch, *common, "--heatmaps", "--dicom-seg", "fractional") == 0
+    back = read_dicom_seg(out / "dicom-seg" / "phantom.seg.dcm")
+    assert back.fractional
+    for r in REGIONS:
+        p = np.load(out / "heatmaps" / r / "phantom.npy").astype(np.float32)
+        np.testing.assert_array_equal(back.masks[r], np.round(p * 255).astype(np.float32) / 255)

@@ -48,6 +48,7 @@ __all__ = [
     "read_dicom_seg",
     "find_dicom_seg",
     "dicom_seg_path",
+    "write_predict_outputs",
 ]
 
 #: Suffix of segmentation files written beside their image.
@@ -375,3 +376,77 @@ def find_dicom_seg(image_path: str | os.PathLike) -> Path | None:
         return None
     except Exception:
         return None
+
+
+def write_predict_outputs(
+    inputs, out_dir: str | os.PathLike, *, mode: str = "binary", model_id: str = "",
+    log=None,
+) -> list[Path]:
+    """DICOM Segmentations of a finished ``cxrseg predict`` run, one per DICOM input.
+
+    Reads the run's masks (``OUT/masks/<region>/<case>.png|gif``) or, for
+    ``mode="fractional"``, its probability maps (``OUT/heatmaps/<region>/<case>.npy``,
+    written by ``--heatmaps``), and writes ``OUT/dicom-seg/<case>.seg.dcm``. Inputs that
+    are not DICOM files, or whose outputs are missing (failed cases), are reported
+    through ``log`` and skipped.
+
+    Parameters
+    ----------
+    inputs : list of path-like
+        The inputs of the run (files and folders, as given to ``cxrseg predict``).
+    out_dir : path-like
+        The run's output folder.
+    mode : {"binary", "fractional"}
+    model_id : str
+        Fallback model id when a case's done-marker does not name one.
+    log : callable, optional
+        Receives one message per skipped input (default: print to stderr).
+
+    Returns
+    -------
+    list of Path
+        The segmentations written.
+    """
+    import json
+    import sys
+
+    from .io import read_mask
+    from .predict_cli import case_names, collect_inputs
+
+    if mode not in ("binary", "fractional"):
+        raise ValueError(f"DICOM SEG mode must be 'binary' or 'fractional', got {mode!r}")
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(out_dir)
+    files = collect_inputs(inputs, exclude=out)
+    written: list[Path] = []
+    for f, case in zip(files, case_names(files), strict=True):
+        if not is_dicom(f):
+            log(f"cxrseg predict: {f}: not a DICOM file, no DICOM SEG written (its masks are in {out / 'masks'})")
+            continue
+        marker_path = out / ".done" / f"{case}.json"
+        marker = json.loads(marker_path.read_text()) if marker_path.is_file() else {}
+        maps: dict[str, np.ndarray] = {}
+        for r in REGIONS:
+            if mode == "fractional":
+                p = out / "heatmaps" / r / f"{case}.npy"
+                if p.is_file():
+                    maps[r] = np.clip(np.load(p).astype(np.float32), 0, 1)
+            else:
+                for ext in ("png", "gif"):
+                    p = out / "masks" / r / f"{case}.{ext}"
+                    if p.is_file():
+                        maps[r] = read_mask(p)
+                        break
+        if not maps:
+            what = "probability maps (run with --heatmaps)" if mode == "fractional" else "masks"
+            log(f"cxrseg predict: {f}: no {what} of case {case} in {out}; no DICOM SEG written")
+            continue
+        written.append(
+            write_dicom_seg(
+                f, maps, out / "dicom-seg" / f"{case}{SEG_SUFFIX}",
+                model_id=str(marker.get("model_id") or model_id),
+                fractional=mode == "fractional",
+                thresholds=marker.get("thresholds") if mode == "binary" else None,
+            )
+        )
+    return written

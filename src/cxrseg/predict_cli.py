@@ -153,6 +153,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --quality full: write float16 disagreement maps OUT/uncertainty/<region>/<case>.npy",
     )
+    p.add_argument(
+        "--dicom-seg", nargs="?", const="binary", choices=("binary", "fractional"), default=None,
+        help="also write a DICOM Segmentation per DICOM input, OUT/dicom-seg/<case>.seg.dcm "
+        "(binary masks; 'fractional': the probability maps, needs --heatmaps)",
+    )
     p.add_argument("--overwrite", action="store_true", help="recompute cases that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -805,6 +810,8 @@ def run_cli(args) -> int:
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     collect_inputs(args.inputs, exclude=args.out)  # fail fast on missing inputs
+    if getattr(args, "dicom_seg", None) == "fractional" and not args.heatmaps:
+        raise ValueError("--dicom-seg fractional stores the probability maps: add --heatmaps")
     predictor = Predictor(args.model, device=args.device, precision=args.precision)
     if not args.quiet:
         print(
@@ -829,6 +836,11 @@ def run_cli(args) -> int:
         quality=args.quality,
         uncertainty_maps=args.uncertainty_maps,
     )
+    if getattr(args, "dicom_seg", None):
+        from .dicom_seg import write_predict_outputs
+
+        segs = write_predict_outputs(args.inputs, args.out, mode=args.dicom_seg, model_id=predictor.model_id)
+        print(f"{len(segs)} DICOM SEG file(s) -> {Path(args.out) / 'dicom-seg'}")
     print(
         f"{s.total} image(s): {s.predicted} segmented, {s.skipped} already done, {s.failed} failed "
         f"-> {s.out_dir}" + (f" (see {s.out_dir / 'errors.csv'})" if s.failed else "")
