@@ -242,3 +242,64 @@ def test_predict_dicom_seg_fractional_needs_and_uses_the_heatmaps(phantom_dicom,
     for r in REGIONS:
         p = np.load(out / "heatmaps" / r / "phantom.npy").astype(np.float32)
         np.testing.assert_array_equal(back.masks[r], np.round(p * 255).astype(np.float32) / 255)
+
+
+# ------------------------------------------------------------------------- napari reader / writer
+
+
+def test_reader_opens_the_segmentation_beside_its_image_as_labels(phantom_dicom):
+    from napari_cxrseg._layers import labels_from_masks
+    from napari_cxrseg._reader import napari_get_reader
+
+    path, ph = phantom_dicom
+    layers = napari_get_reader(str(path))(str(path))
+    assert [lt for _, _, lt in layers] == ["image"]  # nothing beside it yet
+    write_dicom_seg(path, ph.masks, dicom_seg_path(path), model_id="m7")
+    layers = napari_get_reader(str(path))(str(path))
+    assert [lt for _, _, lt in layers] == ["image", "labels"]
+    data, kw, _ = layers[1]
+    assert kw["name"].endswith("DICOM SEG")
+    np.testing.assert_array_equal(data, labels_from_masks(ph.masks, ph.image.shape))
+    assert kw["scale"] == layers[0][1]["scale"]
+    md = kw["metadata"]["cxrseg"]
+    assert md["model_id"] == "m7" and md["source"] == str(dicom_seg_path(path))
+
+
+def test_writer_round_trip_keeps_overlapping_regions(phantom_dicom, tmp_path):
+    from napari_cxrseg._layers import labels_from_masks
+    from napari_cxrseg._writer import write_dicom_seg_labels
+
+    path, ph = phantom_dicom
+    labels = labels_from_masks(ph.masks, ph.image.shape)
+    meta = {"name": "phantom prediction",
+            "metadata": {"cxrseg": {"image_path": str(path), "masks": ph.masks, "model_id": "m9"}}}
+    (out,) = write_dicom_seg_labels(str(tmp_path / "pred.dcm"), labels, meta)
+    back = read_dicom_seg(out)
+    assert back.model_id == "m9"
+    for r in REGIONS:  # clavicles overlap the lungs: the exact masks, not the painted labels
+        np.testing.assert_array_equal(back.masks[r], ph.masks[r])
+
+
+def test_writer_refuses_labels_of_a_non_dicom_image(tmp_path):
+    from napari_cxrseg._writer import write_dicom_seg_labels
+
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:4, 2:4] = 1
+    png = tmp_path / "chest.png"
+    png.write_bytes(b"not really")
+    meta = {"name": "chest prediction", "metadata": {"cxrseg": {"image_path": str(png)}}}
+    with pytest.raises(CXRSegIOError, match="chest prediction: its image is not a DICOM file"):
+        write_dicom_seg_labels(str(tmp_path / "x.dcm"), labels, meta)
+    assert not (tmp_path / "x.dcm").exists()
+
+
+def test_manifest_declares_the_dicom_seg_writer():
+    from pathlib import Path
+
+    import yaml
+
+    manifest = yaml.safe_load((Path(__file__).parent.parent / "napari_cxrseg" / "napari.yaml").read_text())
+    cmds = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
+    writer = [w for w in manifest["contributions"]["writers"] if w["command"] == "napari-cxrseg.write_dicom_seg"]
+    assert writer and writer[0]["filename_extensions"] == [".dcm"]
+    assert cmds["napari-cxrseg.write_dicom_seg"] == "napari_cxrseg._writer:write_dicom_seg_labels"
