@@ -162,7 +162,24 @@ def test_report_files(tiny, tmp_path):
     assert "## Geometric probe" in text and "## Counterfactual probe" in text
     assert "geometric.png" in text
     header = paths["geometric_csv"].read_text().splitlines()[0]
-    assert header == "case,transform,amount,region,jaccard,truth_pixels,pred_pixels"
+    assert header == "case,transform,amount,region,jaccard,truth_pixels,pred_pixels,visible"
+
+
+def test_structures_leaving_the_image_are_flagged_not_blamed_on_the_model(tiny, tmp_path):
+    from cxrseg.probe import read_rows
+
+    grid = ProbeGrid(translate_x=(), translate_y=(-0.4,), scale=(), rotate=())
+    res = run_probe(tiny, _samples([1]), grid=grid, counterfactual=False)
+    vis = {(r["region"], r["amount"]): r["visible"] for r in res.geometric}
+    assert vis[("left_lung", 0.0)] == 1.0
+    assert vis[("left_clavicle", -0.4)] < 0.5 < vis[("heart", -0.4)]
+    paths = write_report(res, tmp_path)
+    text = paths["report"].read_text()
+    assert "†" in text and "less than half of the structure" in text
+    back = read_rows(paths["geometric_csv"])
+    assert [(r["case"], r["region"], r["amount"], r["truth_pixels"]) for r in back] == [
+        (r["case"], r["region"], r["amount"], r["truth_pixels"]) for r in res.geometric
+    ]
 
 
 def test_cli_probe_on_a_phantom_folder(tmp_path, monkeypatch, capsys):

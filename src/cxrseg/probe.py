@@ -44,6 +44,8 @@ __all__ = [
     "remove_structure",
     "move_structure",
     "summarize_geometric",
+    "add_visible",
+    "read_rows",
     "summarize_counterfactual",
     "write_report",
     "run_probe",
@@ -275,7 +277,8 @@ def geometric_probe(
     Returns
     -------
     list of dict
-        Rows ``case, transform, amount, region, jaccard, truth_pixels, pred_pixels``.
+        Rows ``case, transform, amount, region, jaccard, truth_pixels, pred_pixels,
+        visible`` (:func:`add_visible`).
     """
     grid = grid or ProbeGrid()
     items = grid.items()
@@ -312,7 +315,37 @@ def geometric_probe(
                     )
         if progress is not None:
             progress(k + 1, len(samples))
-    return rows
+    return add_visible(rows)
+
+
+def add_visible(rows: Sequence[dict]) -> list[dict]:
+    """Add ``visible`` to geometric rows: the fraction of the structure's ground truth
+    still inside the image (truth pixels over those at the identity), so a drop caused by
+    the structure leaving the image is not mistaken for a failure of the model."""
+    ident = {
+        (r["case"], r["region"]): r["truth_pixels"]
+        for r in rows
+        if float(r["amount"]) == (1.0 if r["transform"] == "scale" else 0.0)
+    }
+    for r in rows:
+        base = ident.get((r["case"], r["region"]), 0)
+        r["visible"] = float(r["truth_pixels"]) / base if base else float("nan")
+    return list(rows)
+
+
+def read_rows(path) -> list[dict]:
+    """Rows of a probe CSV with numbers as numbers (to re-plot or re-report)."""
+    out = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            row: dict = {}
+            for k, v in r.items():
+                try:
+                    row[k] = int(v) if k in ("truth_pixels", "pred_pixels", "shift_px") else float(v)
+                except ValueError:
+                    row[k] = v
+            out.append(row)
+    return out
 
 
 def _check_size(predictor, s: ProbeSample) -> None:
@@ -626,6 +659,12 @@ def _report_text(res: ProbeResult, files: dict[str, str]) -> str:
         "",
     ]
     s = summarize_geometric(res.geometric)
+    acc: dict = {}
+    for r in res.geometric:
+        v = float(r.get("visible", 1.0))
+        if v == v:
+            acc.setdefault((r["transform"], r["region"], float(r["amount"])), []).append(v)
+    vis = {k: float(np.mean(v)) for k, v in acc.items()}
     if s:
         lines += ["## Geometric probe: mean Jaccard", ""]
         for t in ("translate_x", "translate_y", "scale", "rotate"):
@@ -641,10 +680,15 @@ def _report_text(res: ProbeResult, files: dict[str, str]) -> str:
                 if pts:
                     lines.append(
                         f"| {DISPLAY_NAMES[reg]} | "
-                        + " | ".join(f"{pts[a]:.3f}" if a in pts else "" for a in amounts)
+                        + " | ".join(
+                            f"{pts[a]:.3f}{' †' if vis.get((t, reg, a), 1.0) < 0.5 else ''}" if a in pts else ""
+                            for a in amounts
+                        )
                         + " |"
                     )
             lines.append("")
+        if any(v < 0.5 for v in vis.values()):
+            lines += ["† less than half of the structure is still inside the image (mean over cases).", ""]
         if "geometric_png" in files:
             lines += [f"![geometric probe]({files['geometric_png']})", ""]
     c = summarize_counterfactual(res.counterfactual)
@@ -665,6 +709,13 @@ def _report_text(res: ProbeResult, files: dict[str, str]) -> str:
                 f"| {DISPLAY_NAMES[st]} | {g('original', 'old')} | {g('removed', 'old')} | "
                 f"{g('moved', 'old')} | {g('moved', 'new')} | {g('original', 'new')} |"
             )
+        lines += [
+            "",
+            "*removed*: the structure's pixels and a thin margin filled by biharmonic inpainting "
+            "from its surroundings; *moved*: removed, and its own contrast added back lower down "
+            "(*new place*). A model that segments what it sees labels little of a removed structure "
+            "and follows a moved one.",
+        ]
         lines.append("")
         if "counterfactual_png" in files:
             lines += [f"![counterfactual probe]({files['counterfactual_png']})", ""]
