@@ -98,6 +98,29 @@ def loo_on_validation(rows_val: list[dict], mode: str, regions) -> dict:
     return out
 
 
+def development_cv(rows: list[dict], mode: str, regions, *, pooled: bool, k: int = 5) -> dict:
+    """Spearman per region of a k-fold (by case) cross-validation within the out-of-fold
+    rows: how the estimator is chosen without looking at the validation cases."""
+    from scipy.stats import spearmanr
+
+    from cxrseg.quality import estimate_jaccard, fit_estimator
+
+    cases = sorted({x["case"] for x in rows})
+    perm = np.random.default_rng(0).permutation(len(cases))
+    est = {}
+    for f in range(k):
+        test = {cases[i] for i in perm[f::k]}
+        p = fit_estimator([x for x in rows if x["case"] not in test], mode=mode, pooled=pooled)
+        for x in rows:
+            if x["case"] in test:
+                est[(x["case"], x["region"])] = estimate_jaccard(x, p, x["region"])
+    out = {}
+    for r in regions:
+        rs = [x for x in rows if x["region"] == r]
+        out[r] = float(spearmanr([est[(x["case"], r)] for x in rs], [x["jaccard"] for x in rs]).statistic)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
@@ -139,15 +162,28 @@ def main(argv=None) -> int:
 
     folds = json.loads((args.folds / "folds.json").read_text())["folds"]
     oof: list[dict] = []
-    for k, fold in enumerate(folds):
-        if not (args.folds / f"fold{k}" / "done").is_file():
-            raise SystemExit(f"{args.folds / f'fold{k}'}: training not finished (no 'done' file)")
+    done = [k for k in range(len(folds)) if (args.folds / f"fold{k}" / "done").is_file()]
+    if not done:
+        raise SystemExit(f"{args.folds}: no fold model has finished training")
+    if len(done) < len(folds):
+        print(f"only folds {done} of {len(folds)} have finished: fitting on their cases only")
+    folds = [folds[k] for k in done]
+    for k, fold in zip(done, folds, strict=True):
         pred = Predictor(args.folds / f"fold{k}" / "best.safetensors", device="cpu")
+        fold_size = pred.input_size
         oof += _features(args.work / f"oof_fold{k}.json", pred, [cases[c] for c in fold], params, regions)
     shipped = Predictor(args.model, device="cpu")
     val_rows = _features(args.work / "validation.json", shipped, [cases[c] for c in val_ids], params, regions)
 
-    estimators = {m: Q.fit_estimator(oof, mode=m) for m in Q.MODES}
+    # pooled or per-region coefficients: chosen by cross-validation within the development rows
+    choice = {}
+    for m in Q.MODES:
+        cv = {pooled: development_cv(oof, m, regions, pooled=pooled) for pooled in (True, False)}
+        choice[m] = max(cv, key=lambda p: np.mean(list(cv[p].values())))
+        print(f"{m}: development cross-validation, mean Spearman pooled "
+              f"{np.mean(list(cv[True].values())):+.3f}, per region {np.mean(list(cv[False].values())):+.3f}"
+              f" -> {'pooled' if choice[m] else 'per region'}")
+    estimators = {m: Q.fit_estimator(oof, mode=m, pooled=choice[m]) for m in Q.MODES}
     print(f"\nfitted on {len(oof) // len(regions)} out-of-fold development cases "
           f"({len(folds)} fold models); judged on {len(val_ids)} validation cases of the shipped model")
     res = {}
@@ -171,9 +207,7 @@ def main(argv=None) -> int:
             "reference": reference,
             "estimators": estimators,
             "fitted_on": {"cases": len(oof) // len(regions), "kind": "out-of-fold", "folds": len(folds),
-                          "fold_input_size": int(read_metadata(args.folds / "fold0" / "best.safetensors")
-                                                 ["config"]["input_size"])
-                          if "config" in read_metadata(args.folds / "fold0" / "best.safetensors") else None},
+                          "fold_input_size": fold_size},
             "validation": {m: {r: {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
                                    for k, v in res[m][r].items()} for r in regions} for m in Q.MODES},
         }

@@ -566,8 +566,12 @@ def _transform(name: str, v: float) -> float:
     return math.log(max(v, 0.0) + 1e-3)
 
 
-def fit_estimator(rows: Iterable[Mapping[str, Any]], *, mode: str, ridge: float = 1.0) -> dict[str, Any]:
+def fit_estimator(rows: Iterable[Mapping[str, Any]], *, mode: str, ridge: float = 1.0,
+                  pooled: bool = True) -> dict[str, Any]:
     """Fit the per-region Jaccard estimate.
+
+    A linear model of ``log(1 − Jaccard + 0.01)`` on the log-scaled features
+    (:data:`FEATURES`), standardised, with an L2 penalty.
 
     Parameters
     ----------
@@ -575,32 +579,52 @@ def fit_estimator(rows: Iterable[Mapping[str, Any]], *, mode: str, ridge: float 
         ``{"region": str, "jaccard": float, <feature>: float, ...}`` per case and region,
         from predictions the model did not train on (out-of-fold).
     mode : {"quick", "full"}
-        Which feature set (:data:`FEATURES`).
+        Which feature set.
     ridge : float
-        L2 penalty on the standardised coefficients (few cases per region).
+        L2 penalty on the standardised coefficients.
+    pooled : bool
+        One set of coefficients for all regions, with an intercept per region (five times
+        the rows per coefficient; a bad region looks alike in every structure), or one
+        model per region.
 
     Returns
     -------
     dict
-        Per region: feature means/scales, coefficients and intercept of a linear model of
-        ``log(1 − Jaccard + 0.01)``; apply with :func:`estimate_jaccard`.
+        Per region: feature means/scales, coefficients and intercept; apply with
+        :func:`estimate_jaccard`.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     names = FEATURES[mode]
-    by_region: dict[str, list] = {}
-    for row in rows:
-        by_region.setdefault(row["region"], []).append(row)
-    out: dict[str, Any] = {"features": list(names), "regions": {}}
-    for r, rs in by_region.items():
+    rows = list(rows)
+    if not rows:
+        raise ValueError("fit_estimator: no rows")
+    regions = list(dict.fromkeys(row["region"] for row in rows))
+    out: dict[str, Any] = {"features": list(names), "pooled": bool(pooled), "regions": {}}
+
+    def design(rs):
         X = np.array([[_transform(n, float(row[n])) for n in names] for row in rs], dtype=np.float64)
         y = np.log(1 - np.clip([float(row["jaccard"]) for row in rs], 0, 1) + 0.01)
         mu, sd = X.mean(axis=0), X.std(axis=0)
         sd[sd < 1e-9] = 1.0
-        Z = (X - mu) / sd
-        A = Z.T @ Z + ridge * np.eye(Z.shape[1])
-        coef = np.linalg.solve(A, Z.T @ (y - y.mean()))
-        out["regions"][r] = {"mean": mu.tolist(), "scale": sd.tolist(), "coef": coef.tolist(),
+        return (X - mu) / sd, y, mu, sd
+
+    if pooled:
+        Z, y, mu, sd = design(rows)
+        D = np.array([[1.0 if row["region"] == g else 0.0 for g in regions] for row in rows])
+        A = np.hstack([Z, D])
+        penalty = np.diag([ridge] * Z.shape[1] + [1e-9] * len(regions))
+        w = np.linalg.solve(A.T @ A + penalty, A.T @ y)
+        for i, g in enumerate(regions):
+            n = int(D[:, i].sum())
+            out["regions"][g] = {"mean": mu.tolist(), "scale": sd.tolist(), "coef": w[: len(names)].tolist(),
+                                 "intercept": float(w[len(names) + i]), "n": n}
+        return out
+    for g in regions:
+        rs = [row for row in rows if row["region"] == g]
+        Z, y, mu, sd = design(rs)
+        coef = np.linalg.solve(Z.T @ Z + ridge * np.eye(Z.shape[1]), Z.T @ (y - y.mean()))
+        out["regions"][g] = {"mean": mu.tolist(), "scale": sd.tolist(), "coef": coef.tolist(),
                              "intercept": float(y.mean()), "n": len(rs)}
     return out
 
