@@ -285,3 +285,20 @@ def test_predict_cli_quality_columns_and_maps(tmp_path):
     assert m.shape == (72, 64) and m.dtype == np.float16
     assert main(["predict", str(imgs), "--out", str(out), "--model", str(ck), "--quiet",
                  "--quality", "quick", "--uncertainty-maps"]) == 2
+
+
+def test_pooled_estimator_shares_coefficients():
+    rng = np.random.default_rng(1)
+    rows = []
+    for region, offset in (("heart", 0.0), ("left_clavicle", 0.08)):
+        for _ in range(30):
+            err = rng.uniform(0.01, 0.3)
+            rows.append({"region": region, "jaccard": 1 - err - offset, "entropy": err,
+                         "area_z": 0.0, "pieces": 0, "failed": 0})
+    pooled = Q.fit_estimator(rows, mode="quick", pooled=True)
+    per = Q.fit_estimator(rows, mode="quick", pooled=False)
+    assert pooled["regions"]["heart"]["coef"] == pooled["regions"]["left_clavicle"]["coef"]
+    assert per["regions"]["heart"]["coef"] != per["regions"]["left_clavicle"]["coef"]
+    f = {"entropy": 0.1, "area_z": 0.0, "pieces": 0, "failed": 0}
+    # the per-region intercept keeps the clavicle's lower level
+    assert Q.estimate_jaccard(f, pooled, "left_clavicle") < Q.estimate_jaccard(f, pooled, "heart")
