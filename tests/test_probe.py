@@ -244,5 +244,6 @@ def test_probe_tells_a_position_prior_from_a_model_trained_with_shifts(tmp_path)
     for name, path in (("centred", centred), ("shifted", shifted)):
         rows = geometric_probe(Predictor(path, device="cpu", precision="fp32"), test, grid=grid)
         drops[name] = translation_drop(rows, amount=0.25)
+    print("translation drop", drops)
     assert drops["centred"] > 0.05, drops
     assert drops["centred"] > drops["shifted"] + 0.04, drops
