@@ -88,3 +88,25 @@ def test_quality_job_with_a_tiny_model(tiny_ckpt):  # noqa: F811
     tuples = uncertainty_layer_tuples(rep, "C1")
     assert len(tuples) == len(REGIONS) and all(t[0].shape == img.shape for t in tuples)
     assert all(t[2] == "image" and t[1]["visible"] is False for t in tuples)
+
+
+def test_quality_review_job_yields_small_messages(tiny_ckpt):  # noqa: F811
+    from napari_cxrseg._widgets._quality import quality_review_job
+
+    class _Case:
+        def __init__(self, cid, ok=True):
+            self.case_id, self.ok = cid, ok
+
+        def load_image(self):
+            if not self.ok:
+                raise OSError(f"{self.case_id}.png: cannot read")
+            return np.random.default_rng(len(self.case_id)).random((50, 60)).astype(np.float32)
+
+    msgs = list(quality_review_job(tiny_ckpt, "cpu", [_Case("A"), _Case("BAD", ok=False), _Case("C")],
+                                   mode="quick"))
+    assert msgs[0][0] == "model" and msgs[0][2] == 3
+    assert [m[0] for m in msgs[1:]] == ["case", "error", "case"]
+    assert "cannot read" in msgs[2][2]
+    _, i, n, cid, est, failing = msgs[3]
+    assert (i, n, cid) == (3, 3, "C") and set(est) == set(REGIONS)
+    assert all(isinstance(m, str) for m in failing)

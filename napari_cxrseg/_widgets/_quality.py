@@ -44,11 +44,48 @@ def quality_job(image: np.ndarray, probs: Mapping[str, np.ndarray] | None = None
     from cxrseg.predict import get_predictor
     from cxrseg.quality import assess
 
-    from ._common import guard_triton_import
+    from ._common import guard_triton_import, torch_call
 
     guard_triton_import()  # torch may pull in triton: fatal once Mesa's LLVM is loaded
     pred = get_predictor(checkpoint, device=device)
-    return assess(image, probs, predictor=pred, mode=mode, maps=maps)
+    # every forward pass of the docks goes through one thread (one warm OpenMP team)
+    return torch_call(assess, image, probs, predictor=pred, mode=mode, maps=maps)
+
+
+def quality_review_job(checkpoint, device, cases, *, mode: str = "full"):
+    """Worker body of a review run without ground truth (generator; torch imported here).
+
+    Mirrors ``review_job``'s messages, with estimated instead of true Jaccard: yields
+    ``("model", model_id, n)`` once, then ``("case", i, n, case_id, estimates, failing)``
+    per case (``estimates``: region -> float, ``failing``: list of messages; no arrays)
+    and ``("error", case_id, message)`` for unreadable cases.
+
+    Parameters
+    ----------
+    cases : iterable
+        Objects with ``case_id`` and ``load_image()`` (:class:`cxrseg.dataset.Case`).
+    mode : {"full", "quick"}
+    """
+    from cxrseg.predict import get_predictor
+    from cxrseg.quality import assess
+
+    from ._common import guard_triton_import, torch_call
+
+    guard_triton_import()
+    pred = get_predictor(checkpoint, device=device)
+    cases = list(cases)
+    n = len(cases)
+    yield ("model", str(pred.model_id), n)
+    for i, case in enumerate(cases, 1):
+        cid = str(case.case_id)
+        try:
+            image = case.load_image()
+        except (ValueError, KeyError, OSError) as exc:
+            yield ("error", cid, str(exc))
+            continue
+        rep = torch_call(assess, getattr(image, "data", image), None, predictor=pred, mode=mode)
+        est = {r: float(q.estimated_jaccard) for r, q in rep.regions.items()}
+        yield ("case", i, n, cid, est, list(dict.fromkeys(c.message for c in rep.failing)))
 
 
 def layer_name(case_id: str, region: str) -> str:
