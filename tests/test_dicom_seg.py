@@ -303,3 +303,12 @@ def test_manifest_declares_the_dicom_seg_writer():
     writer = [w for w in manifest["contributions"]["writers"] if w["command"] == "napari-cxrseg.write_dicom_seg"]
     assert writer and writer[0]["filename_extensions"] == [".dcm"]
     assert cmds["napari-cxrseg.write_dicom_seg"] == "napari_cxrseg._writer:write_dicom_seg_labels"
+
+
+def test_a_segmentation_is_not_read_as_a_radiograph(phantom_dicom):
+    from cxrseg.io import read_image
+
+    path, ph = phantom_dicom
+    seg = write_dicom_seg(path, ph.masks, dicom_seg_path(path), model_id="x")
+    with pytest.raises(CXRSegIOError, match="is a DICOM Segmentation, not an image"):
+        read_image(seg)

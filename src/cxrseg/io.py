@@ -440,6 +440,11 @@ def read_dicom(path) -> CXRImage:
             f"{p}: DICOM file has no pixel data, expected an image "
             f"(SOP class {ds.get('SOPClassUID', 'unknown')}, modality {ds.get('Modality', '?')})"
         )
+    if str(ds.get("Modality", "")) == "SEG":  # its frames are masks, not a radiograph
+        raise CXRSegIOError(
+            f"{p}: is a DICOM Segmentation, not an image; open the radiograph it belongs to "
+            "(cxrseg.dicom_seg.read_dicom_seg reads it)"
+        )
     fm = getattr(ds, "file_meta", None)
     ts = getattr(fm, "TransferSyntaxUID", None) if fm is not None else None
     if ts is None:  # no file meta: assume what the reader found
