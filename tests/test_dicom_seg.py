@@ -312,3 +312,25 @@ def test_a_segmentation_is_not_read_as_a_radiograph(phantom_dicom):
     seg = write_dicom_seg(path, ph.masks, dicom_seg_path(path), model_id="x")
     with pytest.raises(CXRSegIOError, match="is a DICOM Segmentation, not an image"):
         read_image(seg)
+
+
+def test_save_a_prediction_layer_as_dicom_seg_from_napari(make_napari_viewer, phantom_dicom, tmp_path):
+    """The prediction layer names no file: the writer finds the case's DICOM image layer."""
+    from napari_cxrseg._layers import labels_from_masks
+    from napari_cxrseg._reader import read_cxr
+
+    path, ph = phantom_dicom
+    viewer = make_napari_viewer()
+    (img, kw, _), = read_cxr(str(path))
+    viewer.add_image(img, **kw)
+    case = kw["metadata"]["cxrseg"]["case_id"]
+    masks = {r: ph.masks[r] for r in ("heart", "left_lung", "right_lung")}
+    layer = viewer.add_labels(labels_from_masks(masks, img.shape), name=f"{case} prediction",
+                              metadata={"cxrseg": {"case_id": case, "model_id": "m5", "kind": "prediction"}})
+    viewer.layers.selection.active = layer
+    written = viewer.layers.save(str(tmp_path / "pred.dcm"), selected=True, plugin="napari-cxrseg")
+    assert written == [str(tmp_path / "pred.dcm")]
+    back = read_dicom_seg(tmp_path / "pred.dcm")
+    assert list(back.masks) == ["heart", "left_lung", "right_lung"] and back.model_id == "m5"
+    for r, m in masks.items():
+        np.testing.assert_array_equal(back.masks[r], m)
