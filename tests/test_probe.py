@@ -168,10 +168,12 @@ def test_report_files(tiny, tmp_path):
 def test_structures_leaving_the_image_are_flagged_not_blamed_on_the_model(tiny, tmp_path):
     from cxrseg.probe import read_rows
 
-    grid = ProbeGrid(translate_x=(), translate_y=(-0.4,), scale=(), rotate=())
+    grid = ProbeGrid(translate_x=(), translate_y=(-0.4,), scale=(0.7,), rotate=())
     res = run_probe(tiny, _samples([1]), grid=grid, counterfactual=False)
-    vis = {(r["region"], r["amount"]): r["visible"] for r in res.geometric}
-    assert vis[("left_lung", 0.0)] == 1.0
+    vis = {(r["transform"], r["region"], r["amount"]): r["visible"] for r in res.geometric}
+    assert vis[("translate_y", "left_lung", 0.0)] == 1.0
+    assert vis[("scale", "left_lung", 0.7)] > 0.9  # smaller, but all of it still in the image
+    vis = {(r["region"], r["amount"]): r["visible"] for r in res.geometric if r["transform"] == "translate_y"}
     assert vis[("left_clavicle", -0.4)] < 0.5 < vis[("heart", -0.4)]
     paths = write_report(res, tmp_path)
     text = paths["report"].read_text()

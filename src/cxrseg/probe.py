@@ -320,8 +320,9 @@ def geometric_probe(
 
 def add_visible(rows: Sequence[dict]) -> list[dict]:
     """Add ``visible`` to geometric rows: the fraction of the structure's ground truth
-    still inside the image (truth pixels over those at the identity), so a drop caused by
-    the structure leaving the image is not mistaken for a failure of the model."""
+    still inside the image (truth pixels over those at the identity, times the zoom's
+    change of area), so a drop caused by the structure leaving the image is not mistaken
+    for a failure of the model."""
     ident = {
         (r["case"], r["region"]): r["truth_pixels"]
         for r in rows
@@ -329,7 +330,9 @@ def add_visible(rows: Sequence[dict]) -> list[dict]:
     }
     for r in rows:
         base = ident.get((r["case"], r["region"]), 0)
-        r["visible"] = float(r["truth_pixels"]) / base if base else float("nan")
+        if r["transform"] == "scale":
+            base = base * float(r["amount"]) ** 2
+        r["visible"] = min(1.0, float(r["truth_pixels"]) / base) if base else float("nan")
     return list(rows)
 
 
