@@ -230,7 +230,28 @@ def _case_layers(case, *, extra: dict[str, Any] | None = None) -> list[LayerData
 def _read_image_file(p: Path) -> list[LayerData]:
     from cxrseg.dataset import find_case_files
 
-    return _case_layers(find_case_files(p))
+    layers = _case_layers(find_case_files(p))
+    return layers + _dicom_seg_layers(p, layers[0])
+
+
+def _dicom_seg_layers(p: Path, image: LayerData) -> list[LayerData]:
+    """A Labels layer of the DICOM Segmentation beside a DICOM image (``<stem>.seg.dcm``
+    referencing it, see :func:`cxrseg.dicom_seg.find_dicom_seg`), or nothing."""
+    from cxrseg.dicom_seg import find_dicom_seg, read_dicom_seg
+
+    from ._layers import labels_from_masks, labels_layer_tuple
+
+    seg_path = find_dicom_seg(p) if is_dicom(p) else None
+    if seg_path is None:
+        return []
+    seg = read_dicom_seg(seg_path)
+    # a fractional segmentation shows where the probability is at least one half
+    masks = {r: (m >= 0.5 if seg.fractional else m) for r, m in seg.masks.items()}
+    md = image[1]["metadata"]["cxrseg"]
+    meta = {"case_id": md.get("case_id"), "image_path": str(p), "source": str(seg_path), "masks": masks,
+            "model_id": seg.model_id, "kind": "dicom-seg", "fractional": seg.fractional}
+    name = f"{md.get('case_id')} DICOM SEG"
+    return [labels_layer_tuple(labels_from_masks(masks, image[0].shape), name, scale=image[1]["scale"], metadata=meta)]
 
 
 def _read_folder(d: Path) -> list[LayerData]:

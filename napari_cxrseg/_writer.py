@@ -6,6 +6,9 @@
   the folder ``something/``: ``something/masks/<region>/<case>.gif`` (or ``.png``).
 * a folder (an existing one, or a path without a suffix): ``<folder>/masks/<region>/<case>.gif``.
 
+``something.dcm`` (a separate writer, :func:`write_dicom_seg_labels`): a DICOM
+Segmentation of a Labels layer whose image is a DICOM file.
+
 (napari adds the first extension, ``.gif``, to a path typed without one, which then
 lands in the folder case above.) The case id comes from the layer's
 ``metadata["cxrseg"]["case_id"]``, else from its name without ``" ground truth"``.
@@ -34,7 +37,7 @@ from cxrseg.regions import LABEL_VALUES, REGIONS
 
 from ._layers import case_id_from_layer, exact_masks_from_layer
 
-__all__ = ["write_labels", "write_masks_layout"]
+__all__ = ["write_labels", "write_masks_layout", "write_dicom_seg_labels"]
 
 _SUFFIXES = (".gif", ".png")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
@@ -223,3 +226,55 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
         (mask,) = masks.values()
         return _write_all({p: mask})
     return write_masks_layout(masks, p.with_suffix(""), case_id, suffix=suffix)
+
+
+def _dicom_source(meta: dict) -> Path | None:
+    """The DICOM image a Labels layer belongs to: a path in its metadata, else the image
+    layer of the same case in the current viewer."""
+    from cxrseg.io import is_dicom
+
+    md = (meta.get("metadata") or {}).get("cxrseg") or {}
+    cands = [md.get(k) for k in ("image_path", "path", "source")]
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+        cid = case_id_from_layer(meta.get("name"), meta.get("metadata"))
+        for ly in viewer.layers if viewer is not None else []:
+            lmd = ly.metadata.get("cxrseg") or {}
+            if isinstance(ly, napari.layers.Image) and lmd.get("case_id") == cid:
+                cands.append(lmd.get("path"))
+    except Exception:  # no viewer: the metadata must say
+        pass
+    for c in cands:
+        if isinstance(c, (str, os.PathLike)) and Path(c).is_file() and is_dicom(c):
+            return Path(c)
+    return None
+
+
+def write_dicom_seg_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """npe2 single-layer writer: a region Labels layer of a DICOM image -> DICOM SEG.
+
+    The segmentation references the layer's source image (its metadata, else the image
+    layer of the same case) and is BINARY, one segment per non-empty region
+    (:func:`cxrseg.dicom_seg.write_dicom_seg`).
+
+    Raises
+    ------
+    CXRSegIOError
+        Not a region label image, or its image is not a DICOM file (nothing is written).
+    """
+    from cxrseg.dicom_seg import write_dicom_seg
+
+    meta = meta or {}
+    masks = _layer_masks(data, meta)
+    source = _dicom_source(meta)
+    if source is None:
+        raise CXRSegIOError(
+            f"{meta.get('name') or 'labels layer'}: its image is not a DICOM file (or is not open); "
+            "a DICOM Segmentation must reference a DICOM source image. Save .gif/.png masks instead"
+        )
+    md = (meta.get("metadata") or {}).get("cxrseg") or {}
+    out = write_dicom_seg(source, masks, Path(path).expanduser(), model_id=str(md.get("model_id") or "manual"),
+                          thresholds=md.get("thresholds") or None)
+    return [str(out)]

@@ -99,6 +99,8 @@ def test_end_to_end(ckpt, data, tmp_path, capsys):
         "width",
         "model_id",
         "threshold",
+        "est_jaccard",
+        "failing_checks",
     ]
     # one row per case and region; the masks/ folder of the data set was not taken as input
     assert sorted((r["case"], r["region"]) for r in rows) == sorted(

@@ -15,6 +15,8 @@ Sections (all measured in the same process, on the same device, one after the ot
    PNG and ``.IMG`` files, with and without DataLoader workers.
 5. ``accuracy`` (``--accuracy-data ROOT``) - whether bf16 changes the Jaccard index on
    real cases compared with fp32.
+6. ``quality`` - the no-ground-truth quality estimate (``cxrseg.quality``), quick and
+   full, as a ratio to a plain prediction.
 
 Timings are medians of ``--repeats`` runs after ``--warmup`` runs, with torch's thread
 count as it is (``--threads`` changes it). Without ``--model`` the shipped model is used,
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-SECTIONS = ("models", "flops", "decode", "folder", "accuracy")
+SECTIONS = ("models", "flops", "decode", "folder", "accuracy", "quality")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -744,6 +746,11 @@ def run_bench(args, out=None) -> dict:
                 )
             else:
                 bench_accuracy(path, dev, args, out, res)
+            out()
+        if "quality" in only:
+            from .quality import bench_section
+
+            bench_section(pred_low if dev.type != "cpu" or cpu_supports_bf16() else pred32, args, out, res)
             out()
     res["env"]["load_after"] = _load()
     out(f"load average after: {res['env']['load_after']}")

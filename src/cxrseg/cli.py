@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("cxrseg.bench", "benchmark the prediction engine against the poster's approach"),
     "export": ("cxrseg.export", "write a checkpoint for shipping (fp16, evaluation summary in metadata)"),
     "samples": ("cxrseg.phantom", "write synthetic phantom cases in the JSRT/SCR layout"),
+    "probe": ("cxrseg.probe", "position or anatomy? Jaccard under moves, structures removed or moved"),
 }
 
 

@@ -664,6 +664,11 @@ def read_dicom(path, *, max_pixels: int | None = None, min_side: int | None = No
             f"{p}: DICOM file has no pixel data, expected an image "
             f"(SOP class {ds.get('SOPClassUID', 'unknown')}, modality {ds.get('Modality', '?')})"
         )
+    if str(ds.get("Modality", "")) == "SEG":  # its frames are masks, not a radiograph
+        raise CXRSegIOError(
+            f"{p}: is a DICOM Segmentation, not an image; open the radiograph it belongs to "
+            "(cxrseg.dicom_seg.read_dicom_seg reads it)"
+        )
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -5,7 +5,9 @@ Output layout (``--out DIR``)::
     DIR/masks/<region>/<case>.png       binary masks {0, 255}, at each input's own resolution
     DIR/heatmaps/<region>/<case>.npy    float16 probability maps (--heatmaps)
     DIR/heatmaps/<region>/<case>.png    8-bit previews of them (--heatmap-png)
-    DIR/predictions.csv                 one row per case and region
+    DIR/uncertainty/<region>/<case>.npy float16 disagreement maps (--uncertainty-maps)
+    DIR/predictions.csv                 one row per case and region (with --quality: the
+                                        estimated Jaccard and the failing checks)
     DIR/errors.csv                      files that failed, with the reason (only if any did)
     DIR/.done/<case>.json               per-case marker, written last (resume)
     DIR/.claims/<case>                  per-case claim of a running ``cxrseg predict``
@@ -82,6 +84,8 @@ CSV_COLUMNS = (
     "width",
     "model_id",
     "threshold",
+    "est_jaccard",
+    "failing_checks",
 )
 ERROR_COLUMNS = ("path", "case", "reason")
 MARKER_VERSION = 2
@@ -171,6 +175,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="refuse images with more pixels than this, before decoding them (default: "
         "$CXRSEG_MAX_PIXELS, else cxrseg.io.DEFAULT_MAX_PIXELS)",
+    )
+    p.add_argument(
+        "--quality",
+        nargs="?",
+        const="full",
+        choices=("quick", "full"),
+        default=None,
+        help="estimate each region's Jaccard without ground truth and list failing plausibility "
+        "checks in the CSV (est_jaccard, failing_checks); full (default): with test-time "
+        "augmentation, quick: checks and entropy only",
+    )
+    p.add_argument(
+        "--uncertainty-maps",
+        action="store_true",
+        help="with --quality full: write float16 disagreement maps OUT/uncertainty/<region>/<case>.npy",
+    )
+    p.add_argument(
+        "--dicom-seg", nargs="?", const="binary", choices=("binary", "fractional"), default=None,
+        help="also write a DICOM Segmentation per DICOM input, OUT/dicom-seg/<case>.seg.dcm "
+        "(binary masks; 'fractional': the probability maps, needs --heatmaps)",
     )
     p.add_argument("--overwrite", action="store_true", help="recompute cases that are already done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -613,6 +637,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 class _Runner:
+    quality: str | None = None  # "quick" / "full": quality columns (cxrseg.quality)
+    uncertainty_maps: bool = False
+
     def __init__(
         self,
         predictor,
@@ -679,6 +706,8 @@ class _Runner:
             return False
         th = marker.get("thresholds") or {}
         have = {r.get("region") for r in marker.get("rows", [])}
+        if self.quality and any("est_jaccard" not in r for r in marker.get("rows", [])):
+            return False
         for r in self.regions:
             if r not in have or th.get(r) != self.th[r]:
                 return False
@@ -823,10 +852,20 @@ class _Runner:
             masks_t = native >= th
             heat = native.half().cpu().numpy() if self.heatmaps or self.heatmap_png else None
             masks_np = masks_t.cpu().numpy()
-            del native, masks_t
+            del masks_t
         masks = {r: masks_np[j] for j, r in enumerate(self.regions)}
         if self.postprocess:
             masks = clean(masks)
+        qcols = {}
+        if self.quality:
+            from .quality import predict_columns
+
+            qcols = predict_columns(
+                self.pred, (item["input"], info), native, self.regions, mode=self.quality,
+                thresholds=self.th, case=c.name,
+                maps_dir=self.out / "uncertainty" if self.uncertainty_maps else None,
+            )
+        del native  # the float32 maps of a large input: not kept while the files are written
         sp = item["spacing"]
         if sp is not None and (h, w) != (h0, w0):
             sp = (sp[0] * h0 / h, sp[1] * w0 / w)
@@ -855,6 +894,7 @@ class _Runner:
                     "width": w,
                     "model_id": self.pred.model_id,
                     "threshold": f"{self.th[r]:g}",
+                    **qcols.get(r, {}),
                 }
             )
         # keep rows of regions done earlier with the same input, model and options
@@ -956,6 +996,8 @@ def run_predict(
     max_output_side: int | None = DEFAULT_MAX_OUTPUT_SIDE,
     max_pixels: int | None = None,
     log=None,
+    quality: str | None = None,
+    uncertainty_maps: bool = False,
 ) -> PredictSummary:
     """Segment every image of ``inputs`` with ``predictor`` into ``out_dir`` (see the
     module docstring for the layout and the resume rules).
@@ -995,6 +1037,10 @@ def run_predict(
         :func:`cxrseg.io.max_pixels`).
     log : callable, optional
         Called with each error line (default: print to stderr).
+    quality : {None, "quick", "full"}
+        Add ``est_jaccard`` and ``failing_checks`` (:func:`cxrseg.quality.predict_columns`).
+    uncertainty_maps : bool
+        With ``quality="full"``: write disagreement maps to ``OUT/uncertainty``.
 
     Returns
     -------
@@ -1022,6 +1068,9 @@ def run_predict(
         raise ValueError(f"mask format must be png or gif, got {mask_format!r}")
     if max_output_side is not None and int(max_output_side) < 64:
         raise ValueError(f"--max-output-side must be >= 64, got {max_output_side}")
+    if uncertainty_maps and quality == "quick":
+        raise ValueError("--uncertainty-maps needs --quality full (quick mode has no augmentation)")
+    quality = quality or ("full" if uncertainty_maps else None)
     out_dir = Path(out_dir).expanduser()
     _check_out_dir(out_dir, inputs)
     regs = predictor.select(regions)
@@ -1053,6 +1102,7 @@ def run_predict(
         max_output_side=None if max_output_side is None else int(max_output_side),
         log=_log,
     )
+    run.quality, run.uncertainty_maps = quality, bool(uncertainty_maps)
     summary = PredictSummary(out_dir=out_dir, total=len(cases))
     try:
         try:
@@ -1200,6 +1250,8 @@ def run_cli(args) -> int:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     collect_inputs(args.inputs, exclude=args.out)  # fail fast on missing inputs
     _check_out_dir(Path(args.out).expanduser(), args.inputs)
+    if getattr(args, "dicom_seg", None) == "fractional" and not args.heatmaps:
+        raise ValueError("--dicom-seg fractional stores the probability maps: add --heatmaps")
 
     def announce(p):
         if not args.quiet:
@@ -1230,7 +1282,14 @@ def run_cli(args) -> int:
             progress=not args.quiet,
             max_output_side=args.max_output_side,
             max_pixels=args.max_pixels,
+            quality=args.quality,
+            uncertainty_maps=args.uncertainty_maps,
         )
+        if getattr(args, "dicom_seg", None):
+            from .dicom_seg import write_predict_outputs
+
+            segs = write_predict_outputs(args.inputs, args.out, mode=args.dicom_seg, model_id=predictor.model_id)
+            print(f"{len(segs)} DICOM SEG file(s) -> {Path(args.out) / 'dicom-seg'}")
     except OutputWriteError as exc:
         print(f"cxrseg predict: error: {exc}", file=sys.stderr)
         return EXIT_OUTPUT_ERROR
