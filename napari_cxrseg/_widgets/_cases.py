@@ -42,7 +42,7 @@ SHORT_NAMES = {
     "right_lung": "R lung",
 }
 
-_STATUS_MARK = {"unreviewed": "", "approved": "✔ approved", "flagged": "⚑ flagged"}
+_STATUS_MARK = {"unreviewed": "", "approved": "✔ ok", "flagged": "⚑ flag"}
 
 
 class SortItem(QTableWidgetItem):
@@ -94,12 +94,15 @@ class CasesWidget(QWidget):
         open_btn.clicked.connect(self.open_root)
 
         self.summary = QLabel("No dataset open.")
+        self.summary.setToolTip("region columns: IoU of the prediction against the ground truth")
         self.summary.setWordWrap(True)
 
         self.table = QTableWidget(0, len(self.COLUMNS))
+        # short titles keep every region's IoU in view without scrolling sideways
         self.table.setHorizontalHeaderLabels(
-            ["Case", "Nodule", "Fold", "Review"] + [f"IoU {SHORT_NAMES[r]}" for r in REGIONS]
+            ["Case", "Nod.", "Fold", "Review"] + [SHORT_NAMES[r] for r in REGIONS]
         )
+        self.table.horizontalHeaderItem(1).setToolTip("JSRT nodule case?")
         for j, r in enumerate(REGIONS, start=4):
             self.table.horizontalHeaderItem(j).setToolTip(f"IoU of the {DISPLAY_NAMES[r]} vs. ground truth")
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -190,7 +193,7 @@ class CasesWidget(QWidget):
         self.table.clearContents()
         self.table.setRowCount(len(idx.cases))
         for i, c in enumerate(idx.cases):
-            nod = "nodule" if c.nodule is True else ("no nodule" if c.nodule is False else "–")
+            nod = "yes" if c.nodule is True else ("no" if c.nodule is False else "–")
             entry = statuses.get(c.case_id)
             status = entry.status if entry else "unreviewed"
             items = [SortItem(c.case_id), SortItem(nod), SortItem(str(c.fold) if c.fold else "–", c.fold or 0),
@@ -210,7 +213,8 @@ class CasesWidget(QWidget):
             sm = summary()
             self.summary.setText(
                 f"<b>{Path(str(root)).name}</b>: {n} cases ({sm['nodule']} nodule, {sm['non_nodule']} without; "
-                f"fold 1: {sm['fold1']}, fold 2: {sm['fold2']}). PageDown / PageUp: next / previous case."
+                f"fold 1: {sm['fold1']}, fold 2: {sm['fold2']}); region columns: IoU. "
+                "PageDown / PageUp: next / previous case."
             )
         else:
             self.summary.setText(f"{n} file(s) from {root}")

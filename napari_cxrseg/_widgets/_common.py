@@ -39,6 +39,7 @@ __all__ = [
     "notify_info",
     "Debouncer",
     "fmt_score",
+    "scrollable",
 ]
 
 
@@ -327,3 +328,26 @@ def fmt_score(v: float | None) -> str:
     if v is None or v != v:
         return "–"
     return f"{v:.3f}"
+
+
+def scrollable(widget):
+    """``widget`` in a frameless vertical scroll area, for a dock.
+
+    A dock otherwise forces its widget's full minimum height onto the main window (a few
+    tall docks stacked made the window taller than a 1080 px screen); in a scroll area
+    it can be shorter and scrolls. The area is as wide as the widget needs, so nothing
+    scrolls sideways.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(widget)
+    bar = area.verticalScrollBar().sizeHint().width()
+    area.setMinimumWidth(widget.minimumSizeHint().width() + bar + 2)
+    area.setMinimumHeight(min(120, widget.minimumSizeHint().height()))
+    area.setObjectName(f"{type(widget).__name__}Scroll")
+    return area

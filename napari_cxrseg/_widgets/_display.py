@@ -20,7 +20,6 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QSlider,
@@ -30,11 +29,10 @@ from qtpy.QtWidgets import (
 
 from cxrseg.display import PRESET_HELP, PRESETS, auto_window, limits_to_window, window_to_limits
 
-from .._colors import legend_html
 from .._shortcuts import help_text
 from ._state import get_session
 
-__all__ = ["DisplayWidget", "install_side_markers", "SIDE_MARKERS"]
+__all__ = ["DisplayWidget", "install_side_markers", "install_legend", "SIDE_MARKERS", "legend_entries"]
 
 #: Canvas overlay name -> (text, canvas corner): the image's left is the patient's right.
 SIDE_MARKERS = {"cxrseg_side_right": ("R", "top_left"), "cxrseg_side_left": ("L", "top_right")}
@@ -64,6 +62,40 @@ def install_side_markers(viewer, *, visible: bool = True) -> list:
     return out
 
 
+def legend_entries() -> list[tuple[str, tuple]]:
+    """``(text, rgba)`` of the canvas legend, top to bottom."""
+    from cxrseg.regions import REGIONS
+
+    from .._colors import ERROR_COLORS, GT_COLOR, REGION_COLORS
+
+    short = {"heart": "heart", "left_clavicle": "L clavicle", "right_clavicle": "R clavicle",
+             "left_lung": "L lung", "right_lung": "R lung"}
+    out = [(f"\u25a0 {short[r]}", REGION_COLORS[r]) for r in REGIONS]
+    out += [("\u25a0 false positive", ERROR_COLORS["fp"]), ("\u25a0 false negative", ERROR_COLORS["fn"]),
+            ("\u25a1 ground truth", GT_COLOR)]
+    return out
+
+
+def install_legend(viewer, *, visible: bool = True) -> list:
+    """A colour legend in the canvas's bottom-right corner (one text overlay per entry,
+    napari stacks them); returns the overlays. Installing twice keeps one legend."""
+    from napari.components.overlays import TextOverlay
+
+    overlays = viewer.canvas.overlays
+    out = []
+    # napari stacks overlays of one corner from the corner outwards: add bottom first
+    for i, (text, color) in reversed(list(enumerate(legend_entries()))):
+        key = f"cxrseg_legend_{i}"
+        ov = overlays.get(key) if hasattr(overlays, "get") else None
+        if ov is None:
+            ov = TextOverlay(text=text, position="bottom_right", font_size=9, color=color, box=True,
+                             visible=visible)
+            overlays[key] = ov
+        ov.visible = visible
+        out.append(ov)
+    return out[::-1]
+
+
 class DisplayWidget(QWidget):
     """Dock widget of the radiograph's window/level, the legend and the side markers."""
 
@@ -78,16 +110,16 @@ class DisplayWidget(QWidget):
         self.preset_group = QButtonGroup(self)
         self.preset_group.setExclusive(True)
         self.preset_buttons: dict[str, QPushButton] = {}
-        presets = QHBoxLayout()
+        presets = QGridLayout()
         presets.setSpacing(2)
-        for name in PRESETS:
+        for i, name in enumerate(PRESETS):
             b = QPushButton(name)
             b.setCheckable(True)
             b.setToolTip(f"window/level preset: {PRESET_HELP[name]}")
             b.clicked.connect(lambda _c=False, n=name: self.apply_preset(n))
             self.preset_group.addButton(b)
             self.preset_buttons[name] = b
-            presets.addWidget(b)
+            presets.addWidget(b, i // 3, i % 3)
         self.preset_buttons["auto"].setChecked(True)
 
         self.width_slider = QSlider(Qt.Orientation.Horizontal)
@@ -105,24 +137,28 @@ class DisplayWidget(QWidget):
         grid.addWidget(self.level_slider, 1, 1)
         grid.addWidget(self.values, 2, 0, 1, 2)
 
-        self.side_box = QCheckBox("R/L markers on the canvas (patient's right on the image's left)")
+        self.side_box = QCheckBox("R/L markers on the canvas")
+        self.side_box.setToolTip("the patient's right (R) is on the image's left")
         self.side_box.setChecked(True)
         self.side_box.toggled.connect(lambda on: install_side_markers(self.viewer, visible=bool(on)))
-        self.legend = QLabel(legend_html())
-        self.legend.setWordWrap(True)
-        self.legend.setTextFormat(Qt.TextFormat.RichText)
-        self.help = QLabel(help_text())
-        self.help.setWordWrap(True)
+        self.legend_box = QCheckBox("colour legend on the canvas")
+        self.legend_box.setChecked(True)
+        self.legend_box.toggled.connect(lambda on: install_legend(self.viewer, visible=bool(on)))
+        self.legend_box.setToolTip(legend_text())
+        # explicit lines, no word wrap: a wrapped label under-reports its height in a dock
+        self.help = QLabel(_help_lines())
+        self.help.setToolTip(help_text())
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addLayout(presets)
         lay.addLayout(grid)
-        lay.addWidget(self.legend)
         lay.addWidget(self.side_box)
+        lay.addWidget(self.legend_box)
         lay.addWidget(self.help)
 
         install_side_markers(napari_viewer)
+        install_legend(napari_viewer)
         s.case_changed.connect(self._on_case)
         self.destroyed.connect(lambda *_a, s=s, cb=self._on_case: _disconnect(s, cb))
         if s.case_id is not None:
@@ -212,7 +248,21 @@ class DisplayWidget(QWidget):
 
     def _show_values(self, low: float, high: float) -> None:
         w, lv = limits_to_window(low, high)
-        self.values.setText(f"window {w:.3g}, level {lv:.3g}  (shown: {low:.3g} – {high:.3g})")
+        self.values.setText(f"window {w:.3g} · level {lv:.3g}")
+        self.values.setToolTip(f"grey values shown: {low:.4g} (black) to {high:.4g} (white)")
+
+
+def legend_text() -> str:
+    """The legend as plain lines (for a tooltip)."""
+    return "\n".join(text for text, _c in legend_entries())
+
+
+def _help_lines(per_line: int = 3) -> str:
+    """The key help as a few short lines."""
+    from .._shortcuts import SHORTCUTS, key_label
+
+    items = [f"{key_label(a)} {desc}" for a, (_k, desc) in SHORTCUTS.items()] + ["PgDn/PgUp case"]
+    return "\n".join(" · ".join(items[i : i + per_line]) for i in range(0, len(items), per_line))
 
 
 def _disconnect(session, cb) -> None:
