@@ -136,8 +136,8 @@ def _add_docks(viewer, *, height: int | None = None) -> dict:
         right = [docks[n] for g, n in first_of.items() if g != "left"]
         total_w, total_h = qwin.width(), qwin.height()
         if right:
-            # the right column gets a third of the window (the Cases table's IoU columns)
-            qwin.resizeDocks(right[:1], [max(420, int(total_w * 0.34))], Qt.Orientation.Horizontal)
+            # the right column: a good third of the window (every IoU column of the Cases table)
+            qwin.resizeDocks(right[:1], [max(420, int(total_w * 0.36))], Qt.Orientation.Horizontal)
             shares = {"browse": 0.42, "edit": 0.58} if len(right) == 2 else {"browse": 0.34, "edit": 0.4,
                                                                                "compare": 0.26}
             sizes = [int(total_h * shares.get(g, 0.3)) for g, n in first_of.items() if g != "left"]
