@@ -68,6 +68,7 @@ def test_cases_table_shows_every_iou_without_scrolling_at_1920(make_napari_viewe
     for cid in s.case_ids:
         s.set_case_scores(cid, {"heart": 0.912, "left_clavicle": 0.801, "right_clavicle": 0.733,
                                 "left_lung": 0.954, "right_lung": 0.961})
+    s.set_review("PHANTOM002", "approved")  # the widest status text
     qtbot.wait(50)
     t = cases.table
     total = sum(t.columnWidth(j) for j in range(t.columnCount()))

@@ -42,7 +42,7 @@ SHORT_NAMES = {
     "right_lung": "R lung",
 }
 
-_STATUS_MARK = {"unreviewed": "", "approved": "✔ ok", "flagged": "⚑ flag"}
+_STATUS_MARK = {"unreviewed": "", "approved": "✔ approved", "flagged": "⚑ flagged"}
 
 
 class SortItem(QTableWidgetItem):
