@@ -4,6 +4,7 @@
     cxrseg-gui --data /path/to/jsrt-scr --case JPCLN001
     cxrseg-gui --data RG1_UNCR.dcm      # a single image (no ground truth)
     cxrseg-gui --screenshot shot.png    # wait for the layers and the prediction, save, quit
+    cxrseg-gui --focus left_clavicle --preset bone --dock "Review queue"   # a review set-up
 
 The docks are tabified on the right in two groups (Cases | Review queue | Training
 progression above, Predict | Compare | Correct | Fine-tune | Display below). In a
@@ -23,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["main", "default_data_root", "build_parser", "parse_size", "DOCKS"]
+__all__ = ["main", "default_data_root", "build_parser", "parse_size", "focus_region", "DOCKS"]
 
 
 def default_data_root() -> Path:
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait for the case (and its prediction), save a screenshot of the window, quit")
     p.add_argument("--size", default=None,
                    help="window size WxH (default: the screen's available area, at most 1680x1020)")
+    p.add_argument("--focus", metavar="REGION",
+                   help="zoom onto this region (its ground truth, else its prediction) and show its errors")
+    p.add_argument("--preset", help="window/level preset of the image: auto, lung, soft tissue, bone, full")
+    p.add_argument("--dock", action="append", default=[], metavar="NAME",
+                   help="bring this dock's tab to the front (repeatable), e.g. 'Review queue'")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="with --screenshot: give up after this many seconds (default 600)")
     return p
@@ -148,6 +154,33 @@ def _add_docks(viewer, *, height: int | None = None) -> dict:
     return widgets
 
 
+def focus_region(viewer, session, region: str, *, margin: float = 0.8) -> bool:
+    """Zoom the canvas onto a region of the current case: its ground truth's bounding box,
+    else its predicted mask's, with ``margin`` (a fraction of the box) around it. Returns
+    whether the region was found."""
+    import numpy as np
+
+    from cxrseg.regions import canonical_region
+
+    region = canonical_region(region)
+    mask = (session.truth or {}).get(region)
+    if mask is None or not np.any(mask):
+        mask = (session.masks or {}).get(region)
+    layer = session.get_layer("image")
+    if mask is None or layer is None or not np.any(mask):
+        return False
+    rows, cols = np.nonzero(mask)
+    lo = np.array([rows.min(), cols.min()], float)
+    hi = np.array([rows.max(), cols.max()], float)
+    box = (hi - lo + 1) * (1 + margin)
+    viewer.reset_view()
+    full = np.asarray(layer.data.shape[-2:], float)
+    viewer.camera.zoom = viewer.camera.zoom * float(min(full / box))
+    centre = layer.data_to_world((lo + hi) / 2)
+    viewer.camera.center = tuple(float(c) for c in centre)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the GUI; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -186,6 +219,31 @@ def main(argv: list[str] | None = None) -> int:
     session.auto_predict = have_model and not args.no_predict
     widgets = _add_docks(viewer, height=h)
     viewer.window.resize(w, h)  # the docks' sizes must not override --size
+    if args.preset and "Display" in widgets:
+        try:
+            widgets["Display"].apply_preset(args.preset)  # later cases follow it
+        except ValueError as exc:
+            print(f"cxrseg-gui: --preset: {exc}", file=sys.stderr)
+            viewer.close()
+            return 2
+    if args.focus and "Compare" in widgets:
+        from cxrseg.regions import REGIONS, canonical_region
+
+        try:
+            widgets["Compare"].err_region.setCurrentIndex(REGIONS.index(canonical_region(args.focus)))
+        except (KeyError, ValueError) as exc:
+            print(f"cxrseg-gui: --focus {args.focus!r}: {exc}", file=sys.stderr)
+            viewer.close()
+            return 2
+    if args.dock:
+        from qtpy.QtWidgets import QDockWidget
+
+        def raise_docks() -> None:
+            for d in viewer.window._qt_window.findChildren(QDockWidget):
+                if d.windowTitle() in args.dock or d.objectName() in args.dock:
+                    d.raise_()
+
+        QTimer.singleShot(50, raise_docks)
 
     state = {"status": 0, "shot": False}
 
@@ -199,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
         session.load_case(target)
 
     session.dataset_changed.connect(first_case)
+
+    if args.focus:
+        def focus_once(*_a) -> None:
+            for sig in (session.prediction_changed, session.case_changed):
+                try:
+                    sig.disconnect(focus_once)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+            focus_region(viewer, session, args.focus)
+
+        (session.prediction_changed if session.auto_predict else session.case_changed).connect(focus_once)
 
     def report(model_id) -> None:
         if model_id is not None:

@@ -109,7 +109,8 @@ class CasesWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self._fit_columns()
+        self.table.setMinimumHeight(4 * self.table.verticalHeader().defaultSectionSize())
         self.table.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
         self.table.horizontalHeader().sortIndicatorChanged.connect(lambda *_: self._reindex())
@@ -146,6 +147,25 @@ class CasesWidget(QWidget):
             self._on_dataset(s.dataset_root)
             if s.case_id:
                 self._on_case(s.case_id)
+
+    def _fit_columns(self) -> None:
+        """Column widths from the font, just wide enough for their contents: every region's
+        IoU stays in view in a dock a third of a 1920 px screen wide (no sideways scrolling)."""
+        fm = self.table.fontMetrics()
+        pad = 14
+
+        def width(*texts: str) -> int:
+            return max(fm.horizontalAdvance(t) for t in texts) + pad
+
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setMinimumSectionSize(24)
+        widths = [width("JPCNN100", "PHANTOM000") + 12,  # + the sort indicator
+                  width("Nod.", "yes"), width("Fold", "2"), width("Review", *_STATUS_MARK.values())]
+        widths += [width("0.000", SHORT_NAMES[r]) for r in REGIONS]
+        for j, w in enumerate(widths):
+            self.table.setColumnWidth(j, w)
+        header.setStretchLastSection(False)
 
     # ------------------------------------------------------------------ actions
     def _browse_folder(self) -> None:
