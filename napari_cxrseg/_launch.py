@@ -135,6 +135,10 @@ def _add_docks(viewer, *, height: int | None = None) -> dict:
         else:
             first_of[group] = name
         _shortcuts.bind_dock(viewer, w)
+    if height < TALL and "Display" in widgets:
+        from ._widgets._display import install_legend
+
+        install_legend(viewer, font_size=7)  # a smaller legend on a small canvas
 
     def arrange() -> None:
         for name in first_of.values():
@@ -144,7 +148,8 @@ def _add_docks(viewer, *, height: int | None = None) -> dict:
         if right:
             # the right column: a good third of the window (every IoU column of the Cases table)
             qwin.resizeDocks(right[:1], [max(420, int(total_w * 0.36))], Qt.Orientation.Horizontal)
-            shares = {"browse": 0.42, "edit": 0.58} if len(right) == 2 else {"browse": 0.34, "edit": 0.4,
+            # on a short screen the review queue (8 rows and its buttons) gets the larger part
+            shares = {"browse": 0.58, "edit": 0.42} if len(right) == 2 else {"browse": 0.36, "edit": 0.38,
                                                                                "compare": 0.26}
             sizes = [int(total_h * shares.get(g, 0.3)) for g, n in first_of.items() if g != "left"]
             qwin.resizeDocks(right, sizes, Qt.Orientation.Vertical)

@@ -76,7 +76,7 @@ def legend_entries() -> list[tuple[str, tuple]]:
     return out
 
 
-def install_legend(viewer, *, visible: bool = True) -> list:
+def install_legend(viewer, *, visible: bool = True, font_size: float | None = None) -> list:
     """A colour legend in the canvas's bottom-right corner (one text overlay per entry,
     napari stacks them); returns the overlays. Installing twice keeps one legend."""
     from napari.components.overlays import TextOverlay
@@ -88,10 +88,12 @@ def install_legend(viewer, *, visible: bool = True) -> list:
         key = f"cxrseg_legend_{i}"
         ov = overlays.get(key) if hasattr(overlays, "get") else None
         if ov is None:
-            ov = TextOverlay(text=text, position="bottom_right", font_size=9, color=color, box=True,
-                             visible=visible)
+            ov = TextOverlay(text=text, position="bottom_right", font_size=font_size or 9, color=color,
+                             box=True, visible=visible)
             overlays[key] = ov
         ov.visible = visible
+        if font_size is not None:
+            ov.font_size = font_size
         out.append(ov)
     return out[::-1]
 
