@@ -28,15 +28,18 @@ import numpy as np
 
 __all__ = ["PRESETS", "PRESET_HELP", "body_pixels", "auto_window", "limits_to_window", "window_to_limits"]
 
-#: Display presets: (low, high) percentiles of the body's histogram.
-#: ``lung`` spreads the dark lung fields over the grey scale (vessels, nodules); ``bone``
-#: the bright end (clavicles, ribs, spine); ``soft tissue`` the middle (heart, diaphragm,
-#: mediastinum); ``auto`` the whole body; ``full`` every pixel of the image.
+#: Display presets: (low, high) percentiles of the body's histogram. On chest films the
+#: lung fields are the dark part of the body, the heart, mediastinum and diaphragm the
+#: bright part, and the clavicles and ribs lie *over* the lungs, a little brighter than
+#: them. ``lung`` spreads the dark lung fields over the grey scale (vessels, nodules);
+#: ``bone`` narrows the window onto the lung-to-bone range, so clavicles and ribs stand
+#: out from the lung behind them; ``soft tissue`` the bright part (heart, mediastinum,
+#: diaphragm); ``auto`` the whole body; ``full`` every pixel of the image.
 PRESETS: Mapping[str, tuple[float, float]] = {
     "auto": (1.0, 99.0),
     "lung": (0.5, 65.0),
-    "soft tissue": (20.0, 99.5),
-    "bone": (45.0, 99.9),
+    "soft tissue": (40.0, 99.5),
+    "bone": (10.0, 80.0),
     "full": (0.0, 100.0),
 }
 
@@ -45,7 +48,7 @@ PRESET_HELP: Mapping[str, str] = {
     "auto": "the whole body: 1st-99th percentile of the pixels inside the body",
     "lung": "dark lung fields spread out: vessels, nodules, lung edges",
     "soft tissue": "heart, mediastinum and diaphragm",
-    "bone": "the brightest structures: clavicles, ribs, spine",
+    "bone": "clavicles and ribs against the lung behind them (a narrower window)",
     "full": "every grey value of the image (no clipping)",
 }
 
