@@ -226,9 +226,10 @@ class FinetuneWidget(QWidget):
         s = self.session
         ticked = set(self.validation_cases()) if keep_ticks and self.val_list.count() else None
         try:
+            dataset = hasattr(s.index, "with_regions")  # a dataset folder, not loose files
             plan = plan_finetune(
-                self.store_root(), s.checkpoint, data_root=s.dataset_root,
-                replay_ratio=float(self.replay_spin.value()),
+                self.store_root(), s.checkpoint, data_root=s.dataset_root if dataset else None,
+                replay_ratio=float(self.replay_spin.value()), index=s.index if dataset else None,
             )
         except (ValueError, OSError) as exc:
             self.plan = None

@@ -391,12 +391,31 @@ class FinetunePlan:
     message: str = ""
 
 
+def _header_metadata(path: Path) -> dict:
+    """The cxrseg metadata of a ``.safetensors`` checkpoint, read from its JSON header
+    without importing torch (which a GUI thread must not do: it is slow, and it can load a
+    second LLVM into a process that already runs Mesa's)."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if not 0 < n < 100_000_000:
+                raise ValueError(f"header length {n}")
+            header = json.loads(fh.read(n))
+        return json.loads(header["__metadata__"]["cxrseg"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise FinetuneError(f"checkpoint {path}: no readable cxrseg metadata ({exc})") from None
+
+
 def plan_finetune(
     corrections, checkpoint: str | os.PathLike | None = None, *, data_root=None, val_cases=None,
-    replay_ratio: float = 2.0, regions=None,
+    replay_ratio: float = 2.0, regions=None, index=None,
 ) -> FinetunePlan:
     """The cases a :func:`finetune_iter` run with these arguments would use (reads only
-    metadata and the store's sidecars; fast enough for a GUI to call on the GUI thread).
+    the checkpoint's header and the store's sidecars, never torch; fast enough for a GUI
+    thread). ``index``: the dataset's :class:`cxrseg.dataset.DatasetIndex` if already
+    built (else it is built from ``data_root``).
 
     Raises
     ------
@@ -404,7 +423,7 @@ def plan_finetune(
         Unknown validation cases (see :func:`finetune_iter`).
     """
     from .dataset import DatasetIndex
-    from .model import default_checkpoint_path, read_metadata
+    from .model import default_checkpoint_path
 
     src = Path(checkpoint).expanduser() if checkpoint is not None else default_checkpoint_path()
     if src.is_dir():
@@ -412,7 +431,7 @@ def plan_finetune(
             if (src / name).is_file():
                 src = src / name
                 break
-    meta = read_metadata(src)
+    meta = _header_metadata(src)
     from .config import ModelConfig
 
     model_regions = tuple(ModelConfig.from_dict(meta["config"]).regions)
@@ -424,7 +443,8 @@ def plan_finetune(
         corrected = sorted({v.case for v in store.latest_versions() if v.region in use})
     full_ids: list[str] = []
     if data_root is not None:
-        full_ids = [c.case_id for c in DatasetIndex(data_root).with_regions(model_regions)]
+        index = index if index is not None else DatasetIndex(data_root)
+        full_ids = [c.case_id for c in index.with_regions(model_regions)]
     val_ids, dropped, replay_ids = _select_cases(
         meta, full_ids, corrected, val_cases=val_cases, replay_ratio=replay_ratio,
         data_root=data_root, model_regions=model_regions,
