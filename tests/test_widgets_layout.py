@@ -218,3 +218,22 @@ def test_reviewer_name_is_asked_once_and_recorded(make_napari_viewer, qtbot, pha
     # a new session (another viewer) knows the name: not asked again
     review2 = ReviewWidget(make_napari_viewer())
     assert review2.reviewer_edit.text() == "Dr. Reader" and review2.reviewer_hint.isHidden()
+
+
+def test_a_real_key_press_on_the_canvas_toggles_the_heatmaps(make_napari_viewer, qtbot):
+    """The keys reach the action through the canvas, as a user's key press does."""
+    from qtpy.QtCore import Qt
+
+    from napari_cxrseg import _shortcuts
+    from napari_cxrseg._widgets._predict import PredictWidget
+
+    viewer = make_napari_viewer(show=True)
+    predict = PredictWidget(viewer)
+    assert _shortcuts.bind_dock(viewer, predict) == ["heatmaps"]
+    assert "(H)" in predict.heat_box.toolTip()
+    before = predict.heat_box.isChecked()
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_H)
+    qtbot.waitUntil(lambda: predict.heat_box.isChecked() != before, timeout=2000)
+    assert predict.session.display["show_heatmaps"] == predict.heat_box.isChecked()
