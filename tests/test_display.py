@@ -57,3 +57,20 @@ def test_flat_and_bad_input():
 def test_large_images_are_subsampled():
     img = np.tile(_radiograph(), (6, 7))  # 2400 x 2100
     assert body_pixels(img).size <= 300_000
+
+
+def test_presets_on_real_radiographs(real_data_root):
+    """On JSRT films: the lung window holds the lung fields, the bone window the clavicles
+    (brighter than the lung behind them) with more contrast than the automatic one."""
+    from cxrseg.dataset import DatasetIndex
+
+    index = DatasetIndex(real_data_root)
+    for case in index.cases[:4]:
+        img = case.load_image().data
+        masks = case.load_masks(["left_clavicle", "left_lung", "heart"], shape=img.shape)
+        med = {r: float(np.median(img[m])) for r, m in masks.items()}
+        auto, bone, lung, soft = (auto_window(img, preset=p) for p in ("auto", "bone", "lung", "soft tissue"))
+        assert bone[0] < med["left_clavicle"] < bone[1], (case.case_id, bone, med)
+        assert bone[1] - bone[0] < auto[1] - auto[0]
+        assert lung[0] < med["left_lung"] < lung[1], (case.case_id, lung, med)
+        assert soft[0] < med["heart"] < soft[1], (case.case_id, soft, med)
