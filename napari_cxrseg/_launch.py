@@ -4,11 +4,17 @@
     cxrseg-gui --data /path/to/jsrt-scr --case JPCLN001
     cxrseg-gui --data RG1_UNCR.dcm      # a single image (no ground truth)
     cxrseg-gui --screenshot shot.png    # wait for the layers and the prediction, save, quit
+    cxrseg-gui --focus left_clavicle --preset bone --dock "Review queue"   # a review set-up
 
-The docks (Cases | Review queue | Training progression, Predict | Correct & fine-tune,
-Compare) are tabified on the right. The first case (or ``--case``) is loaded and,
-unless ``--no-predict`` or the model is missing, predicted in a worker -- which also loads
-and warms up the model for the next Run.
+The docks are tabified on the right in two groups (Cases | Review queue | Training
+progression above, Predict | Compare | Correct | Fine-tune | Display below). In a
+window 950 px tall or more, Compare gets a group of its own and the Display dock
+(window/level, colour legend, R/L markers, keys) sits on the left under the layer list.
+The colour legend and the R/L markers are drawn on the canvas either way. Every dock scrolls
+instead of forcing its full height on the window, so the window fits ``--size`` (default:
+the screen's available area, at most 1680 x 1020) on a 1366 x 768 screen too. The first
+case (or ``--case``) is loaded and, unless ``--no-predict`` or the model is missing,
+predicted in a worker -- which also loads and warms up the model for the next Run.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["main", "default_data_root", "build_parser"]
+__all__ = ["main", "default_data_root", "build_parser", "parse_size", "focus_region", "DOCKS"]
 
 
 def default_data_root() -> Path:
@@ -49,54 +55,135 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clean the predicted masks (largest component, holes filled)")
     p.add_argument("--screenshot", metavar="PATH",
                    help="wait for the case (and its prediction), save a screenshot of the window, quit")
-    p.add_argument("--size", default="1680x1020", help="window size WxH (default 1680x1020)")
+    p.add_argument("--size", default=None,
+                   help="window size WxH (default: the screen's available area, at most 1680x1020)")
+    p.add_argument("--focus", metavar="REGION",
+                   help="zoom onto this region (its ground truth, else its prediction) and show its errors")
+    p.add_argument("--preset", help="window/level preset of the image: auto, lung, soft tissue, bone, full")
+    p.add_argument("--dock", action="append", default=[], metavar="NAME",
+                   help="bring this dock's tab to the front (repeatable), e.g. 'Review queue'")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="with --screenshot: give up after this many seconds (default 600)")
     return p
 
 
-def _add_docks(viewer) -> dict:
-    from ._widgets._cases import CasesWidget
-    from ._widgets._compare import CompareWidget
-    from ._widgets._predict import PredictWidget
-    from ._widgets._progression import ProgressionWidget
-    from ._widgets._review import ReviewWidget
+#: (dock name, module, class, group): docks of one group are tabified; the first of each
+#: group is raised. "compare" and "left" join "edit" on short screens (see _add_docks).
+DOCKS = (
+    ("Cases", "_cases", "CasesWidget", "browse"),
+    ("Review queue", "_review", "ReviewWidget", "browse"),
+    ("Training progression", "_progression", "ProgressionWidget", "browse"),
+    ("Predict", "_predict", "PredictWidget", "edit"),
+    ("Compare", "_compare", "CompareWidget", "compare"),
+    ("Correct", "_correct", "CorrectWidget", "edit"),
+    ("Fine-tune", "_finetune", "FinetuneWidget", "edit"),
+    ("Display", "_display", "DisplayWidget", "left"),
+)
 
+#: Below this window height Compare is tabified with Predict instead of stacked below it.
+TALL = 950
+
+
+def parse_size(text: str | None, available: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``"WxH"`` -> ``(W, H)``; ``None``: the available screen area, at most 1680 x 1020.
+
+    Raises
+    ------
+    ValueError
+        Not of the form ``WxH`` with positive integers.
+    """
+    if text is None:
+        aw, ah = available or (1680, 1020)
+        return min(aw, 1680), min(ah, 1020)
     try:
-        from ._widgets._correct import CorrectWidget
-    except Exception as exc:  # noqa: BLE001 - a broken optional dock must not stop the GUI
-        print(f"cxrseg-gui: the Correct & fine-tune dock is unavailable ({exc})", file=sys.stderr)
-        CorrectWidget = None  # noqa: N806
+        w, h = (int(x) for x in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 1366x768") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"--size {text!r}: width and height must be positive")
+    return w, h
 
-    plan = [
-        ("Cases", CasesWidget, False),
-        ("Review queue", ReviewWidget, True),
-        ("Training progression", ProgressionWidget, True),
-        ("Predict", PredictWidget, False),
-        ("Correct & fine-tune", CorrectWidget, True),
-        ("Compare", CompareWidget, False),
-    ]
-    widgets, docks = {}, {}
-    for name, cls, tabify in plan:
-        if cls is None:
-            continue
+
+def _add_docks(viewer, *, height: int | None = None) -> dict:
+    """Create the docks, wrapped in scroll areas, and lay them out; returns name -> widget."""
+    import importlib
+
+    from qtpy.QtCore import Qt, QTimer
+
+    from . import _shortcuts
+    from ._widgets._common import scrollable
+
+    qwin = viewer.window._qt_window
+    height = int(height or qwin.height())
+    widgets, docks, first_of = {}, {}, {}
+    for name, module, cls_name, group in DOCKS:
+        if group in ("compare", "left") and height < TALL:
+            group = "edit"  # a short screen: one more tab rather than a squeezed dock
         try:
+            cls = getattr(importlib.import_module(f"napari_cxrseg._widgets.{module}"), cls_name)
             w = cls(viewer)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a broken optional dock must not stop the GUI
             print(f"cxrseg-gui: the {name} dock failed to start ({exc})", file=sys.stderr)
             continue
         widgets[name] = w
-        docks[name] = viewer.window.add_dock_widget(w, name=name, area="right", tabify=tabify)
-    from qtpy.QtCore import QTimer
+        area = "left" if group == "left" else "right"
+        tabify = group in first_of
+        holder = w if group == "left" else scrollable(w)  # the small left dock keeps its height
+        docks[name] = viewer.window.add_dock_widget(holder, name=name, area=area, tabify=False)
+        if tabify:
+            qwin.tabifyDockWidget(docks[first_of[group]], docks[name])
+        else:
+            first_of[group] = name
+        _shortcuts.bind_dock(viewer, w)
+    if height < TALL and "Display" in widgets:
+        from ._widgets._display import install_legend
 
-    def show_first_tabs() -> None:
-        for name in ("Cases", "Predict", "Compare"):
-            if name in docks:
-                docks[name].raise_()
+        install_legend(viewer, font_size=7)  # a smaller legend on a small canvas
 
-    show_first_tabs()
-    QTimer.singleShot(0, show_first_tabs)  # again once the window is shown (tabs exist then)
+    def arrange() -> None:
+        for name in first_of.values():
+            docks[name].raise_()
+        right = [docks[n] for g, n in first_of.items() if g != "left"]
+        total_w, total_h = qwin.width(), qwin.height()
+        if right:
+            # the right column: a good third of the window (every IoU column of the Cases table)
+            qwin.resizeDocks(right[:1], [max(420, int(total_w * 0.36))], Qt.Orientation.Horizontal)
+            # on a short screen the review queue (8 rows and its buttons) gets the larger part
+            shares = {"browse": 0.58, "edit": 0.42} if len(right) == 2 else {"browse": 0.36, "edit": 0.38,
+                                                                               "compare": 0.26}
+            sizes = [int(total_h * shares.get(g, 0.3)) for g, n in first_of.items() if g != "left"]
+            qwin.resizeDocks(right, sizes, Qt.Orientation.Vertical)
+
+    arrange()
+    QTimer.singleShot(0, arrange)  # again once the window is shown (tabs and sizes exist then)
     return widgets
+
+
+def focus_region(viewer, session, region: str, *, margin: float = 0.8) -> bool:
+    """Zoom the canvas onto a region of the current case: its ground truth's bounding box,
+    else its predicted mask's, with ``margin`` (a fraction of the box) around it. Returns
+    whether the region was found."""
+    import numpy as np
+
+    from cxrseg.regions import canonical_region
+
+    region = canonical_region(region)
+    mask = (session.truth or {}).get(region)
+    if mask is None or not np.any(mask):
+        mask = (session.masks or {}).get(region)
+    layer = session.get_layer("image")
+    if mask is None or layer is None or not np.any(mask):
+        return False
+    rows, cols = np.nonzero(mask)
+    lo = np.array([rows.min(), cols.min()], float)
+    hi = np.array([rows.max(), cols.max()], float)
+    box = (hi - lo + 1) * (1 + margin)
+    viewer.reset_view()
+    full = np.asarray(layer.data.shape[-2:], float)
+    viewer.camera.zoom = viewer.camera.zoom * float(min(full / box))
+    centre = layer.data_to_world((lo + hi) / 2)
+    viewer.camera.center = tuple(float(c) for c in centre)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,18 +205,50 @@ def main(argv: list[str] | None = None) -> int:
     if not root.exists():
         print(f"cxrseg-gui: {root}: no such dataset folder or image file", file=sys.stderr)
         return 2
+    from qtpy.QtWidgets import QApplication
+
     viewer = napari.Viewer(title="napari-cxrseg")
+    screen = QApplication.primaryScreen()
+    avail = screen.availableGeometry() if screen is not None else None
     try:
-        w, h = (int(x) for x in args.size.lower().split("x"))
-        viewer.window.resize(w, h)
-    except (ValueError, AttributeError):
-        pass
+        w, h = parse_size(args.size, (avail.width(), avail.height()) if avail is not None else None)
+    except ValueError as exc:
+        print(f"cxrseg-gui: {exc}", file=sys.stderr)
+        viewer.close()
+        return 2
+    viewer.window.resize(w, h)
     session = get_session(viewer)
     session.set_model(args.model, args.device)
     session.postprocess = bool(args.postprocess)
     have_model = args.model is not None or default_checkpoint_path().is_file()
     session.auto_predict = have_model and not args.no_predict
-    widgets = _add_docks(viewer)
+    widgets = _add_docks(viewer, height=h)
+    viewer.window.resize(w, h)  # the docks' sizes must not override --size
+    if args.preset and "Display" in widgets:
+        try:
+            widgets["Display"].apply_preset(args.preset)  # later cases follow it
+        except ValueError as exc:
+            print(f"cxrseg-gui: --preset: {exc}", file=sys.stderr)
+            viewer.close()
+            return 2
+    if args.focus and "Compare" in widgets:
+        from cxrseg.regions import REGIONS, canonical_region
+
+        try:
+            widgets["Compare"].err_region.setCurrentIndex(REGIONS.index(canonical_region(args.focus)))
+        except (KeyError, ValueError) as exc:
+            print(f"cxrseg-gui: --focus {args.focus!r}: {exc}", file=sys.stderr)
+            viewer.close()
+            return 2
+    if args.dock:
+        from qtpy.QtWidgets import QDockWidget
+
+        def raise_docks() -> None:
+            for d in viewer.window._qt_window.findChildren(QDockWidget):
+                if d.windowTitle() in args.dock or d.objectName() in args.dock:
+                    d.raise_()
+
+        QTimer.singleShot(50, raise_docks)
 
     state = {"status": 0, "shot": False}
 
@@ -143,6 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         session.load_case(target)
 
     session.dataset_changed.connect(first_case)
+
+    if args.focus:
+        def focus_once(*_a) -> None:
+            for sig in (session.prediction_changed, session.case_changed):
+                try:
+                    sig.disconnect(focus_once)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+            focus_region(viewer, session, args.focus)
+
+        (session.prediction_changed if session.auto_predict else session.case_changed).connect(focus_once)
 
     def report(model_id) -> None:
         if model_id is not None:

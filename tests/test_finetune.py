@@ -240,3 +240,59 @@ def test_bad_inputs(weak, tmp_path):
         finetune(store, ck, tmp_path / "o.safetensors", data_root=ds, val_cases=["NOPE"], **FAST)
     with pytest.raises(FinetuneError, match="not found"):
         finetune(tmp_path / "missing", ck, tmp_path / "o.safetensors", **FAST)
+
+
+def test_progress_during_data_preparation_and_cache_beside_the_dataset(weak, tmp_path, monkeypatch):
+    import shutil
+
+    from cxrseg.workspace import workdir
+
+    ds0, ck = weak
+    ds = tmp_path / "ds"
+    shutil.copytree(ds0, ds)
+    monkeypatch.delenv("CXRSEG_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where a home-folder cache would land
+    store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
+    corrected = read_metadata(ck)["train_cases"][:2]
+    _correct(store, ds, corrected)
+    events = list(finetune_iter(store, ck, tmp_path / "new.safetensors", data_root=ds, epochs=1,
+                                tolerance=1.0, max_steps=1,
+                                **{k: v for k, v in FAST.items() if k != "cache_dir"}))
+    kinds = [e["kind"] for e in events]
+    prep = [e for e in events if e["kind"] == "prepare"]
+    res = events[-1]["result"]
+    n = len(corrected) + len(res.replay_cases) + len(res.val_cases)
+    # one event per prepared case, counting up to the total, all before training starts
+    assert [e["done"] for e in prep] == list(range(1, n + 1)) and prep[-1]["total"] == n
+    assert {e["what"] for e in prep} == {"corrections", "replay", "validation"}
+    assert max(i for i, k in enumerate(kinds) if k == "prepare") < kinds.index("start")
+    cache = workdir(ds) / "cache"
+    assert len(list(cache.glob("arrays-*.npz"))) == 2  # replay and validation arrays
+    assert not (tmp_path / "home" / ".cache").exists()
+    # a second run finds the cache: no per-case events for the cached sets
+    again = list(finetune_iter(store, ck, tmp_path / "new2.safetensors", data_root=ds, epochs=1,
+                               tolerance=1.0, max_steps=1,
+                               **{k: v for k, v in FAST.items() if k != "cache_dir"}))
+    assert {e["what"] for e in again if e["kind"] == "prepare"} == {"corrections"}
+
+
+def test_plan_explains_the_validation_set(weak, tmp_path):
+    from cxrseg.finetune import plan_finetune
+
+    ds, ck = weak
+    meta = read_metadata(ck)
+    store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
+    empty = plan_finetune(store.root, ck, data_root=ds)
+    assert empty.corrected_cases == [] and "no corrections" in empty.message
+    corrected = [meta["val_cases"][0], meta["train_cases"][0]]
+    _correct(store, ds, corrected)
+    plan = plan_finetune(store.root, ck, data_root=ds)
+    assert plan.corrected_cases == sorted(corrected)
+    assert plan.val_cases == sorted(set(meta["val_cases"]) - set(corrected))
+    assert plan.dropped == [meta["val_cases"][0]]
+    assert not set(plan.candidates) & set(corrected) and set(plan.val_cases) <= set(plan.candidates)
+    none = plan_finetune(store.root, ck, data_root=ds, val_cases=[])
+    assert none.val_cases == [] and none.message.startswith("0 validation cases")
+    assert "Tick validation cases" in none.message
+    nodata = plan_finetune(store.root, ck)
+    assert nodata.val_cases == [] and "no dataset" in nodata.message

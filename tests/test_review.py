@@ -167,3 +167,58 @@ def test_iter_review_run_with_a_real_tiny_model(tmp_path):
     out = list(iter_review_run(pred, DatasetIndex(root).cases, None))
     assert len(out) == 2 and set(out[0][3]) == set(REGIONS)
     assert all(0.0 <= v <= 1.0 for *_, ious in out for v in ious.values())
+
+
+def test_old_ledger_without_reviewer_column_is_migrated(tmp_path):
+    """A ledger written before the reviewer column existed opens, keeps its rows, gains the column."""
+    import sqlite3
+
+    from cxrseg.review import SCHEMA_VERSION
+
+    path = tmp_path / "review.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(
+        "CREATE TABLE review (case_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+        "comment TEXT NOT NULL DEFAULT '', updated TEXT NOT NULL);"
+        "INSERT INTO review VALUES ('OLD1', 'flagged', 'kept', '2025-01-01T00:00:00+00:00');"
+    )
+    con.commit()
+    con.close()
+    with ReviewLedger(path) as led:
+        old = led.get("OLD1")
+        assert (old.status, old.comment, old.reviewer) == ("flagged", "kept", None)
+        led.set_status("NEW1", "approved", reviewer="dr who")
+        assert led.get("NEW1").reviewer == "dr who"
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    con.close()
+    with ReviewLedger(path) as led:  # a second open is a no-op
+        assert led.get("NEW1").reviewer == "dr who" and led.get("OLD1").comment == "kept"
+
+
+def test_newer_schema_is_refused(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "review.sqlite"
+    ReviewLedger(path).close()
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA user_version = 99")
+    con.commit()
+    con.close()
+    with pytest.raises(ValueError, match="newer"):
+        ReviewLedger(path)
+
+
+def test_reviewer_name_is_remembered(tmp_path, monkeypatch):
+    from cxrseg.review import default_reviewer, remember_reviewer, remembered_reviewer
+
+    monkeypatch.setenv("CXRSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("USER", "login")
+    monkeypatch.delenv("CXRSEG_REVIEWER", raising=False)
+    assert remembered_reviewer() is None and default_reviewer() == "login"
+    remember_reviewer("  Dr. A. Reader ")
+    assert remembered_reviewer() == default_reviewer() == "Dr. A. Reader"
+    with ReviewLedger(tmp_path / "r.sqlite") as led:  # the default reviewer of a status
+        assert led.set_status("C1", "approved").reviewer == "Dr. A. Reader"
+    with pytest.raises(ValueError, match="one non-empty line"):
+        remember_reviewer("two\nlines")

@@ -1,4 +1,4 @@
-"""The Correct dock: edit, save, autosave/restore, fine-tune in a worker, switch model.
+"""The Correct dock: edit, save, autosave/restore (fine-tuning: test_widgets_finetune.py).
 
 Run under a virtual X server: ``xvfb-run -a pytest tests/test_widget_correct.py``.
 """
@@ -6,7 +6,6 @@ Run under a virtual X server: ``xvfb-run -a pytest tests/test_widget_correct.py`
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +96,7 @@ def _setup(make_napari_viewer, ds, ck=None):
     return viewer, widget, s
 
 
-def test_edit_paint_save_finetune_and_switch_model(
+def test_edit_paint_and_save(
     make_napari_viewer, qtbot, weak, tmp_path, errors
 ):
     ds, ck = weak
@@ -136,23 +135,6 @@ def test_edit_paint_save_finetune_and_switch_model(
     assert store.root == (ds / "corrections").resolve()
     assert sorted(store.cases()) == sorted(corrected)
 
-    s.synchronous = False
-    worker = w.start_finetune(epochs=3, tolerance=1.0, **FAST)
-    assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=300_000):
-        pass
-    res = w.last_result
-    assert not errors, errors
-    assert res is not None and res.written, res.reason if res else None
-    assert res.after["corrected"][REGION] > res.before["corrected"][REGION] + 0.1, res.table()
-    assert w.progress.value() == 100 and REGION in w.report_label.text()
-    assert not w.use_model_button.isHidden()
-    assert read_metadata(res.path)["parent_id"] == read_metadata(ck)["model_id"]
-
-    s.synchronous = True
-    qtbot.mouseClick(w.use_model_button, Qt.LeftButton)
-    assert s.checkpoint == str(res.path) and seen_models[-1] == str(res.path)
-    assert s.model_id == res.model_id  # the current case was predicted again with the new model
     assert _tree_hashes(ds / "masks") == gt_before
 
 
@@ -232,25 +214,3 @@ def test_errors_become_notifications(make_napari_viewer, weak, errors):
     assert w.save() == [] and "click Edit first" in errors[-1]
     w.set_regions([])
     assert w.edit() == [] and "tick at least one region" in errors[-1]
-    assert w.start_finetune() is None and "no corrections" in errors[-1]
-
-
-def test_cancel_stops_finetuning_and_writes_nothing(make_napari_viewer, qtbot, weak, errors):
-    ds, ck = weak
-    viewer, w, s = _setup(make_napari_viewer, ds, ck)
-    s.load_case_sync("PHANTOM002")
-    w.edit(["heart"], "ground truth")
-    w.save()
-    s.synchronous = False
-    worker = w.start_finetune(epochs=100, tolerance=1.0, **FAST)
-    qtbot.waitUntil(lambda: w.progress.value() > 0, timeout=120_000)
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        qtbot.mouseClick(w.cancel_button, Qt.LeftButton)
-    models = w.models_dir()
-    qtbot.waitUntil(lambda: not list(models.glob(".cxrseg-finetune-*")), timeout=10_000)
-    assert not list(models.glob("*.safetensors"))
-    assert w.finetune_button.isEnabled() and w.use_model_button.isHidden()
-    assert "cancelled" in w.status_label.text()
-    assert not errors, errors
-    side = json.loads(next((ds / "corrections" / "masks" / "heart").glob("*.json")).read_text())
-    assert side["source"] == "ground truth" and side["iou_truth"] == 1.0

@@ -110,9 +110,17 @@ def test_manifest_lists_the_widgets():
 
     m = PluginManifest.from_file(str(resources.files("napari_cxrseg") / "napari.yaml"))
     names = [w.display_name for w in m.contributions.widgets]
-    assert names == ["Cases", "Predict", "Compare", "Review queue", "Training progression", "Correct & fine-tune"]
+    assert names == ["Cases", "Predict", "Compare", "Review queue", "Training progression", "Correct",
+                     "Fine-tune", "Display"]
+    assert not any("&" in n for n in names)  # Qt would take "&" for a shortcut mnemonic
     cmds = {c.id: c.python_name for c in m.contributions.commands}
     assert cmds["napari-cxrseg.correct_widget"] == "napari_cxrseg._widgets._correct:CorrectWidget"
+    assert cmds["napari-cxrseg.finetune_widget"] == "napari_cxrseg._widgets._finetune:FinetuneWidget"
+    import importlib
+
+    for python_name in cmds.values():  # every contribution imports
+        mod, _, attr = python_name.partition(":")
+        assert callable(getattr(importlib.import_module(mod), attr))
 
 
 def test_thread_pool_headroom(make_napari_viewer, qtbot):

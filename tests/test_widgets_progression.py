@@ -97,3 +97,57 @@ def test_open_a_real_cxrseg_train_run(make_napari_viewer, qtbot, phantom_root, t
     viewer.dims.set_current_step(0, 1)
     assert w.current_epoch() == 2
     assert f"{hist[1]['val_iou']['mean']:.3f}" in w.epoch_label.text()
+
+
+def test_maps_lie_over_the_case_at_its_scale_and_clear_on_case_change(
+        make_napari_viewer, qtbot, phantom_root, tmp_path):
+    """A 64 px run covers its case (same world extent as the case image), not a corner of it."""
+    from napari_cxrseg._widgets._progression import ProgressionWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    viewer = make_napari_viewer()
+    s = get_session(viewer)
+    open_case(qtbot, s, phantom_root, "PHANTOM002")
+    image = s.get_layer("image")
+    w = ProgressionWidget(viewer)
+    wait_worker(qtbot, w.open_run(_fake_run(tmp_path / "run")))
+    heart = viewer.layers["PHANTOM002 progression heart"]
+    gt = viewer.layers["PHANTOM002 progression ground truth"]
+    h, wd = image.data.shape
+    lo_img = np.asarray(image.data_to_world((0, 0)))
+    hi_img = np.asarray(image.data_to_world((h - 1, wd - 1)))
+    lo = np.asarray(gt.data_to_world((0, 0)))
+    hi = np.asarray(gt.data_to_world((S - 1, S - 1)))
+    step = np.asarray(gt.scale)
+    # the map's first and last pixel centres sit within one map pixel of the case's corners
+    assert np.all(np.abs(lo - lo_img) <= step) and np.all(np.abs(hi - hi_img) <= step), (lo, hi, lo_img, hi_img)
+    assert tuple(heart.scale[1:]) == tuple(gt.scale) and tuple(heart.translate[1:]) == tuple(gt.translate)
+    # the ground truth at training resolution overlaps the case's ground truth where it should
+    case_gt = s.get_layer("ground_truth")
+    rows, cols = np.nonzero(gt.data == 4)  # left lung (patient)
+    centre = gt.data_to_world((rows.mean(), cols.mean()))
+    r, c = (int(round(x)) for x in case_gt.world_to_data(centre))
+    assert case_gt.data[r, c] == 4
+    # another case: the progression layers go
+    wait_worker(qtbot, s.load_case("PHANTOM001"))
+    assert not any("progression" in ly.name for ly in viewer.layers)
+    assert "Cleared" in w.info.text() and w.progression is None
+
+
+def test_wrong_folder_is_an_inline_message_not_a_popup(make_napari_viewer, qtbot, tmp_path):
+    from _gui_fixtures import notifications
+
+    from napari_cxrseg._widgets._progression import ProgressionWidget
+
+    viewer = make_napari_viewer()
+    w = ProgressionWidget(viewer)
+    got = notifications()
+    assert w.open_run(tmp_path) is None  # a folder without progression.npz
+    assert "no progression.npz" in w.info.text()
+    assert w.open_run(tmp_path / "nowhere") is None and "no such folder" in w.info.text()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "progression.npz").write_bytes(b"not an npz")
+    wait_worker(qtbot, w.open_run(bad))
+    assert "Cannot open" in w.info.text() and "not a cxrseg progression file" in w.info.text()
+    assert not got, [str(n.message) for n in got]

@@ -94,19 +94,23 @@ class CasesWidget(QWidget):
         open_btn.clicked.connect(self.open_root)
 
         self.summary = QLabel("No dataset open.")
+        self.summary.setToolTip("region columns: IoU of the prediction against the ground truth")
         self.summary.setWordWrap(True)
 
         self.table = QTableWidget(0, len(self.COLUMNS))
+        # short titles keep every region's IoU in view without scrolling sideways
         self.table.setHorizontalHeaderLabels(
-            ["Case", "Nodule", "Fold", "Review"] + [f"IoU {SHORT_NAMES[r]}" for r in REGIONS]
+            ["Case", "Nod.", "Fold", "Review"] + [SHORT_NAMES[r] for r in REGIONS]
         )
+        self.table.horizontalHeaderItem(1).setToolTip("JSRT nodule case?")
         for j, r in enumerate(REGIONS, start=4):
             self.table.horizontalHeaderItem(j).setToolTip(f"IoU of the {DISPLAY_NAMES[r]} vs. ground truth")
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self._fit_columns()
+        self.table.setMinimumHeight(4 * self.table.verticalHeader().defaultSectionSize())
         self.table.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
         self.table.horizontalHeader().sortIndicatorChanged.connect(lambda *_: self._reindex())
@@ -143,6 +147,25 @@ class CasesWidget(QWidget):
             self._on_dataset(s.dataset_root)
             if s.case_id:
                 self._on_case(s.case_id)
+
+    def _fit_columns(self) -> None:
+        """Column widths from the font, just wide enough for their contents: every region's
+        IoU stays in view in a dock a third of a 1920 px screen wide (no sideways scrolling)."""
+        fm = self.table.fontMetrics()
+        pad = 14
+
+        def width(*texts: str) -> int:
+            return max(fm.horizontalAdvance(t) for t in texts) + pad
+
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setMinimumSectionSize(24)
+        widths = [width("JPCNN100", "PHANTOM000") + 12,  # + the sort indicator
+                  width("Nod.", "yes"), width("Fold", "2"), width("Review", *_STATUS_MARK.values())]
+        widths += [width("0.000", SHORT_NAMES[r]) for r in REGIONS]
+        for j, w in enumerate(widths):
+            self.table.setColumnWidth(j, w)
+        header.setStretchLastSection(False)
 
     # ------------------------------------------------------------------ actions
     def _browse_folder(self) -> None:
@@ -190,7 +213,7 @@ class CasesWidget(QWidget):
         self.table.clearContents()
         self.table.setRowCount(len(idx.cases))
         for i, c in enumerate(idx.cases):
-            nod = "nodule" if c.nodule is True else ("no nodule" if c.nodule is False else "–")
+            nod = "yes" if c.nodule is True else ("no" if c.nodule is False else "–")
             entry = statuses.get(c.case_id)
             status = entry.status if entry else "unreviewed"
             items = [SortItem(c.case_id), SortItem(nod), SortItem(str(c.fold) if c.fold else "–", c.fold or 0),
@@ -210,7 +233,8 @@ class CasesWidget(QWidget):
             sm = summary()
             self.summary.setText(
                 f"<b>{Path(str(root)).name}</b>: {n} cases ({sm['nodule']} nodule, {sm['non_nodule']} without; "
-                f"fold 1: {sm['fold1']}, fold 2: {sm['fold2']}). PageDown / PageUp: next / previous case."
+                f"fold 1: {sm['fold1']}, fold 2: {sm['fold2']}); region columns: IoU. "
+                "PageDown / PageUp: next / previous case."
             )
         else:
             self.summary.setText(f"{n} file(s) from {root}")

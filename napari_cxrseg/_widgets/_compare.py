@@ -7,7 +7,7 @@ reference masks of the case. It is recomputed -- in a worker, debounced with a Q
 -- whenever the layer is painted (``events.paint``, emitted once per finished stroke in
 napari 0.9; ``events.labels_update`` during a stroke), replaced (``events.data``),
 re-thresholded or undone (``events.set_data``). A two-colour overlay layer
-``"<case> errors"`` shows false positives (red) and false negatives (blue) of one region.
+``"<case> errors"`` shows false positives (red) and false negatives (violet-blue) of one region.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class CompareWidget(QWidget):
             self.err_region.addItem(DISPLAY_NAMES[r], r)
         self.err_region.setCurrentIndex(REGIONS.index("left_clavicle"))
         self.err_region.currentIndexChanged.connect(lambda _i: self.refresh(force=True))
-        self.err_box = QCheckBox("show false positives (red) / false negatives (blue)")
+        self.err_box = QCheckBox("show false positives (red) / false negatives (violet)")
         self.err_box.setChecked(True)
         self.err_box.toggled.connect(self._on_err_box)
 

@@ -1,4 +1,4 @@
-"""Correct masks by hand, save them as versioned corrections, fine-tune on them.
+"""Correct masks by hand and save them as versioned corrections.
 
 The dock works on the viewer's :class:`~._state.Session` (current case, prediction,
 ground truth, model):
@@ -16,11 +16,8 @@ ground truth, model):
   last autosave) to :class:`cxrseg.corrections.AutosaveStore`, and right before the case
   changes. When a case with an autosaved edit is loaded (after a crash or a restart),
   a **Restore unsaved edit (time)** button offers it back.
-* **Fine-tune** runs :func:`cxrseg.finetune.finetune_iter` in a napari thread worker with
-  a progress bar and a **Cancel** button; when a new model was written, **Use new model
-  and re-predict** switches the session to it and predicts the current case again.
-
-Torch is imported only inside the worker (by :mod:`cxrseg.finetune`).
+Fine-tuning on the saved corrections is the Fine-tune dock's job
+(:mod:`napari_cxrseg._widgets._finetune`).
 """
 
 from __future__ import annotations
@@ -33,28 +30,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QFont
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from cxrseg.regions import DISPLAY_NAMES, LABEL_VALUES, REGIONS, canonical_region
 
-from ._common import notify_error, notify_info, start_worker
+from ._common import notify_error, notify_info
 from ._state import get_session
 
 log = logging.getLogger("napari_cxrseg")
@@ -69,30 +62,8 @@ def _fingerprint(data) -> int:
     return zlib.crc32(np.packbits(a, axis=None).tobytes()) ^ (a.shape[0] << 16) ^ a.shape[1]
 
 
-def _finetune_job(params: dict, holder: dict):
-    """Worker body: drive :func:`cxrseg.finetune.finetune_iter`, yield small events.
-
-    ``holder["gen"]`` keeps the inner generator so that a cancel can close it (which
-    stops training and removes its temporary files).
-    """
-    from cxrseg.finetune import finetune_iter
-
-    gen = finetune_iter(**params)
-    holder["gen"] = gen
-    result = None
-    try:
-        for ev in gen:
-            if ev["kind"] == "done":
-                result = ev["result"]
-                continue
-            yield {k: v for k, v in ev.items() if k != "model"}
-    finally:
-        gen.close()
-    return result
-
-
 class CorrectWidget(QWidget):
-    """Dock widget: edit, save and autosave corrections; fine-tune on them.
+    """Dock widget: edit, save and autosave corrections.
 
     Parameters
     ----------
@@ -110,11 +81,6 @@ class CorrectWidget(QWidget):
         #:                "autosaved": fingerprint at the last autosave}
         self._track: dict[str, dict[str, Any]] = {}
         self._stores: dict[tuple, Any] = {}
-        self._worker = None
-        self._job: dict = {}
-        self._cancelled = False
-        self.last_result = None
-        self.new_model: Path | None = None
         self.last_saved: list = []
 
         layout = QVBoxLayout(self)
@@ -163,59 +129,12 @@ class CorrectWidget(QWidget):
         eg.addWidget(self.status_label)
         layout.addWidget(edit_box)
 
-        # -- fine-tuning
-        ft_box = QGroupBox("Fine-tune on corrections")
-        fg = QFormLayout(ft_box)
-        self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 200)
-        self.epochs_spin.setValue(5)
-        fg.addRow("epochs", self.epochs_spin)
-        self.replay_spin = QDoubleSpinBox()
-        self.replay_spin.setRange(0.0, 20.0)
-        self.replay_spin.setSingleStep(0.5)
-        self.replay_spin.setValue(2.0)
-        self.replay_spin.setToolTip(
-            "replay samples of the original training data per correction sample"
-        )
-        fg.addRow("replay ratio", self.replay_spin)
-        self.tolerance_spin = QDoubleSpinBox()
-        self.tolerance_spin.setDecimals(3)
-        self.tolerance_spin.setRange(0.0, 1.0)
-        self.tolerance_spin.setSingleStep(0.001)
-        self.tolerance_spin.setValue(0.005)
-        self.tolerance_spin.setToolTip("largest allowed fall of any region's validation IoU")
-        fg.addRow("tolerance", self.tolerance_spin)
-        self.force_check = QCheckBox("write even if validation gets worse")
-        fg.addRow(self.force_check)
-        row3 = QHBoxLayout()
-        self.finetune_button = QPushButton("Fine-tune")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        row3.addWidget(self.finetune_button)
-        row3.addWidget(self.cancel_button)
-        fg.addRow(row3)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
-        self.progress.setValue(0)
-        fg.addRow(self.progress)
-        self.report_label = QLabel("")
-        self.report_label.setFont(QFont("monospace"))
-        self.report_label.setWordWrap(False)
-        self.report_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        fg.addRow(self.report_label)
-        self.use_model_button = QPushButton("Use new model and re-predict")
-        self.use_model_button.setVisible(False)
-        fg.addRow(self.use_model_button)
-        layout.addWidget(ft_box)
         layout.addStretch(1)
 
         self.edit_button.clicked.connect(lambda: self.edit())
         self.save_button.clicked.connect(lambda: self.save())
         self.restore_button.clicked.connect(lambda: self.restore())
         self.discard_button.clicked.connect(lambda: self.discard_pending())
-        self.finetune_button.clicked.connect(lambda: self.start_finetune())
-        self.cancel_button.clicked.connect(lambda: self.cancel_finetune())
-        self.use_model_button.clicked.connect(lambda: self.use_new_model())
 
         s = self.session
         s.case_about_to_change.connect(self._on_case_about_to_change)
@@ -242,10 +161,6 @@ class CorrectWidget(QWidget):
 
         root = self.session.dataset_root
         return corrections_dir(root) if root is not None else home() / "no-dataset" / "corrections"
-
-    def models_dir(self) -> Path:
-        """Where fine-tuned models are written (``<workdir>/models/``)."""
-        return self._workdir() / "models"
 
     def correction_store(self):
         """The :class:`cxrseg.corrections.CorrectionStore` of the open dataset."""
@@ -575,148 +490,6 @@ class CorrectWidget(QWidget):
         for e in self.pending():
             autos.discard(s.case_id, e.region)
         self._refresh_restore()
-
-    # ------------------------------------------------------------------ fine-tune
-    def finetune_params(self) -> dict:
-        """Arguments of :func:`cxrseg.finetune.finetune_iter` from the session and the form."""
-        import datetime as _dt
-
-        s = self.session
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        return {
-            "corrections": self.store_root(),
-            "checkpoint": s.checkpoint,
-            "out": self.models_dir() / f"finetuned-{stamp}.safetensors",
-            "data_root": s.dataset_root,
-            "replay_ratio": float(self.replay_spin.value()),
-            "epochs": int(self.epochs_spin.value()),
-            "tolerance": float(self.tolerance_spin.value()),
-            "force": bool(self.force_check.isChecked()),
-            "device": s.device or "auto",
-        }
-
-    def start_finetune(self, **overrides):
-        """Start fine-tuning in a worker (``overrides`` update :meth:`finetune_params`);
-        return the worker (``None`` when run synchronously or when it cannot start)."""
-        if self._worker is not None:
-            notify_info("fine-tuning is already running")
-            return None
-        try:
-            self.autosave_now()
-            params = self.finetune_params()
-            params.update(overrides)
-            if not Path(params["corrections"]).is_dir():
-                raise ValueError(
-                    f"no corrections saved yet (store {params['corrections']} is empty)"
-                )
-        except (ValueError, OSError) as exc:
-            notify_error("Fine-tune failed", exc)
-            return None
-        self._job = {}
-        self._cancelled = False
-        self.last_result = None
-        self.new_model = None
-        self.use_model_button.setVisible(False)
-        self.report_label.setText("")
-        self.progress.setValue(0)
-        self.finetune_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._set_status("fine-tuning...")
-        worker = start_worker(
-            _finetune_job,
-            params,
-            self._job,
-            context="Fine-tune",
-            yielded=self._on_event,
-            returned=self._on_done,
-            finished=self._on_finished,
-            progress=False,
-            sync=self.session.synchronous,
-        )
-        self._worker = worker
-        if worker is not None and hasattr(worker, "aborted"):
-            worker.aborted.connect(self._on_aborted)
-        return worker
-
-    def cancel_finetune(self) -> None:
-        """Stop the running fine-tuning (between two training steps)."""
-        if self._worker is None:
-            return
-        self._cancelled = True
-        self.cancel_button.setEnabled(False)
-        self._set_status("cancelling...")
-        self._worker.quit()
-
-    def _on_aborted(self) -> None:
-        gen = self._job.get("gen")
-        if gen is not None:
-            try:
-                gen.close()  # stops training, removes the temporary folder
-            except Exception:  # noqa: BLE001
-                log.exception("closing the fine-tuning generator")
-        self._set_status("fine-tuning cancelled; nothing was written")
-
-    def _on_event(self, ev: dict) -> None:
-        kind = ev.get("kind")
-        if kind == "stage":
-            self._set_status(ev.get("message", ""))
-        elif kind == "start":
-            self._steps = (ev["epochs"] - ev["start_epoch"] + 1) * max(1, ev["steps_per_epoch"])
-            self._step_i = 0
-            self.progress.setRange(0, 100)
-        elif kind == "step":
-            self._step_i = getattr(self, "_step_i", 0) + 1
-            total = max(1, getattr(self, "_steps", 1))
-            self.progress.setValue(min(95, int(95 * self._step_i / total)))
-        elif kind == "epoch":
-            self._set_status(
-                f"epoch {ev['epoch']}/{ev['epochs']}: loss {ev['loss']:.4f}, validation mean IoU "
-                f"{ev['val'].get('mean', float('nan')):.4f}"
-                if ev.get("val")
-                else f"epoch {ev['epoch']}/{ev['epochs']}: loss {ev['loss']:.4f}"
-            )
-        elif kind == "report":
-            self.report_label.setText(ev["table"])
-
-    def _on_done(self, result) -> None:
-        self.last_result = result
-        if result is None:
-            return
-        self.progress.setValue(100)
-        if result.before:
-            self.report_label.setText(result.table())
-        if result.written:
-            self.new_model = Path(result.path)
-            self.use_model_button.setVisible(True)
-            self.use_model_button.setEnabled(True)
-            text = f"new model {result.path.name} ({result.model_id}): {result.reason}"
-            self._set_status(text)
-            notify_info(text)
-        else:
-            self._set_status(result.reason)
-            from napari.utils.notifications import show_warning
-
-            show_warning(f"Fine-tune: {result.reason}")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self.finetune_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
-    def use_new_model(self):
-        """Switch the session to the fine-tuned model (``model_changed``) and re-predict
-        the current case; returns the prediction worker."""
-        if self.new_model is None:
-            notify_error("Use new model failed", "no fine-tuned model yet")
-            return None
-        s = self.session
-        s.set_model(str(self.new_model))
-        self.use_model_button.setEnabled(False)
-        self._set_status(f"using {self.new_model.name}")
-        if s.image is not None:
-            return s.predict()
-        return None
-
 
 def _default_annotator() -> str:
     try:

@@ -8,6 +8,12 @@ napari's dims slider scrubs through the epochs; the epoch's validation IoU (from
 ``history.json``) is shown below. The case's ground truth is added, resized to ``S``
 like the training targets, when the case is in the open dataset or the run's checkpoint
 metadata names its ``data_root``.
+
+The maps are laid over the case at the case's own scale (pixel spacing and the padding
+training added to make it square; :func:`case_geometry`), so a 64 px run covers the
+chest radiograph instead of landing as a postage stamp in its corner. The dock clears
+its layers when another case is opened, and a folder that is not a run says so in the
+dock (no error pop-up).
 """
 
 from __future__ import annotations
@@ -22,7 +28,26 @@ from cxrseg.regions import REGIONS, canonical_region
 
 from ._state import _heat_colormap, get_session
 
-__all__ = ["ProgressionWidget", "read_progression", "ground_truth_at"]
+__all__ = ["ProgressionWidget", "read_progression", "ground_truth_at", "case_geometry"]
+
+
+def case_geometry(size: int, shape, spacing=None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(scale, translate)`` that lay a ``size`` x ``size`` training-resolution map over
+    its case: the case of ``shape`` (rows, cols) was padded symmetrically to a square
+    (:func:`cxrseg.transforms.pad_to_square`) and resized to ``size``.
+
+    >>> sc, tr = case_geometry(64, (2048, 1024), (0.2, 0.2))  # a portrait case, 0.2 mm pixels
+    >>> [round(x, 2) for x in sc + tr]  # 32 case pixels per map pixel; 512 px padded on the left
+    [6.4, 6.4, 3.1, -99.3]
+    """
+    rows, cols = (int(x) for x in shape)
+    sy, sx = (float(x) for x in (spacing or (1.0, 1.0)))
+    side = max(rows, cols)
+    f = side / float(size)
+    top, left = (side - rows) // 2, (side - cols) // 2
+    scale = (f * sy, f * sx)
+    translate = (sy * ((f - 1.0) / 2.0 - top), sx * ((f - 1.0) / 2.0 - left))
+    return scale, translate
 
 
 def read_progression(run_dir: str | Path) -> dict:
@@ -92,7 +117,10 @@ def ground_truth_at(case, regions, size: int) -> dict[str, np.ndarray]:
 
 
 def _load_job(run_dir, index) -> dict:
-    prog = read_progression(run_dir)
+    try:
+        prog = read_progression(run_dir)
+    except (FileNotFoundError, ValueError) as exc:  # shown in the dock, not as a pop-up
+        return {"error": str(exc)}
     case = None
     if index is not None:
         case = index.get(prog["case_id"]) if hasattr(index, "get") else None
@@ -104,6 +132,13 @@ def _load_job(run_dir, index) -> dict:
 
     prog["truth"] = (torch_call(ground_truth_at, case, prog["regions"], prog["image"].shape[0])
                      if case is not None else {})
+    prog["case_shape"] = prog["case_spacing"] = None
+    if case is not None:
+        try:
+            img = case.load_image()
+            prog["case_shape"], prog["case_spacing"] = tuple(img.shape), img.spacing
+        except (OSError, ValueError):
+            pass  # shown at training resolution
     return prog
 
 
@@ -138,6 +173,8 @@ class ProgressionWidget(QWidget):
         lay.addWidget(self.epoch_label)
         lay.addStretch(1)
         napari_viewer.dims.events.current_step.connect(self._on_step)
+        self.session.case_changed.connect(self._on_case_changed)
+        self.destroyed.connect(lambda *_a, s=self.session, cb=self._on_case_changed: _disconnect(s, cb))
 
     def _browse(self) -> None:
         start = self.run_edit.text() or str(Path.home())
@@ -154,6 +191,16 @@ class ProgressionWidget(QWidget):
         if not run_dir:
             return None
         self.run_edit.setText(run_dir)
+        p = Path(run_dir).expanduser()
+        f = p / "progression.npz" if p.is_dir() else p
+        if not f.is_file():
+            self.info.setText(
+                f"<span style='color:#E69F00'>Cannot open {run_dir}:</span> "
+                + ("no such folder." if not p.exists() else
+                   "no progression.npz in it. Choose the folder of a run trained with "
+                   "<code>cxrseg train --track-case CASE</code>.")
+            )
+            return None
         self.info.setText(f"Reading {run_dir} …")
         return start_worker(_load_job, run_dir, self.session.index, context="Open training progression",
                             returned=self._show, errored=lambda e: self.info.setText(f"Cannot open: {e}"),
@@ -163,24 +210,55 @@ class ProgressionWidget(QWidget):
         cid = case_id or (self.progression or {}).get("case_id", "")
         return f"{cid} progression {what}"
 
-    def _show(self, prog: dict) -> None:
-        from napari.layers import Image, Labels
-
-        from napari_cxrseg._layers import label_colormap, label_features, labels_from_masks
-
+    def clear(self) -> None:
+        """Remove the progression layers."""
         v = self.viewer
         for ly in self.layers:
             if ly in v.layers:
                 v.layers.remove(ly)
         self.layers = []
+        self.progression = None
+        self.epoch_label.setText("")
+
+    def _on_case_changed(self, case_id) -> None:
+        if self.progression is not None and case_id != self.progression.get("case_id"):
+            cid = self.progression.get("case_id")
+            self.clear()
+            self.info.setText(f"Cleared the progression of {cid}: another case was opened.")
+
+    def geometry(self, prog: dict) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """``(scale, translate)`` of the progression layers (``None``: training pixels)."""
+        size = prog["image"].shape[0]
+        if prog.get("case_shape"):
+            return case_geometry(size, prog["case_shape"], prog.get("case_spacing"))
+        s = self.session
+        if s.image is not None and s.case_id == prog["case_id"]:
+            return case_geometry(size, s.image.shape, s.image.spacing)
+        return None
+
+    def _show(self, prog: dict) -> None:
+        from napari.layers import Image, Labels
+
+        from napari_cxrseg._layers import label_colormap, label_features, labels_from_masks
+
+        if "error" in prog:
+            self.info.setText(f"<span style='color:#E69F00'>Cannot open:</span> {prog['error']}")
+            return
+        v = self.viewer
+        self.clear()
         self.progression = prog
+        geo = self.geometry(prog)
+        sc2, tr2 = geo if geo is not None else ((1.0, 1.0), (0.0, 0.0))
+        sc3, tr3 = (1.0,) + tuple(sc2), (0.0,) + tuple(tr2)
         cid, probs, regions = prog["case_id"], prog["probs"], prog["regions"]
         md = {"cxrseg": {"kind": "progression", "case_id": cid, "run": str(prog["run"])}}
         self.layers.append(v.add_layer(Image(prog["image"], name=self.layer_name("image"), colormap="gray",
-                                             contrast_limits=(0.0, 1.0), metadata=md)))
+                                             contrast_limits=(0.0, 1.0), metadata=md, scale=sc2,
+                                             translate=tr2)))
         if prog["truth"]:
             gt = Labels(labels_from_masks(prog["truth"], prog["image"].shape), name=self.layer_name("ground truth"),
-                        colormap=label_colormap(), features=label_features(), opacity=0.8, metadata=md)
+                        colormap=label_colormap(), features=label_features(), opacity=0.8, metadata=md,
+                        scale=sc2, translate=tr2)
             gt.contour = 1
             self.layers.append(v.add_layer(gt))
         for j, r in enumerate(regions):
@@ -188,7 +266,8 @@ class ProgressionWidget(QWidget):
                 continue
             self.layers.append(v.add_layer(Image(
                 probs[:, j].astype(np.float32), name=self.layer_name(r), colormap=_heat_colormap(r),
-                contrast_limits=(0.0, 1.0), blending="additive", opacity=0.8, metadata=md)))
+                contrast_limits=(0.0, 1.0), blending="additive", opacity=0.8, metadata=md, scale=sc3,
+                translate=tr3)))
         nd = v.dims.ndim
         if nd >= 3:
             if nd == 3:
@@ -196,6 +275,8 @@ class ProgressionWidget(QWidget):
             v.dims.set_current_step(nd - 3, len(probs) - 1)
         v.reset_view()
         gt_note = "with ground truth" if prog["truth"] else "no ground truth found (open its dataset in Cases)"
+        if geo is None:
+            gt_note += "; shown at training resolution (its case is not in the open dataset)"
         self.info.setText(
             f"<b>{cid}</b>: {len(probs)} epochs, {len(regions)} region(s), {probs.shape[-1]} px; {gt_note}. "
             "Move the epoch slider below the canvas."
@@ -225,3 +306,10 @@ class ProgressionWidget(QWidget):
         if val:
             parts.append("val IoU " + ", ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, (int, float))))
         self.epoch_label.setText(" · ".join(parts))
+
+
+def _disconnect(session, cb) -> None:
+    try:
+        session.case_changed.disconnect(cb)
+    except Exception:  # noqa: BLE001 - the session may be gone already
+        pass

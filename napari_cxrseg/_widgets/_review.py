@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFormLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -35,13 +34,24 @@ from qtpy.QtWidgets import (
 )
 
 from cxrseg.regions import DISPLAY_NAMES, REGIONS
+from cxrseg.review import default_reviewer, remembered_reviewer
 
+from .._shortcuts import with_key
 from ._common import fmt_score, notify_info, start_worker
 from ._state import get_session
 
 __all__ = ["ReviewWidget", "review_job"]
 
 _STATUS_TEXT = {"unreviewed": "", "approved": "✔ approved", "flagged": "⚑ flagged"}
+
+
+def _who(entry) -> str:
+    """``"approved by NAME at TIME"`` for a status cell's tooltip."""
+    if entry.status == "unreviewed":
+        return ""
+    by = f" by {entry.reviewer}" if entry.reviewer else ""
+    when = f" at {entry.updated.replace('T', ' ')}" if entry.updated else ""
+    return f"{entry.status}{by}{when}"
 
 
 def review_job(checkpoint, device, cases, regions, thresholds, postprocess, ledger, skip_scored: bool):
@@ -95,6 +105,8 @@ class ReviewWidget(QWidget):
     """Dock widget of the worst-first review queue (see the module docstring)."""
 
     COLUMNS = ("case", "iou", "status", "comment")
+    #: Rows of the queue shown without scrolling the table.
+    MIN_ROWS = 8
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -113,7 +125,8 @@ class ReviewWidget(QWidget):
             self.region.addItem(DISPLAY_NAMES[r], r)
         self.region.setCurrentIndex(REGIONS.index("left_clavicle"))
         self.region.currentIndexChanged.connect(lambda _i: self._rebuild())
-        self.skip_box = QCheckBox("reuse scores already in the ledger for this model")
+        self.skip_box = QCheckBox("reuse ledger scores")
+        self.skip_box.setToolTip("reuse the scores already in the ledger for this model")
         self.skip_box.setChecked(True)
         self.run_btn = QPushButton("Run over dataset")
         self.run_btn.clicked.connect(self.run)
@@ -127,7 +140,7 @@ class ReviewWidget(QWidget):
         self.info.setWordWrap(True)
 
         self.table = QTableWidget(0, len(self.COLUMNS))
-        self.table.setHorizontalHeaderLabels(["Case", "IoU", "Review", "Comment"])
+        self.table.setHorizontalHeaderLabels(["Case", "IoU", "Status", "Comment"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -138,43 +151,71 @@ class ReviewWidget(QWidget):
         self.comment = QLineEdit()
         self.comment.setPlaceholderText("comment (e.g. 'clavicle tip missed')")
         self.approve_btn = QPushButton("✔ Approve")
+        self.approve_btn.setToolTip("approve the current case")
         self.approve_btn.clicked.connect(lambda: self.mark("approved"))
         self.flag_btn = QPushButton("⚑ Flag")
+        self.flag_btn.setToolTip("flag the current case (with the comment)")
         self.flag_btn.clicked.connect(lambda: self.mark("flagged"))
         self.reset_btn = QPushButton("Reset")
         self.reset_btn.clicked.connect(lambda: self.mark("unreviewed"))
-        self.advance_box = QCheckBox("go to the next case after marking")
+        self.advance_box = QCheckBox("next case after marking")
         self.advance_box.setChecked(True)
         self.prev_btn = QPushButton("◀ Previous")
+        self.prev_btn.setToolTip("previous case of the queue")
         self.prev_btn.clicked.connect(lambda: self.step(-1))
         self.next_btn = QPushButton("Next worst ▶")
+        self.next_btn.setToolTip("next case of the worst-first queue")
         self.next_btn.clicked.connect(lambda: self.step(+1))
         self.counts = QLabel("")
 
-        form = QFormLayout()
-        form.addRow("rank by", self.region)
-        runrow = QHBoxLayout()
-        runrow.addWidget(self.run_btn, 1)
-        runrow.addWidget(self.cancel_btn)
+        self.reviewer_edit = QLineEdit(remembered_reviewer() or "")
+        self.reviewer_edit.setToolTip("who reviews: stored with every status in the review ledger, "
+                                      "remembered for the next sessions")
+        self.reviewer_edit.editingFinished.connect(self._on_reviewer_edited)
+        self.reviewer_hint = QLabel("<b>Who reviews?</b> Type your name once; it is remembered.")
+        self._ask_reviewer()
+
+        # compact controls: the queue table gets the height (at least MIN_ROWS rows)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("rank by"))
+        top.addWidget(self.region, 1)
+        top.addWidget(self.run_btn)
+        progress = QHBoxLayout()
+        progress.addWidget(self.bar, 1)
+        progress.addWidget(self.cancel_btn)
+        who = QHBoxLayout()
+        who.addWidget(QLabel("reviewer"))
+        who.addWidget(self.reviewer_edit, 1)
+        # compact rows: MIN_ROWS of them stay in view on a 768 px screen
+        row_h = self.table.fontMetrics().height() + 8
+        self.table.verticalHeader().setDefaultSectionSize(row_h)
+        self.table.verticalHeader().setMinimumSectionSize(row_h)
+        self.table.setMinimumHeight(self.MIN_ROWS * row_h + self.table.horizontalHeader().sizeHint().height() + 6)
+        self.table.verticalHeader().setVisible(False)
         marks = QHBoxLayout()
         marks.addWidget(self.approve_btn)
         marks.addWidget(self.flag_btn)
         marks.addWidget(self.reset_btn)
-        nav = QHBoxLayout()
-        nav.addWidget(self.prev_btn)
-        nav.addWidget(self.next_btn)
+        marks.addSpacing(8)
+        marks.addWidget(self.prev_btn)
+        marks.addWidget(self.next_btn)
+        opts = QHBoxLayout()
+        opts.addWidget(self.advance_box)
+        opts.addWidget(self.skip_box)
         lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addWidget(self.skip_box)
-        lay.addLayout(runrow)
-        lay.addWidget(self.bar)
+        lay.addLayout(top)
+        lay.addLayout(progress)
         lay.addWidget(self.info)
+        lay.addLayout(marks)  # the actions above the queue: in view without scrolling the dock
         lay.addWidget(self.table, 1)
         lay.addWidget(self.comment)
-        lay.addLayout(marks)
-        lay.addWidget(self.advance_box)
-        lay.addLayout(nav)
+        lay.addLayout(who)
+        lay.addWidget(self.reviewer_hint)
+        lay.addLayout(opts)
         lay.addWidget(self.counts)
+        for btn, action in ((self.approve_btn, "approve"), (self.flag_btn, "flag"),
+                            (self.next_btn, "next_worst"), (self.prev_btn, "previous")):
+            btn.setToolTip(with_key(btn.toolTip(), action))
 
         s.dataset_changed.connect(self._on_dataset)
         s.review_changed.connect(self._on_review)
@@ -238,6 +279,7 @@ class ReviewWidget(QWidget):
         v = self.scores.get(case_id, {}).get(self.ranking_region)
         for j, text in enumerate((case_id, fmt_score(v), _STATUS_TEXT.get(entry.status, entry.status), entry.comment)):
             self.table.setItem(row, j, _Item(text))
+        self.table.item(row, 2).setToolTip(_who(entry))
 
     def queue(self) -> list[str]:
         """Case ids in the table's (worst-first) order."""
@@ -366,9 +408,44 @@ class ReviewWidget(QWidget):
         if cid is None:
             return
         text = self.comment.text() if comment is None else comment
+        self.reviewer()  # remembers a name typed but not yet confirmed
         self.session.set_review(cid, status, text)
         if self.advance_box.isChecked() and case_id is None:
             self.step(+1)
+
+    # ------------------------------------------------------------------ reviewer
+    def reviewer(self) -> str | None:
+        """The reviewer's name: the one typed (remembered from then on), else
+        :func:`cxrseg.review.default_reviewer` (the login name until one is typed)."""
+        from cxrseg.review import remember_reviewer
+
+        name = self.reviewer_edit.text().strip()
+        if not name:
+            return default_reviewer()
+        if name != remembered_reviewer():
+            try:
+                remember_reviewer(name)
+            except (ValueError, OSError) as exc:
+                from ._common import notify_error
+
+                notify_error("Reviewer name not saved", exc)
+                return default_reviewer()
+            self._ask_reviewer()
+        return name
+
+    def _on_reviewer_edited(self) -> None:
+        if self.reviewer_edit.text().strip():
+            self.reviewer()
+
+    def _ask_reviewer(self) -> None:
+        """Ask for a name (a highlighted field and a hint) until one is remembered."""
+        asked = remembered_reviewer() is None
+        self.reviewer_hint.setVisible(asked)
+        default = default_reviewer()
+        self.reviewer_edit.setPlaceholderText(
+            f"your name (until then: {default})" if default else "your name"
+        )
+        self.reviewer_edit.setStyleSheet("QLineEdit { border: 1px solid #E69F00; }" if asked else "")
 
     def step(self, step: int):
         """Select the next / previous case of the queue (loads and predicts it)."""
@@ -387,6 +464,7 @@ class ReviewWidget(QWidget):
         if row is not None:
             e = self.session.review_status(case_id)
             self.table.item(row, 2).setText(_STATUS_TEXT.get(e.status, e.status))
+            self.table.item(row, 2).setToolTip(_who(e))
             self.table.item(row, 3).setText(e.comment)
         self._update_counts()
 

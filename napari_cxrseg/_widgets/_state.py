@@ -50,6 +50,7 @@ from qtpy.QtCore import QTimer
 
 from cxrseg.regions import COLORS, REGIONS, canonical_region, parse_regions
 
+from .._colors import ERROR_COLORS, ground_truth_colormap
 from ._common import (
     ensure_pool_headroom,
     guard_triton_import,
@@ -76,9 +77,6 @@ _SUFFIX = {
     "errors": " errors",
     "edit": " edit",
 }
-
-#: Colours of the false-positive / false-negative overlay.
-ERROR_COLORS = {"fp": (0.95, 0.15, 0.15, 1.0), "fn": (0.15, 0.45, 1.0, 1.0)}
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -762,6 +760,7 @@ class Session:
                 source={r: str(p) for r, p in getattr(case, "mask_paths", {}).items()},
             )
             kw["opacity"] = float(self.display.get("gt_opacity", kw.get("opacity", 0.5)))
+            kw["colormap"] = ground_truth_colormap()  # an outline in its own colour
             if "ground_truth" in keep:
                 gt = keep.pop("ground_truth")
                 self._reuse(gt, data, kw, kind="ground_truth")

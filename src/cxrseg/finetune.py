@@ -65,6 +65,8 @@ __all__ = [
     "FinetuneError",
     "FinetuneResult",
     "finetune_iter",
+    "FinetunePlan",
+    "plan_finetune",
     "finetune",
     "format_report",
     "add_arguments",
@@ -301,6 +303,174 @@ def _replay_sampler(n_corr: int, n_replay: int, *, repeats: int, ratio: float, s
     return sampler, per_epoch
 
 
+def _select_cases(
+    meta: dict, full_ids: Sequence[str], corrected_ids: Sequence[str], *, val_cases, replay_ratio: float,
+    data_root, model_regions,
+) -> tuple[list[str], list[str], list[str]]:
+    """Validation, dropped (corrected, so not validated) and replay case ids."""
+    if val_cases is None:
+        wanted_val = list(meta.get("val_cases") or [])
+    else:
+        wanted_val = list(val_cases)
+        unknown = sorted(set(wanted_val) - set(full_ids))
+        if unknown:
+            raise FinetuneError(
+                f"validation cases not in {data_root} "
+                f"(or lacking masks of {', '.join(model_regions)}): {unknown[:5]}"
+            )
+    val_ids = sorted(set(wanted_val) & set(full_ids) - set(corrected_ids))
+    dropped = sorted(set(wanted_val) & set(corrected_ids))
+    replay_ids: list[str] = []
+    if full_ids and replay_ratio > 0:
+        pool = [c for c in (meta.get("train_cases") or []) if c in set(full_ids)]
+        if not pool:
+            pool = list(full_ids)
+        replay_ids = sorted(set(pool) - set(corrected_ids) - set(val_ids))
+    return val_ids, dropped, replay_ids
+
+
+def _build_with_progress(build_arrays, cases, regions, size, cache_dir, event_of):
+    """Run :func:`cxrseg.data.build_arrays` in a helper thread, yielding ``event_of(k)``
+    as ``k`` more cases are ready (its progress callback cannot yield itself); returns
+    the arrays. A cached set returns at once without events."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["data"] = build_arrays(cases, regions, size, cache_dir=cache_dir,
+                                       progress=lambda i, n: q.put(i))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the generator
+            box["error"] = exc
+        finally:
+            q.put(None)
+
+    t = threading.Thread(target=run, name="cxrseg-finetune-prepare", daemon=True)
+    t.start()
+    seen = 0
+    while True:
+        i = q.get()
+        if i is None:
+            break
+        yield event_of(int(i) - seen)
+        seen = int(i)
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["data"]
+
+
+@dataclass
+class FinetunePlan:
+    """What a fine-tuning run would use, before it starts (:func:`plan_finetune`).
+
+    Attributes
+    ----------
+    corrected_cases : list of str
+        Cases with a correction of a region the model predicts.
+    val_cases : list of str
+        The validation cases it would use.
+    replay_cases : list of str
+        Cases replayed from the original training data.
+    candidates : list of str
+        Every dataset case that could validate (full ground truth, not corrected).
+    dropped : list of str
+        Default validation cases left out because they were corrected.
+    message : str
+        A sentence for the user; explains an empty validation set.
+    """
+
+    corrected_cases: list = field(default_factory=list)
+    val_cases: list = field(default_factory=list)
+    replay_cases: list = field(default_factory=list)
+    candidates: list = field(default_factory=list)
+    dropped: list = field(default_factory=list)
+    message: str = ""
+
+
+def _header_metadata(path: Path) -> dict:
+    """The cxrseg metadata of a ``.safetensors`` checkpoint, read from its JSON header
+    without importing torch (which a GUI thread must not do: it is slow, and it can load a
+    second LLVM into a process that already runs Mesa's)."""
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if not 0 < n < 100_000_000:
+                raise ValueError(f"header length {n}")
+            header = json.loads(fh.read(n))
+        return json.loads(header["__metadata__"]["cxrseg"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise FinetuneError(f"checkpoint {path}: no readable cxrseg metadata ({exc})") from None
+
+
+def plan_finetune(
+    corrections, checkpoint: str | os.PathLike | None = None, *, data_root=None, val_cases=None,
+    replay_ratio: float = 2.0, regions=None, index=None,
+) -> FinetunePlan:
+    """The cases a :func:`finetune_iter` run with these arguments would use (reads only
+    the checkpoint's header and the store's sidecars, never torch; fast enough for a GUI
+    thread). ``index``: the dataset's :class:`cxrseg.dataset.DatasetIndex` if already
+    built (else it is built from ``data_root``).
+
+    Raises
+    ------
+    FinetuneError
+        Unknown validation cases (see :func:`finetune_iter`).
+    """
+    from .dataset import DatasetIndex
+    from .model import default_checkpoint_path
+
+    src = Path(checkpoint).expanduser() if checkpoint is not None else default_checkpoint_path()
+    if src.is_dir():
+        for name in ("best.safetensors", "model.safetensors"):
+            if (src / name).is_file():
+                src = src / name
+                break
+    meta = _header_metadata(src)
+    from .config import ModelConfig
+
+    model_regions = tuple(ModelConfig.from_dict(meta["config"]).regions)
+    use = model_regions if regions is None else tuple(r for r in parse_regions(regions) if r in model_regions)
+    corrected: list[str] = []
+    where = corrections.root if isinstance(corrections, CorrectionStore) else corrections
+    if where is not None and Path(where).expanduser().is_dir():
+        store = _open_store(corrections, data_root)
+        corrected = sorted({v.case for v in store.latest_versions() if v.region in use})
+    full_ids: list[str] = []
+    if data_root is not None:
+        index = index if index is not None else DatasetIndex(data_root)
+        full_ids = [c.case_id for c in index.with_regions(model_regions)]
+    val_ids, dropped, replay_ids = _select_cases(
+        meta, full_ids, corrected, val_cases=val_cases, replay_ratio=replay_ratio,
+        data_root=data_root, model_regions=model_regions,
+    )
+    candidates = sorted(set(full_ids) - set(corrected))
+    if not corrected:
+        msg = "no corrections yet: edit a case and save a correction first"
+    elif data_root is None:
+        msg = "no dataset open: without validation cases nothing is written unless forced"
+    elif not val_ids:
+        if not full_ids:
+            why = f"no case of the dataset has ground truth for every region of the model ({', '.join(model_regions)})"
+        elif not meta.get("val_cases") and val_cases is None:
+            why = "the model records no validation cases of its own"
+        elif val_cases is None and not (set(meta.get("val_cases") or []) & set(full_ids)):
+            why = "none of the model's own validation cases is in this dataset"
+        else:
+            why = "every chosen validation case is corrected (a corrected case cannot validate)"
+        msg = (f"0 validation cases: {why}. Tick validation cases below (cases with ground truth), "
+               "or nothing is written unless 'write even if validation gets worse' is ticked")
+    else:
+        msg = (f"{len(corrected)} corrected case(s), {len(val_ids)} validation case(s), "
+               f"{len(replay_ids)} replay case(s)")
+    return FinetunePlan(corrected, val_ids, replay_ids, candidates, dropped, msg)
+
+
 # ------------------------------------------------------------------------------ main loop
 
 
@@ -365,14 +535,19 @@ def finetune_iter(
     device, precision : str
         ``auto|cpu|cuda|mps`` and ``auto|fp32|bf16|fp16``.
     cache_dir : optional
-        Array cache of :func:`cxrseg.data.build_arrays` (False: no cache).
+        Array cache of :func:`cxrseg.data.build_arrays` (False: no cache; default:
+        ``cache/`` in the dataset's working folder, :func:`cxrseg.workspace.workdir`, so
+        the pre-processed licensed images stay with the dataset; ``$CXRSEG_CACHE`` when
+        set).
     max_steps : int, optional
         Stop training after this many optimiser steps (tests).
 
     Yields
     ------
     dict
-        ``{"kind": "stage", "stage", "message"}``; the training events of
+        ``{"kind": "stage", "stage", "message"}``; while the data is prepared,
+        ``{"kind": "prepare", "what", "done", "total", "message"}`` once per case (none
+        for cached arrays); the training events of
         :func:`cxrseg.train.train_iter` (``start``, ``step``, ``epoch``);
         ``{"kind": "evaluate", "which", "i", "n"}``; ``{"kind": "report", "before",
         "after", "table"}``; last ``{"kind": "done", "result": FinetuneResult}``.
@@ -462,32 +637,23 @@ def finetune_iter(
 
     # ---- validation and replay cases
     full_cases = index.with_regions(model_regions) if index is not None else []
-    full_ids = [c.case_id for c in full_cases]
     by_id = {c.case_id: c for c in full_cases}
-    if val_cases is None:
-        wanted_val = list(meta.get("val_cases") or [])
-    else:
-        wanted_val = list(val_cases)
-        unknown = sorted(set(wanted_val) - set(full_ids))
-        if unknown:
-            raise FinetuneError(
-                f"validation cases not in {data_root} "
-                f"(or lacking masks of {', '.join(model_regions)}): {unknown[:5]}"
-            )
-    val_ids = sorted(set(wanted_val) & set(full_ids) - set(corrected_ids))
-    dropped = sorted(set(wanted_val) & set(corrected_ids))
+    val_ids, dropped, replay_ids = _select_cases(
+        meta, [c.case_id for c in full_cases], corrected_ids, val_cases=val_cases,
+        replay_ratio=replay_ratio if index is not None else 0.0, data_root=data_root,
+        model_regions=model_regions,
+    )
     if dropped:
         yield {
             "kind": "stage",
             "stage": "data",
             "message": f"corrected cases left out of validation: {', '.join(dropped)}",
         }
-    replay_ids: list[str] = []
-    if index is not None and replay_ratio > 0:
-        pool = [c for c in (meta.get("train_cases") or []) if c in by_id]
-        if not pool:
-            pool = full_ids
-        replay_ids = sorted(set(pool) - set(corrected_ids) - set(val_ids))
+    if cache_dir is None and data_root is not None and not os.environ.get("CXRSEG_CACHE"):
+        # arrays of licensed images stay beside their dataset, not in the home folder
+        from .workspace import workdir
+
+        cache_dir = workdir(data_root) / "cache"
 
     # ---- training targets of the corrected cases
     yield {
@@ -507,6 +673,14 @@ def finetune_iter(
     corr_masks = np.zeros((len(corrected_ids), len(model_regions), size, size), np.float16)
     label_sources: dict[str, dict[str, str]] = {}
     pseudo = None
+    n_prep = len(corrected_ids) + len(replay_ids) + len(val_ids)
+    prep = {"done": 0}
+
+    def prepared(what: str, k: int = 1) -> Event:
+        prep["done"] += k
+        return {"kind": "prepare", "what": what, "done": prep["done"], "total": n_prep,
+                "message": f"preparing the data: {prep['done']}/{n_prep} case(s) ({what})"}
+
     for i, case in enumerate(corrected_ids):
         image = read_image(img_paths[case]).data
         targets: dict[str, np.ndarray] = {}
@@ -547,6 +721,7 @@ def finetune_iter(
                 src_of[r] = "pseudo-label"
         corr_images[i], corr_masks[i] = sample_to_arrays(image, targets, model_regions, size)
         label_sources[case] = src_of
+        yield prepared("corrections")
     pseudo = None
     corr_data = ArrayData(
         corr_images,
@@ -562,15 +737,19 @@ def finetune_iter(
             "stage": "data",
             "message": f"preparing {len(replay_ids)} replay case(s)",
         }
-        parts.append(
-            build_arrays([by_id[c] for c in replay_ids], model_regions, size, cache_dir=cache_dir)
+    if replay_ids:
+        replay_data = yield from _build_with_progress(
+            build_arrays, [by_id[c] for c in replay_ids], model_regions, size, cache_dir,
+            lambda k: prepared("replay", k),
         )
+        parts.append(replay_data)
     train_data = ArrayData.concat(parts)
-    val_data = (
-        build_arrays([by_id[c] for c in val_ids], model_regions, size, cache_dir=cache_dir)
-        if val_ids
-        else None
-    )
+    val_data = None
+    if val_ids:
+        val_data = yield from _build_with_progress(
+            build_arrays, [by_id[c] for c in val_ids], model_regions, size, cache_dir,
+            lambda k: prepared("validation", k),
+        )
 
     # ---- training configuration
     base = meta.get("train_config")

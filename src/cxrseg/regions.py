@@ -29,13 +29,15 @@ DISPLAY_NAMES: dict[str, str] = {
     "right_lung": "right lung (patient)",
 }
 
-#: RGBA colours (0-1) per region: warm for the patient's left, cool for the right.
+#: RGBA colours (0-1) per region, from the Okabe-Ito palette (told apart with every common
+#: colour-vision deficiency): warm for the patient's left, cool for the right, reddish
+#: purple for the heart. Red and violet-blue are kept free for false positives/negatives.
 COLORS: dict[str, tuple[float, float, float, float]] = {
-    "heart": (0.89, 0.10, 0.11, 1.0),  # red
-    "left_clavicle": (1.00, 0.60, 0.00, 1.0),  # orange
-    "right_clavicle": (0.60, 0.30, 0.90, 1.0),  # violet
-    "left_lung": (1.00, 0.85, 0.10, 1.0),  # yellow
-    "right_lung": (0.10, 0.60, 1.00, 1.0),  # blue
+    "heart": (0.80, 0.475, 0.655, 1.0),  # reddish purple #CC79A7
+    "left_clavicle": (0.902, 0.624, 0.0, 1.0),  # orange #E69F00
+    "right_clavicle": (0.0, 0.62, 0.451, 1.0),  # bluish green #009E73
+    "left_lung": (0.941, 0.894, 0.259, 1.0),  # yellow #F0E442
+    "right_lung": (0.337, 0.706, 0.914, 1.0),  # sky blue #56B4E9
 }
 
 #: Order in which regions are painted into a single Labels image: later regions win

@@ -38,6 +38,10 @@ __all__ = [
     "ReviewEntry",
     "ReviewLedger",
     "ledger_path",
+    "SCHEMA_VERSION",
+    "default_reviewer",
+    "remember_reviewer",
+    "remembered_reviewer",
     "rank_worst_first",
     "case_ious",
     "iter_review_run",
@@ -68,6 +72,69 @@ CREATE TABLE IF NOT EXISTS models (
     updated  TEXT NOT NULL
 );
 """
+
+
+#: Version of the ledger's schema (SQLite ``user_version``): 1 had no ``reviewer`` column,
+#: 2 has it. Older ledgers are migrated when opened.
+SCHEMA_VERSION = 2
+
+
+def _reviewer_file() -> Path:
+    from .workspace import home
+
+    return home() / "reviewer.txt"
+
+
+def default_reviewer() -> str | None:
+    """The reviewer's name: the one remembered by :func:`remember_reviewer`, else
+    ``$CXRSEG_REVIEWER``, else the login name (``$USER``); ``None`` if none is known."""
+    try:
+        name = _reviewer_file().read_text(encoding="utf-8").strip()
+    except OSError:
+        name = ""
+    return name or os.environ.get("CXRSEG_REVIEWER") or os.environ.get("USER") or None
+
+
+def remembered_reviewer() -> str | None:
+    """The name stored by :func:`remember_reviewer` (``None`` if never asked)."""
+    try:
+        return _reviewer_file().read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def remember_reviewer(name: str) -> Path:
+    """Remember the reviewer's name for later sessions (``$CXRSEG_HOME/reviewer.txt``).
+
+    Raises
+    ------
+    ValueError
+        An empty name or one with a line break.
+    """
+    name = str(name).strip()
+    if not name or "\n" in name or "\r" in name:
+        raise ValueError(f"reviewer name must be one non-empty line, got {name!r}")
+    f = _reviewer_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f.name + f".{os.getpid()}.tmp")
+    tmp.write_text(name + "\n", encoding="utf-8")
+    os.replace(tmp, f)
+    return f
+
+
+def _migrate(con: sqlite3.Connection, path: Path) -> None:
+    """Bring a ledger written by an older cxrseg up to :data:`SCHEMA_VERSION`."""
+    cols = {row[1] for row in con.execute("PRAGMA table_info(review)").fetchall()}
+    if "reviewer" not in cols:  # version 1: statuses without the reviewer's name
+        con.execute("ALTER TABLE review ADD COLUMN reviewer TEXT")
+    (version,) = con.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"review ledger {path}: schema version {version} is newer than this cxrseg "
+            f"understands ({SCHEMA_VERSION}); update cxrseg"
+        )
+    if version < SCHEMA_VERSION:
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _now() -> str:
@@ -123,6 +190,8 @@ class ReviewLedger:
             self._con.execute("PRAGMA journal_mode=WAL")
             self._con.execute("PRAGMA synchronous=NORMAL")
             self._con.executescript(_SCHEMA)
+            with self._lock:
+                _migrate(self._con, self.path)
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"review ledger {self.path}: not a usable SQLite database ({exc})") from None
 
@@ -169,7 +238,7 @@ class ReviewLedger:
         status : {"unreviewed", "approved", "flagged"}
         comment : str
         reviewer : str, optional
-            Who reviewed it (default: the ``USER`` environment variable).
+            Who reviewed it (default: :func:`default_reviewer`).
 
         Raises
         ------
@@ -181,7 +250,7 @@ class ReviewLedger:
             raise ValueError(f"review status must be one of {', '.join(STATUSES)}, got {status!r}")
         if not case_id:
             raise ValueError("case_id must not be empty")
-        reviewer = reviewer if reviewer is not None else (os.environ.get("USER") or None)
+        reviewer = reviewer if reviewer is not None else default_reviewer()
         entry = ReviewEntry(str(case_id), status, str(comment or ""), reviewer, _now())
         self._write(
             "INSERT INTO review (case_id, status, comment, reviewer, updated) VALUES (?, ?, ?, ?, ?) "
