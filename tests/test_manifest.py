@@ -72,9 +72,10 @@ def test_reader_covers_the_core_formats_and_folders(manifest):
 
 
 def test_writer_and_samples(manifest):
-    (writer,) = manifest.contributions.writers
-    assert writer.layer_types == ["labels"]
-    assert writer.filename_extensions[0] == ".gif" and ".png" in writer.filename_extensions
+    masks, seg = manifest.contributions.writers
+    assert masks.layer_types == ["labels"]
+    assert masks.filename_extensions[0] == ".gif" and ".png" in masks.filename_extensions
+    assert seg.layer_types == ["labels"] and seg.filename_extensions == [".dcm"]
     keys = {s.key for s in manifest.contributions.sample_data}
     assert keys == {"phantom", "rg1"}
 
