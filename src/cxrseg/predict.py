@@ -38,7 +38,13 @@ from typing import Any
 import numpy as np
 
 from .config import ModelConfig
-from .model import DEFAULT_MODEL_NAME, CheckpointError, default_checkpoint_path
+from .model import (
+    DEFAULT_MODEL_NAME,
+    MODEL_TIERS,
+    CheckpointError,
+    default_checkpoint_path,
+    tier_checkpoint_path,
+)
 from .regions import canonical_region, parse_regions
 
 __all__ = [
@@ -63,7 +69,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def resolve_checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path:
     """The checkpoint file that ``checkpoint`` names.
 
-    ``None`` is the model shipped in the package (:func:`cxrseg.model.default_checkpoint_path`);
+    ``None`` (or ``"default"``) is the model shipped in the package
+    (:func:`cxrseg.model.default_checkpoint_path`, 512 px); ``"fast"`` the shipped 256 px
+    model (:data:`cxrseg.model.MODEL_TIERS`), unless a file or folder of that name exists;
     a folder is searched for ``best.safetensors``, ``model.safetensors`` or the shipped
     model's name (a training output folder works).
 
@@ -72,6 +80,15 @@ def resolve_checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path
     CheckpointError
         The file (or the shipped model) does not exist.
     """
+    if checkpoint is not None and str(checkpoint).strip().lower() in MODEL_TIERS:
+        if not Path(checkpoint).expanduser().exists():  # a file or folder of that name wins
+            path = tier_checkpoint_path(str(checkpoint))
+            if path.name == DEFAULT_MODEL_NAME:
+                checkpoint = None
+            elif not path.is_file():
+                raise CheckpointError(f"the shipped {checkpoint} model {path} is not installed")
+            else:
+                return path.resolve()
     if checkpoint is None:
         path = default_checkpoint_path()
         if not path.is_file():
