@@ -93,3 +93,28 @@ def test_model_tiers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_tiny_checkpoint(tmp_path / "fast")
     assert resolve_checkpoint_path("fast") == (tmp_path / "fast").resolve()
+
+
+def test_rerun_with_everything_done_does_not_load_the_model(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from cxrseg import predict as P
+    from cxrseg.cli import main
+
+    ck = make_tiny_checkpoint(tmp_path / "m.safetensors")
+    img = tmp_path / "in" / "x.png"
+    img.parent.mkdir()
+    Image.fromarray((np.arange(80 * 60).reshape(80, 60) % 251).astype(np.uint8)).save(img)
+    argv = ["predict", str(img), "--out", str(tmp_path / "out"), "--model", str(ck), "--quiet"]
+    assert main(argv) == 0
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded for a run with nothing to do")
+
+    monkeypatch.setattr(P, "Predictor", boom)
+    assert main(argv) == 0
+    assert (tmp_path / "out" / "masks" / "heart" / "x.png").is_file()
+    # a lazy predictor answers header questions without loading
+    lazy = P.LazyPredictor(ck, device="cpu")
+    assert lazy.select("lungs") == ("left_lung", "right_lung") and not lazy.loaded

@@ -49,6 +49,7 @@ from .regions import canonical_region, parse_regions
 
 __all__ = [
     "Predictor",
+    "LazyPredictor",
     "get_predictor",
     "clear_cache",
     "predict",
@@ -508,6 +509,51 @@ class Predictor:
         """Probabilities ``(B, R, S, S)`` float32 (numpy) for pre-processed ``(B, S, S)``
         inputs, at the model's resolution (no resize back)."""
         return self.forward(inputs, regions=regions).cpu().numpy()
+
+
+class LazyPredictor:
+    """A :class:`Predictor` that loads its model only when something needs it.
+
+    The checkpoint's header (regions, thresholds, input size, model id) is read at once;
+    the network is loaded and autotuned on the first access to anything else (a forward
+    pass, ``precision``, ``device``...). ``cxrseg predict`` uses it so that a rerun with
+    every case done does not load the model at all.
+    """
+
+    _HEADER = ("path", "config", "metadata", "model_id", "regions", "thresholds", "input_size")
+
+    def __init__(self, checkpoint=None, **kwargs):
+        from .model import read_metadata
+
+        self.path = resolve_checkpoint_path(checkpoint)
+        self.metadata = dict(read_metadata(self.path))
+        self.config = ModelConfig.from_dict(self.metadata["config"])
+        self.model_id = str(self.metadata.get("model_id", "unknown"))
+        self.regions = tuple(self.config.regions)
+        self.thresholds = dict(self.config.thresholds)
+        self.input_size = int(self.config.input_size)
+        self._kwargs = kwargs
+        self._real: Predictor | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the network has been loaded."""
+        return self._real is not None
+
+    def load(self) -> Predictor:
+        """The real :class:`Predictor` (loaded on the first call)."""
+        with self._lock:
+            if self._real is None:
+                self._real = Predictor(self.path, **self._kwargs)
+            return self._real
+
+    select = Predictor.select  # needs only the header
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_real", "_kwargs", "_lock"):
+            raise AttributeError(name)
+        return getattr(self.load(), name)
 
 
 # --------------------------------------------------------------------------- cache

@@ -799,7 +799,7 @@ def run_predict(
 
 
 def run_cli(args) -> int:
-    from .predict import Predictor
+    from .predict import LazyPredictor
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -810,16 +810,12 @@ def run_cli(args) -> int:
         from .distributed import run_cli_dask
 
         return run_cli_dask(args)
-    predictor = Predictor(
+    # the model loads on the first batch: a rerun with every case done never loads it
+    predictor = LazyPredictor(
         args.model, device=args.device, precision=args.precision, compile=getattr(args, "compile", None) or None
     )
     if not args.quiet:
-        how = f" (auto: {predictor.autotune.describe()})" if predictor.autotune is not None else ""
-        print(
-            f"model {predictor.path.name} ({predictor.model_id}), device {predictor.device}, "
-            f"precision {predictor.precision}{how}",
-            file=sys.stderr,
-        )
+        print(f"model {predictor.path.name} ({predictor.model_id})", file=sys.stderr)
     s = run_predict(
         args.inputs,
         args.out,
@@ -837,6 +833,9 @@ def run_cli(args) -> int:
         num_parts=getattr(args, "num_parts", 1),
         part_id=getattr(args, "part_id", 0),
     )
+    if not args.quiet and predictor.loaded:
+        how = f" (auto: {predictor.autotune.describe()})" if predictor.autotune is not None else ""
+        print(f"device {predictor.device}, precision {predictor.precision}{how}", file=sys.stderr)
     print(
         f"{s.total} image(s): {s.predicted} segmented, {s.skipped} already done, {s.failed} failed "
         f"-> {s.out_dir}" + (f" (see {s.out_dir / 'errors.csv'})" if s.failed else "")
