@@ -135,3 +135,26 @@ def test_autotune_can_be_switched_off(ckpt, monkeypatch):
     monkeypatch.setenv("CXRSEG_AUTOTUNE", "0")
     p = Predictor(ckpt, device="cpu")
     assert (p.precision, p.channels_last, p.autotune.source) == ("fp32", True, "default")
+
+
+def test_incomplete_measurement_is_repeated_then_kept():
+    import time
+
+    import torch
+
+    from cxrseg import autotune as A
+
+    dev = torch.device("cpu")
+
+    def make(prec, cl):
+        def run():
+            time.sleep(0.05)
+
+        return run
+
+    kw = dict(model_id="slow", input_size=64, make_runner=make, budget_s=0.01)
+    if len(A.candidates(dev)) < 2:
+        pytest.skip("one candidate only: every measurement is complete")
+    sources = [A.choose(dev, **kw).source for _ in range(A.MAX_ATTEMPTS + 1)]
+    # the budget only fits the first candidate: measured again until MAX_ATTEMPTS, then cached
+    assert sources == ["measured"] * A.MAX_ATTEMPTS + ["cache"]
