@@ -40,7 +40,7 @@ def test_measure_times_round_robin_and_drops_slow_candidates():
 
         return run
 
-    out = measure({c: runner(c) for c in cost}, budget_s=1.0, clock=lambda: now[0])
+    out = measure({c: (lambda c=c: runner(c)) for c in cost}, budget_s=1.0, clock=lambda: now[0])
     assert out["bf16/channels_last"] == pytest.approx(4.0)
     assert out["fp32/channels_last"] == pytest.approx(10.0)
     # the contiguous fp32 pass is > 1.5x the fastest after warm-up: timed once, then dropped
@@ -48,7 +48,7 @@ def test_measure_times_round_robin_and_drops_slow_candidates():
     assert calls.count(("bf16", True)) > 1
     # a budget smaller than the first warm-up run leaves the others unmeasured
     now[0] = 0.0
-    out = measure({c: runner(c) for c in cost}, budget_s=0.001, clock=lambda: now[0])
+    out = measure({c: (lambda c=c: runner(c)) for c in cost}, budget_s=0.001, clock=lambda: now[0])
     assert out["fp32/channels_last"] is not None and out["bf16/channels_last"] is None
 
 

@@ -241,34 +241,40 @@ def clear() -> None:
 
 
 def measure(
-    runners: dict[tuple[str, bool], Callable[[], object]],
+    factories: dict[tuple[str, bool], Callable[[], Callable[[], object]]],
     *,
     budget_s: float,
     sync: Callable[[], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float | None]:
-    """Time each runner within ``budget_s`` seconds; milliseconds per call by label.
+    """Time each candidate within ``budget_s`` seconds; milliseconds per call by label.
 
-    One untimed warm-up call each (its time is kept as the estimate of candidates that
-    get no timed call), candidates slower than :data:`DROP_FACTOR` x the fastest warm-up
-    are dropped, the others are timed round-robin (so a change of machine load hits all
-    alike) until the budget is spent or :data:`MAX_ROUNDS` rounds are done; the median
-    counts. A candidate that raises is reported as ``None``.
+    ``factories[c]()`` prepares candidate ``c`` (a copy of the model in its precision and
+    layout) and returns the function to time; it is called only when the candidate's
+    turn comes, inside the budget. One untimed warm-up call each (its time is kept as the
+    estimate of candidates that get no timed call), candidates slower than
+    :data:`DROP_FACTOR` x the fastest warm-up are dropped, the others are timed
+    round-robin (so a change of machine load hits all alike) until the budget is spent or
+    :data:`MAX_ROUNDS` rounds are done; the median counts. A candidate that raises, or
+    whose turn never came, is reported as ``None``.
     """
     sync = sync or (lambda: None)
     t_end = clock() + float(budget_s)
     warm: dict[tuple[str, bool], float] = {}
-    out: dict[str, float | None] = {_label(*c): None for c in runners}
-    for c, fn in runners.items():
+    runners: dict[tuple[str, bool], Callable[[], object]] = {}
+    out: dict[str, float | None] = {_label(*c): None for c in factories}
+    for c, make in factories.items():
         if warm and clock() >= t_end:
             break  # out of budget: the rest stay unmeasured
-        t0 = clock()
         try:
+            fn = make()
+            t0 = clock()
             fn()
             sync()
         except Exception:
             continue
         warm[c] = clock() - t0
+        runners[c] = fn
     if not warm:
         return out
     best = min(warm.values())
@@ -336,14 +342,6 @@ def choose(
     attempts = 1 + (int(old.get("attempts", 1)) if isinstance(old, dict) and not old.get("complete", True) else 0)
     if budget_s is None:
         budget_s = DEFAULT_BUDGET_S.get(device.type, 3.0)
-    t_start = time.perf_counter()
-    runners = {}
-    for prec, cl in order:
-        try:
-            runners[(prec, cl)] = make_runner(prec, cl)
-        except Exception:
-            continue
-    spent = time.perf_counter() - t_start
 
     def sync():
         if device.type == "cuda":
@@ -351,7 +349,8 @@ def choose(
 
             torch.cuda.synchronize(device)
 
-    measured = measure(runners, budget_s=max(0.1, budget_s - spent), sync=sync)
+    factories = {c: (lambda c=c: make_runner(*c)) for c in order}
+    measured = measure(factories, budget_s=budget_s, sync=sync)
     prec, cl = pick(measured, order)
     choice = Choice(prec, cl, measured, "measured", key)
     _write_entry(
