@@ -625,11 +625,11 @@ def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
     ref_cmd = [_sys.executable, "-c", _REFERENCE_CHILD, str(pred.path), str(pred.device), pred.precision, cl]
     section: dict = {"precision": pred.precision, "channels_last": pred.channels_last, "runs": []}
 
-    def predict_once(tag):
+    def predict_once(tag, *extra):
         dst = tmp / "cold" / f"out-{tag}"
         t0, dt, _ = _spawn(
             [_sys.executable, "-m", "cxrseg.cli", "predict", str(one), "--out", str(dst), "--quiet",
-             "--model", str(pred.path), "--device", str(pred.device), "--overwrite"],
+             "--model", str(pred.path), "--device", str(pred.device), "--overwrite", *extra],
             env,
         )
         first = min(p.stat().st_mtime for p in (dst / "masks").rglob("*.png"))
@@ -646,7 +646,9 @@ def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
         t0, _, txt = _spawn(ref_cmd, env)
         j = json.loads(txt.strip().splitlines()[-1])
         refs.append(j["import_done"] - t0 + j["forward_s"])
-        warm.append(predict_once(f"warm{i}")[0])
+        # the precision auto chose in this process: a busy machine's incomplete measurement
+        # would otherwise be repeated inside the timed run
+        warm.append(predict_once(f"warm{i}", "--precision", pred.precision)[0])
     ref, w = statistics.median(refs), statistics.median(warm)
     section.update(
         {"reference_s": ref, "first_mask_s": w, "first_mask_first_use_s": first_use,
@@ -701,7 +703,8 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
         t_model = time.perf_counter() - t0
         _, t_whole, _ = _spawn(
             [_sys.executable, "-m", "cxrseg.cli", "predict", str(folder), "--out", str(tmp / "tp" / f"out-{tag}"),
-             "--quiet", "--model", str(p.path), "--device", str(p.device), "--batch-size", str(bs)],
+             "--quiet", "--model", str(p.path), "--device", str(p.device), "--batch-size", str(bs),
+             "--precision", p.precision],
             env,
         )
         section["runs"][tag] = {
