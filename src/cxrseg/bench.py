@@ -107,6 +107,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="JSRT/SCR folder: compare bf16 with fp32 Jaccard on real cases",
     )
     p.add_argument(
+        "--autotune-budget",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="seconds the bench's own --precision auto measurement may take when nothing is cached "
+        "(default 20: every alternative timed even on a busy machine; predict and the GUI use 3)",
+    )
+    p.add_argument(
         "--folder-data",
         type=Path,
         default=None,
@@ -880,7 +888,9 @@ def run_bench(args, out=None) -> dict:
         else:
             low, low_note = "fp16", dev.type
         pred_low = Predictor(path, device=str(dev), precision=low)
-        pred_auto = Predictor(path, device=str(dev), precision="auto")
+        pred_auto = Predictor(
+            path, device=str(dev), precision="auto", autotune_budget=getattr(args, "autotune_budget", None)
+        )
         env = {
             "torch": torch.__version__,
             "device": str(dev),
