@@ -107,6 +107,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="JSRT/SCR folder: compare bf16 with fp32 Jaccard on real cases",
     )
     p.add_argument(
+        "--throughput-rounds",
+        type=int,
+        default=2,
+        metavar="N",
+        help="throughput section: rounds of (baseline, engine runs), median (default 2)",
+    )
+    p.add_argument(
         "--autotune-budget",
         type=float,
         default=20.0,
@@ -688,36 +695,55 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
             models.append(("fast", Predictor(fast, device=str(pred.device), precision="auto")))
         except Exception:
             pass
-    out(f"[6] whole processes on a folder: {what}; all regions, masks at native size")
-    section: dict = {"images": n, "what": what, "runs": {}}
+    reps = 1 if args.smoke else max(1, getattr(args, "throughput_rounds", 2))
+    out(
+        f"[6] whole processes on a folder: {what}; all regions, masks at native size; "
+        f"median of {reps} round(s), each round runs every process once (interleaved)"
+    )
+    section: dict = {"images": n, "what": what, "rounds": reps, "runs": {}}
     base_cmd = [_sys.executable, "-m", "cxrseg.bench_baseline", str(folder), str(tmp / "tp" / "base"), str(pred.device)]
     if args.smoke:
         base_cmd += ["64", "resnet18"]
-    _, t_base, _ = _spawn(base_cmd, env)
-    section["baseline_s"] = t_base
-    out(f"    baseline script: 5 per-region fp32 256 px U-Nets, batch 1          {t_base:7.2f} s  "
-        f"({n / t_base:5.2f} img/s)")
-    for tag, p in models:
-        # model-only time: the same number of batch passes, in this process
-        bs = args.batch_size
+    bs = args.batch_size
+
+    def engine_cmd(tag, p):
+        return [_sys.executable, "-m", "cxrseg.cli", "predict", str(folder), "--out", str(tmp / "tp" / f"out-{tag}"),
+                "--quiet", "--model", str(p.path), "--device", str(p.device), "--batch-size", str(bs),
+                "--precision", p.precision, "--overwrite"]
+
+    def model_time(p):
+        """Model-only time of the same number of batch passes, in this process."""
         sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
         zeros = {b: np.zeros((b, p.input_size, p.input_size), np.float32) for b in set(sizes)}
-        p.forward(zeros[sizes[0]])  # warm-up
         _sync(p.device)
         t0 = time.perf_counter()
         for b in sizes:
             p.forward(zeros[b])
         _sync(p.device)
-        t_model = time.perf_counter() - t0
-        _, t_whole, _ = _spawn(
-            [_sys.executable, "-m", "cxrseg.cli", "predict", str(folder), "--out", str(tmp / "tp" / f"out-{tag}"),
-             "--quiet", "--model", str(p.path), "--device", str(p.device), "--batch-size", str(bs),
-             "--precision", p.precision],
-            env,
-        )
+        return time.perf_counter() - t0
+
+    for _, p in models:  # warm-up: oneDNN kernels of this process
+        p.forward(np.zeros((1, p.input_size, p.input_size), np.float32))
+    t_base_all: list[float] = []
+    t_whole_all: dict = {tag: [] for tag, _ in models}
+    t_model_all: dict = {tag: [] for tag, _ in models}
+    for _ in range(reps):
+        t_base_all.append(_spawn(base_cmd, env)[1])
+        for tag, p in models:
+            t_whole_all[tag].append(_spawn(engine_cmd(tag, p), env)[1])
+            t_model_all[tag].append(model_time(p))
+    t_base = statistics.median(t_base_all)
+    section["baseline_s"] = t_base
+    section["baseline_all_s"] = t_base_all
+    out(f"    baseline script: 5 per-region fp32 256 px U-Nets, batch 1          {t_base:7.2f} s  "
+        f"({n / t_base:5.2f} img/s)")
+    for tag, p in models:
+        t_whole = statistics.median(t_whole_all[tag])
+        t_model = statistics.median(t_model_all[tag])
         section["runs"][tag] = {
             "model": p.path.name, "input_size": p.input_size, "precision": p.precision,
             "channels_last": p.channels_last, "whole_s": t_whole, "model_s": t_model,
+            "whole_all_s": t_whole_all[tag], "model_all_s": t_model_all[tag],
             "speedup_vs_baseline": t_base / t_whole, "whole_over_model": t_whole / t_model,
         }
         out(
