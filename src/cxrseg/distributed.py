@@ -176,7 +176,11 @@ def _client(address: str):
     addr = str(address).strip()
     if addr == "local" or addr.startswith("local:"):
         n = int(addr.split(":", 1)[1]) if ":" in addr else 2
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        import logging
+
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
         return Client(cluster), cluster
     return Client(addr), None
 
