@@ -70,7 +70,7 @@ def test_accuracy_section_on_phantoms(tmp_path, capsys):
     )
     assert rc == 0
     text = capsys.readouterr().out
-    assert "[5] bf16 vs fp32 on 2 real cases" in text
+    assert "[7] bf16 vs fp32 on 2 real cases" in text
     assert re.search(r"largest \|mean Jaccard change\| \d\.\d{5} < 0\.002: (yes|NO)", text)
     acc = json.loads((tmp_path / "acc.json").read_text())["accuracy"]
     assert set(acc["regions"]) == {
@@ -86,3 +86,21 @@ def test_accuracy_section_on_phantoms(tmp_path, capsys):
 def test_bad_options_are_usage_errors(capsys):
     assert _bench("--smoke", "--only", "nonsense") == 2
     assert "unknown sections" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_process_sections_print_their_ratios(tmp_path, capsys):
+    """Cold start and whole-process throughput (child processes; tiny model and images)."""
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    rc = _bench("--smoke", "--only", "coldstart,throughput", "--model", ckpt, "--images", "2",
+                "--json", tmp_path / "b.json")
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "--precision auto chose" in text
+    assert re.search(r"process start -> first mask written +\d+\.\d\d s +x\d+\.\d\d the reference", text)
+    assert re.search(r"baseline script: 5 per-region .* +\d+\.\d\d s", text)
+    assert re.search(r"x\d+\.\d\d the baseline; whole process x\d+\.\d\d its model time", text)
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["coldstart"]["reference_s"] > 0 and res["coldstart"]["ratio"] > 0
+    run = res["throughput"]["runs"]["given"]
+    assert run["whole_s"] > 0 and run["speedup_vs_baseline"] > 0

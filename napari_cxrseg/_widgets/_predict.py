@@ -1,6 +1,7 @@
 """Predict dock: run the U-Net on the current case and tune how its output is shown.
 
-* Model: the shipped default (``cxrseg/models/``) or a ``.safetensors`` checkpoint file.
+* Model: the shipped default (``cxrseg/models/``), the shipped 256 px model ("Fast", or
+  ``fast`` typed in the field) or a ``.safetensors`` checkpoint file.
   A missing shipped model is reported in the dock, not as a crash.
 * Regions: any of the five, or all (the model may predict fewer).
 * Device: auto and the devices that exist here (detected in a worker: torch is never
@@ -57,9 +58,11 @@ def available_devices() -> list[str]:
 
 def model_summary(checkpoint: str | None) -> dict:
     """What the dock says about a model file (reads the safetensors header only)."""
-    from cxrseg.model import default_checkpoint_path, read_metadata
+    from cxrseg.model import MODEL_TIERS, default_checkpoint_path, read_metadata, tier_checkpoint_path
 
     path = Path(checkpoint) if checkpoint else default_checkpoint_path()
+    if checkpoint and str(checkpoint).strip().lower() in MODEL_TIERS and not path.exists():
+        path = tier_checkpoint_path(str(checkpoint))  # "fast": the shipped 256 px model
     if path.is_dir():
         for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
             if (path / name).is_file():
@@ -107,6 +110,10 @@ class PredictWidget(QWidget):
         default = QPushButton("Default")
         default.setToolTip("Use the model shipped with napari-cxrseg")
         default.clicked.connect(lambda: self.set_checkpoint(None))
+        fast = QPushButton("Fast")
+        fast.setToolTip("Use the shipped 256 px model: about 3x faster, slightly less accurate (see its model card)")
+        fast.clicked.connect(lambda: self.set_checkpoint("fast"))
+        self._fast_button = fast
         self.model_label = QLabel("Reading model …")
         self.model_label.setWordWrap(True)
         self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -182,6 +189,7 @@ class PredictWidget(QWidget):
         row.addWidget(self.model_edit, 1)
         row.addWidget(browse)
         row.addWidget(default)
+        row.addWidget(fast)
         ml.addLayout(row)
         ml.addWidget(self.model_label)
         form = QFormLayout()

@@ -13,10 +13,22 @@ Sections (all measured in the same process, on the same device, one after the ot
    input (``image_to_input``) against a bare ``numpy.fromfile`` of the same file.
 4. ``folder`` - images per second of ``cxrseg predict``'s pipeline on a folder of phantom
    PNG and ``.IMG`` files, with and without DataLoader workers.
-5. ``accuracy`` (``--accuracy-data ROOT``) - whether bf16 changes the Jaccard index on
+5. ``coldstart`` - a fresh ``cxrseg predict`` process on one 1024 x 1024 PNG: time from
+   process start to the first mask written, against a fresh process that only imports
+   torch and runs one forward pass of the same model (precision and layout as ``auto``
+   chose); with an empty cache (first use: fold, check and autotune) and a warm one.
+6. ``throughput`` - whole processes on a folder of real-size images (synthetic 1024 x
+   1024 and 2048 x 2048 PNGs, or ``--folder-data ROOT``'s images): the plain per-region
+   baseline script (:mod:`cxrseg.bench_baseline`: five fp32 256 px models, batch 1, masks
+   written at native size) against ``cxrseg predict`` with the default model and with
+   ``--model fast``, and each against its model's own forward-pass time.
+7. ``accuracy`` (``--accuracy-data ROOT``) - whether bf16 changes the Jaccard index on
    real cases compared with fp32.
-6. ``quality`` - the no-ground-truth quality estimate (``cxrseg.quality``), quick and
+8. ``quality`` - the no-ground-truth quality estimate (``cxrseg.quality``), quick and
    full, as a ratio to a plain prediction.
+
+The header says what ``--precision auto`` chose (:mod:`cxrseg.autotune`) and the times it
+measured for the alternatives.
 
 Timings are medians of ``--repeats`` runs after ``--warmup`` runs, with torch's thread
 count as it is (``--threads`` changes it). Without ``--model`` the shipped model is used,
@@ -39,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-SECTIONS = ("models", "flops", "decode", "folder", "accuracy", "quality")
+SECTIONS = ("models", "flops", "decode", "folder", "coldstart", "throughput", "accuracy", "quality")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +107,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="ROOT",
         help="JSRT/SCR folder: compare bf16 with fp32 Jaccard on real cases",
+    )
+    p.add_argument(
+        "--throughput-rounds",
+        type=int,
+        default=2,
+        metavar="N",
+        help="throughput section: rounds of (baseline, engine runs), median (default 2)",
+    )
+    p.add_argument(
+        "--autotune-budget",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="seconds the bench's own --precision auto measurement may take when nothing is cached "
+        "(default 20: every alternative timed even on a busy machine; predict and the GUI use 3)",
+    )
+    p.add_argument(
+        "--folder-data",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="throughput section: use the first --images images of ROOT/images (e.g. $CXRSEG_DATA; "
+        "linked from a temporary folder, not copied) instead of synthetic PNGs",
     )
     p.add_argument(
         "--accuracy-cases",
@@ -532,6 +567,196 @@ def bench_folder(pred, args, out, res, tmp: Path) -> None:
     res["folder"] = section
 
 
+# --------------------------------------------------------------------------- whole processes
+
+
+def _child_env(args) -> dict:
+    """Environment of a child process: this copy of cxrseg first on the path, the thread
+    count of ``--threads``."""
+    import cxrseg
+
+    env = dict(os.environ)
+    src = str(Path(cxrseg.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([src] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    return env
+
+
+def _spawn(cmd, env) -> tuple[float, float, str]:
+    """Run ``cmd``; (wall-clock start, seconds until it exited, stdout). Raises on failure."""
+    import subprocess
+
+    t0 = time.time()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    dt = time.time() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"benchmark child {' '.join(map(str, cmd[:4]))} ... failed: {r.stderr.strip()[-800:]}")
+    return t0, dt, r.stdout
+
+
+_REFERENCE_CHILD = """
+import json, sys, time
+import torch
+t_import = time.time()
+from cxrseg.predict import Predictor
+import numpy as np
+path, device, prec, cl = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+p = Predictor(path, device=device, precision=prec, channels_last=cl)
+x = np.random.default_rng(0).random((1, p.input_size, p.input_size), dtype=np.float32)
+t1 = time.perf_counter()
+p.forward(x).cpu()
+print(json.dumps({"import_done": t_import, "forward_s": time.perf_counter() - t1}))
+"""
+
+
+def _write_pngs(folder: Path, n: int, *, smoke: bool, data_root: Path | None) -> str:
+    """``n`` images in ``folder``: links to ``data_root``'s images, or synthetic PNGs
+    (phantoms, 1024 x 1024 and every other one 2048 x 2048). Returns a description."""
+    from .phantom import _write_png8, make_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if data_root is not None:
+        imgs = sorted(p for p in (Path(data_root) / "images").iterdir() if p.suffix.lower() == ".png")[:n]
+        for p in imgs:
+            (folder / p.name).symlink_to(p.resolve())
+        return f"{len(imgs)} images of {data_root} (linked)"
+    base = 128 if smoke else 1024
+    for i in range(n):
+        im = make_phantom(i, size=base).image
+        if i % 2:
+            im = np.repeat(np.repeat(im, 2, 0), 2, 1)
+        _write_png8(im, folder / f"PH{i:03d}.png")
+    return f"{n} synthetic PNGs ({(n + 1) // 2} of {base}^2, {n // 2} of {2 * base}^2)"
+
+
+def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
+    """Section 5: process start to first mask vs torch import + one forward pass."""
+    import sys as _sys
+
+    env = _child_env(args)
+    env["CXRSEG_CACHE"] = str(tmp / "cold-cache")  # starts empty: the first run is a first use
+    one = tmp / "cold" / "in"
+    _write_pngs(one, 1, smoke=args.smoke, data_root=None)
+    cl = "1" if pred.channels_last else "0"
+    ref_cmd = [_sys.executable, "-c", _REFERENCE_CHILD, str(pred.path), str(pred.device), pred.precision, cl]
+    section: dict = {"precision": pred.precision, "channels_last": pred.channels_last, "runs": []}
+
+    def predict_once(tag, *extra):
+        dst = tmp / "cold" / f"out-{tag}"
+        t0, dt, _ = _spawn(
+            [_sys.executable, "-m", "cxrseg.cli", "predict", str(one), "--out", str(dst), "--quiet",
+             "--model", str(pred.path), "--device", str(pred.device), "--overwrite", *extra],
+            env,
+        )
+        first = min(p.stat().st_mtime for p in (dst / "masks").rglob("*.png"))
+        return first - t0, dt
+
+    out(
+        f"[5] cold start: a fresh process on one {128 if args.smoke else 1024}^2 PNG "
+        f"({pred.precision}, {'channels_last' if pred.channels_last else 'contiguous'})"
+    )
+    first_use, _ = predict_once("first")
+    reps = 1 if args.smoke else 2
+    refs, warm = [], []
+    for i in range(reps):  # interleaved, so that load changes hit both alike
+        t0, _, txt = _spawn(ref_cmd, env)
+        j = json.loads(txt.strip().splitlines()[-1])
+        refs.append(j["import_done"] - t0 + j["forward_s"])
+        # the precision auto chose in this process: a busy machine's incomplete measurement
+        # would otherwise be repeated inside the timed run
+        warm.append(predict_once(f"warm{i}", "--precision", pred.precision)[0])
+    ref, w = statistics.median(refs), statistics.median(warm)
+    section.update(
+        {"reference_s": ref, "first_mask_s": w, "first_mask_first_use_s": first_use,
+         "ratio": w / ref, "ratio_first_use": first_use / ref}
+    )
+    out(f"    python -c 'import torch' + one forward pass (reference)       {ref:7.2f} s")
+    out(f"    cxrseg predict: process start -> first mask written           {w:7.2f} s   x{w / ref:.2f} the reference")
+    out(
+        f"    the same on first use of the model (empty cache: fold+autotune) {first_use:5.2f} s   "
+        f"x{first_use / ref:.2f}"
+    )
+    res["coldstart"] = section
+
+
+def bench_throughput(pred, args, out, res, tmp: Path) -> None:
+    """Section 6: whole processes on a folder: per-region baseline vs cxrseg predict."""
+    import sys as _sys
+
+    from .predict import Predictor, resolve_checkpoint_path
+
+    env = _child_env(args)
+    folder = tmp / "tp" / "in"
+    what = _write_pngs(folder, args.images, smoke=args.smoke, data_root=getattr(args, "folder_data", None))
+    n = len(list(folder.iterdir()))
+    models = [("given" if args.model is not None else "default", pred)]
+    if args.model is None and not args.smoke:
+        try:
+            fast = resolve_checkpoint_path("fast")
+            models.append(("fast", Predictor(fast, device=str(pred.device), precision="auto")))
+        except Exception:
+            pass
+    reps = 1 if args.smoke else max(1, getattr(args, "throughput_rounds", 2))
+    out(
+        f"[6] whole processes on a folder: {what}; all regions, masks at native size; "
+        f"median of {reps} round(s), each round runs every process once (interleaved)"
+    )
+    section: dict = {"images": n, "what": what, "rounds": reps, "runs": {}}
+    base_cmd = [_sys.executable, "-m", "cxrseg.bench_baseline", str(folder), str(tmp / "tp" / "base"), str(pred.device)]
+    if args.smoke:
+        base_cmd += ["64", "resnet18"]
+    bs = args.batch_size
+
+    def engine_cmd(tag, p):
+        return [_sys.executable, "-m", "cxrseg.cli", "predict", str(folder), "--out", str(tmp / "tp" / f"out-{tag}"),
+                "--quiet", "--model", str(p.path), "--device", str(p.device), "--batch-size", str(bs),
+                "--precision", p.precision, "--overwrite"]
+
+    def model_time(p):
+        """Model-only time of the same number of batch passes, in this process."""
+        sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
+        zeros = {b: np.zeros((b, p.input_size, p.input_size), np.float32) for b in set(sizes)}
+        _sync(p.device)
+        t0 = time.perf_counter()
+        for b in sizes:
+            p.forward(zeros[b])
+        _sync(p.device)
+        return time.perf_counter() - t0
+
+    for _, p in models:  # warm-up: oneDNN kernels of this process
+        p.forward(np.zeros((1, p.input_size, p.input_size), np.float32))
+    t_base_all: list[float] = []
+    t_whole_all: dict = {tag: [] for tag, _ in models}
+    t_model_all: dict = {tag: [] for tag, _ in models}
+    for _ in range(reps):
+        t_base_all.append(_spawn(base_cmd, env)[1])
+        for tag, p in models:
+            t_whole_all[tag].append(_spawn(engine_cmd(tag, p), env)[1])
+            t_model_all[tag].append(model_time(p))
+    t_base = statistics.median(t_base_all)
+    section["baseline_s"] = t_base
+    section["baseline_all_s"] = t_base_all
+    out(f"    baseline script: 5 per-region fp32 256 px U-Nets, batch 1          {t_base:7.2f} s  "
+        f"({n / t_base:5.2f} img/s)")
+    for tag, p in models:
+        t_whole = statistics.median(t_whole_all[tag])
+        t_model = statistics.median(t_model_all[tag])
+        section["runs"][tag] = {
+            "model": p.path.name, "input_size": p.input_size, "precision": p.precision,
+            "channels_last": p.channels_last, "whole_s": t_whole, "model_s": t_model,
+            "whole_all_s": t_whole_all[tag], "model_all_s": t_model_all[tag],
+            "speedup_vs_baseline": t_base / t_whole, "whole_over_model": t_whole / t_model,
+        }
+        out(
+            f"    cxrseg predict {tag} ({p.input_size} px, {p.precision}"
+            f"{'/cl' if p.channels_last else ''}, batch {bs}){'':<22s}{t_whole:7.2f} s  ({n / t_whole:5.2f} img/s)"
+            f"  x{t_base / t_whole:.2f} the baseline; whole process x{t_whole / t_model:.2f} its model time "
+            f"({t_model:.2f} s)"
+        )
+    res["throughput"] = section
+
+
 def bench_accuracy(path, device, args, out, res) -> None:
     """Section 5: bf16 vs fp32 Jaccard on real cases."""
     from .dataset import DatasetIndex
@@ -545,7 +770,7 @@ def bench_accuracy(path, device, args, out, res) -> None:
     cases = index.with_regions(p32.regions)
     if not cases:
         out(
-            f"[5] accuracy: no case under {args.accuracy_data} "
+            f"[7] accuracy: no case under {args.accuracy_data} "
             f"has masks of {', '.join(p32.regions)}; skipped"
         )
         return
@@ -572,7 +797,7 @@ def bench_accuracy(path, device, args, out, res) -> None:
             d_truth[r].append(jb - ja)
             agree[r].append(jaccard(ma, mb))
     out(
-        f"[5] {low_prec} vs fp32 on {len(chosen)} real cases of {args.accuracy_data} "
+        f"[7] {low_prec} vs fp32 on {len(chosen)} real cases of {args.accuracy_data} "
         f"({n_val} of them validation cases of this checkpoint), "
         f"thresholded masks, no post-processing"
     )
@@ -638,6 +863,8 @@ def run_bench(args, out=None) -> dict:
     from .predict import Predictor
 
     out = out or _Out()
+    if getattr(args, "folder_data", None) is not None and not Path(args.folder_data, "images").is_dir():
+        raise FileNotFoundError(f"--folder-data {args.folder_data}: no images/ folder")
     if args.repeats is None:
         args.repeats = 2 if args.smoke else 7
     if args.warmup is None:
@@ -654,6 +881,8 @@ def run_bench(args, out=None) -> dict:
             raise ValueError(
                 f"--only: unknown sections {unknown}; expected some of {', '.join(SECTIONS)}"
             )
+    if args.smoke and not args.only:
+        only -= {"coldstart", "throughput"}  # child processes: seconds each, ask for them by name
     if args.accuracy_data is None:
         only.discard("accuracy")
     elif not Path(args.accuracy_data).is_dir():
@@ -687,6 +916,9 @@ def run_bench(args, out=None) -> dict:
         else:
             low, low_note = "fp16", dev.type
         pred_low = Predictor(path, device=str(dev), precision=low)
+        pred_auto = Predictor(
+            path, device=str(dev), precision="auto", autotune_budget=getattr(args, "autotune_budget", None)
+        )
         env = {
             "torch": torch.__version__,
             "device": str(dev),
@@ -701,6 +933,10 @@ def run_bench(args, out=None) -> dict:
             "input_size": pred32.config.input_size,
             "encoder": pred32.config.encoder_name,
             "folded_batchnorm": pred32.folded_batchnorm,
+            "auto_precision": pred_auto.precision,
+            "auto_channels_last": pred_auto.channels_last,
+            "auto_source": pred_auto.autotune.source if pred_auto.autotune else None,
+            "auto_measured_ms": pred_auto.autotune.measured_ms if pred_auto.autotune else None,
             "smoke": bool(args.smoke),
         }
         res["env"] = env
@@ -719,6 +955,8 @@ def run_bench(args, out=None) -> dict:
             f"    low precision: {low} ({low_note}); "
             f"median of {args.repeats} runs after {args.warmup} warm-up"
         )
+        if pred_auto.autotune is not None:
+            out(f"    --precision auto chose {pred_auto.autotune.describe()}")
         out()
         if "models" in only:
             bench_models(pred32, pred_low, args, out, res)
@@ -730,18 +968,18 @@ def run_bench(args, out=None) -> dict:
             bench_decode(args, out, res, tmp, pred32.config.input_size)
             out()
         if "folder" in only:
-            bench_folder(
-                pred_low if dev.type != "cpu" or cpu_supports_bf16() else pred32,
-                args,
-                out,
-                res,
-                tmp,
-            )
+            bench_folder(pred_auto, args, out, res, tmp)
+            out()
+        if "coldstart" in only:
+            bench_coldstart(pred_auto, args, out, res, tmp)
+            out()
+        if "throughput" in only:
+            bench_throughput(pred_auto, args, out, res, tmp)
             out()
         if "accuracy" in only:
             if note.startswith(("random", "tiny")):
                 out(
-                    "[5] accuracy: skipped, the model is random "
+                    "[7] accuracy: skipped, the model is random "
                     "(pass --model with a trained checkpoint)"
                 )
             else:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("cxrseg.tune", "k-fold cross-validated Bayesian hyper-parameter search (Optuna TPE)"),
     "evaluate": ("cxrseg.evaluate", "Jaccard, Dice, contour distance and HD95 per case and region"),
     "predict": ("cxrseg.predict_cli", "segment images and folders; write masks, heatmaps and a CSV"),
+    "predict-merge": ("cxrseg.distributed", "join the CSVs of a sharded predict run (--num-parts) into one"),
     "finetune": ("cxrseg.finetune", "fine-tune a checkpoint on corrected masks with replay"),
     "bench": ("cxrseg.bench", "benchmark the prediction engine against the poster's approach"),
     "export": ("cxrseg.export", "write a checkpoint for shipping (fp16, evaluation summary in metadata)"),

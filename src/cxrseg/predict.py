@@ -13,12 +13,17 @@ Speed
 -----
 * the model is loaded once (:func:`get_predictor` caches it per checkpoint, modification
   time, device and precision);
-* batch-norm layers are folded into the preceding convolutions at load time (exact in
-  eval mode, checked numerically against the unfolded model);
-* ``channels_last`` memory format and ``torch.inference_mode()``;
-* ``bf16`` (or ``fp16`` on CUDA) when :func:`cxrseg.device.resolve_precision` says the
-  hardware supports it: the folded weights are stored in that type and the forward pass
-  runs under :func:`cxrseg.device.autocast`; probabilities are always float32.
+* batch-norm layers are folded into the preceding convolutions (exact in eval mode,
+  checked numerically against the unfolded model once, then cached with the model);
+* ``torch.inference_mode()``;
+* precision (fp32, bf16; fp16 on GPUs) and memory layout chosen by measurement on the
+  first use of a model on a device (:mod:`cxrseg.autotune`, cached per machine, torch
+  version and model); the weights are stored in that type and the forward pass runs
+  under :func:`cxrseg.device.autocast`; probabilities are always float32;
+* the network is built without random initialisation and, after the first load, from
+  cached folded weights without importing smp (:func:`cxrseg.model.load_inference_model`);
+* on CUDA: page-locked host buffers and asynchronous copies, cuDNN autotuning, and
+  optionally ``torch.compile`` with CUDA graphs (``compile=True`` or ``CXRSEG_COMPILE=1``).
 """
 
 from __future__ import annotations
@@ -33,11 +38,18 @@ from typing import Any
 import numpy as np
 
 from .config import ModelConfig
-from .model import DEFAULT_MODEL_NAME, CheckpointError, default_checkpoint_path
+from .model import (
+    DEFAULT_MODEL_NAME,
+    MODEL_TIERS,
+    CheckpointError,
+    default_checkpoint_path,
+    tier_checkpoint_path,
+)
 from .regions import canonical_region, parse_regions
 
 __all__ = [
     "Predictor",
+    "LazyPredictor",
     "get_predictor",
     "clear_cache",
     "predict",
@@ -58,7 +70,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def resolve_checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path:
     """The checkpoint file that ``checkpoint`` names.
 
-    ``None`` is the model shipped in the package (:func:`cxrseg.model.default_checkpoint_path`);
+    ``None`` (or ``"default"``) is the model shipped in the package
+    (:func:`cxrseg.model.default_checkpoint_path`, 512 px); ``"fast"`` the shipped 256 px
+    model (:data:`cxrseg.model.MODEL_TIERS`), unless a file or folder of that name exists;
     a folder is searched for ``best.safetensors``, ``model.safetensors`` or the shipped
     model's name (a training output folder works).
 
@@ -67,6 +81,15 @@ def resolve_checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path
     CheckpointError
         The file (or the shipped model) does not exist.
     """
+    if checkpoint is not None and str(checkpoint).strip().lower() in MODEL_TIERS:
+        if not Path(checkpoint).expanduser().exists():  # a file or folder of that name wins
+            path = tier_checkpoint_path(str(checkpoint))
+            if path.name == DEFAULT_MODEL_NAME:
+                checkpoint = None
+            elif not path.is_file():
+                raise CheckpointError(f"the shipped {checkpoint} model {path} is not installed")
+            else:
+                return path.resolve()
     if checkpoint is None:
         path = default_checkpoint_path()
         if not path.is_file():
@@ -187,11 +210,18 @@ class Predictor:
     device : str, optional
         ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : str, optional
-        ``auto`` (bf16 on CUDA and on CPUs with native bf16 - AVX512-BF16 or AMX -, else
-        fp32), ``fp32``, ``bf16`` or ``fp16`` (fp16 needs CUDA or MPS; on a CPU it falls
-        back to fp32).
+        ``auto`` (the fastest of fp32, bf16 and - on GPUs - fp16 as measured on this
+        machine, see :mod:`cxrseg.autotune`; the environment variable
+        ``CXRSEG_PRECISION`` overrides it), ``fp32``, ``bf16`` or ``fp16`` (fp16 needs
+        CUDA or MPS; on a CPU it falls back to fp32). An explicit value always wins.
     channels_last : bool, optional
-        Run convolutions in NHWC memory format (faster with oneDNN and cuDNN).
+        Run convolutions in NHWC memory format; default: the measured choice with
+        ``auto`` precision, else ``True``.
+    compile : bool, optional
+        ``torch.compile`` the network (CUDA graphs on GPUs); default: the environment
+        variable ``CXRSEG_COMPILE=1``. The first batches are slow while it compiles.
+    autotune_budget : float, optional
+        Seconds the first-use measurement may take (default 3 on a CPU, 5 on a GPU).
 
     Attributes
     ----------
@@ -208,6 +238,8 @@ class Predictor:
     device : torch.device
     precision : str
         The resolved precision: ``fp32``, ``bf16`` or ``fp16``.
+    autotune : cxrseg.autotune.Choice or None
+        With ``auto`` precision: the choice and the times measured for the alternatives.
     thresholds : dict
         The checkpoint's per-region thresholds (0.5 unless calibrated).
 
@@ -218,66 +250,112 @@ class Predictor:
         or inconsistent.
     """
 
-    def __init__(self, checkpoint=None, *, device="auto", precision="auto", channels_last=True):
+    def __init__(
+        self,
+        checkpoint=None,
+        *,
+        device="auto",
+        precision="auto",
+        channels_last=None,
+        compile: bool | None = None,
+        autotune_budget: float | None = None,
+    ):
         import torch
 
-        from .device import resolve_precision, select_device
-        from .model import load_checkpoint
+        from .device import select_device
+        from .model import load_inference_model
 
         if str(precision).lower() not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.path: Path = resolve_checkpoint_path(checkpoint)
         self.device = select_device(device)
-        prec = resolve_precision(str(precision).lower(), self.device)
-        if prec == "fp16" and self.device.type == "cpu":
-            prec = "fp32"
-        self.precision: str = prec
-        self.channels_last = bool(channels_last)
-        ck = load_checkpoint(self.path, device="cpu")
-        self.config: ModelConfig = ck.config
-        self.metadata: dict[str, Any] = dict(ck.metadata)
-        self.model_id: str = ck.model_id
-        self.regions: tuple[str, ...] = tuple(ck.config.regions)
-        self.thresholds: dict[str, float] = dict(ck.config.thresholds)
-        self.input_size: int = int(ck.config.input_size)
-        self.folded_batchnorm = 0
-        model = ck.model.eval()
-        model = self._fold_checked(model)
-        if self.precision in ("bf16", "fp16"):
-            model = model.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
-        model = model.to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        requested = str(precision).lower()
+        if requested == "auto" and os.environ.get("CXRSEG_PRECISION"):
+            requested = os.environ["CXRSEG_PRECISION"].strip().lower()
+            if requested not in PRECISIONS:
+                raise ValueError(f"CXRSEG_PRECISION must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+        model, config, meta, _, n_folded = load_inference_model(self.path)
+        self.config: ModelConfig = config
+        self.metadata: dict[str, Any] = dict(meta)
+        self.model_id: str = str(meta.get("model_id", "unknown"))
+        self.regions: tuple[str, ...] = tuple(config.regions)
+        self.thresholds: dict[str, float] = dict(config.thresholds)
+        self.input_size: int = int(config.input_size)
+        self.folded_batchnorm = n_folded
         for p in model.parameters():
             p.requires_grad_(False)
-        self.model = model
-        self._lock = threading.Lock()
+        model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its kernels
+        #: the autotune decision (:class:`cxrseg.autotune.Choice`) when precision was ``auto``
+        self.autotune = None
+        if requested == "auto":
+            from .autotune import choose
 
-    def _fold_checked(self, model):
-        """Fold batch norms into convolutions; keep the folded model only if it gives the
-        same logits as the original (fp32, a random input)."""
-        import copy
+            self.autotune = choose(
+                self.device,
+                model_id=self.model_id,
+                input_size=self.input_size,
+                make_runner=lambda prec, cl: self._runner(model, prec, cl),
+                budget_s=autotune_budget,
+            )
+            prec, cl = self.autotune.precision, self.autotune.channels_last
+        else:
+            prec, cl = requested, True
+        if prec == "fp16" and self.device.type == "cpu":
+            prec = "fp32"
+        if channels_last is not None:  # an explicit layout wins over the measured one
+            cl = bool(channels_last)
+        self.precision: str = prec
+        self.channels_last = bool(cl)
+        self.model = self._prepared(model, prec, self.channels_last, copy=False)
+        if compile is None:
+            compile = os.environ.get("CXRSEG_COMPILE", "").strip().lower() in ("1", "yes", "on", "true")
+        self.compiled = False
+        if compile:
+            # CUDA graphs ("reduce-overhead") on GPUs; plain inductor elsewhere
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.model = torch.compile(self.model, mode=mode, dynamic=False)
+            self.compiled = True
+        self._lock = threading.Lock()
+        self._pinned: dict = {}
+
+    def _prepared(self, model, precision: str, channels_last: bool, *, copy: bool = True):
+        """``model`` (or a copy) in the weights' type and memory layout of a precision."""
+        import copy as _copy
 
         import torch
 
-        folded = copy.deepcopy(model)
-        try:
-            n = fold_batchnorm(folded)
-        except Exception:
-            return model
-        if n == 0:
-            return model
-        gen = torch.Generator().manual_seed(0)
-        s = 64
-        x = torch.rand(1, self.config.in_channels, s, s, generator=gen) * 4 - 2
-        with torch.inference_mode():
-            a = model(x)
-            b = folded(x)
-        tol = 1e-3 * max(1.0, float(a.abs().max()))
-        if not torch.isfinite(b).all() or float((a - b).abs().max()) > tol:
-            return model
-        self.folded_batchnorm = n
-        return folded
+        m = _copy.deepcopy(model) if copy else model
+        if precision in ("bf16", "fp16"):
+            m = m.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        return m
+
+    def _runner(self, model, precision: str, channels_last: bool):
+        """A function running one batch-1 forward pass of ``model`` prepared for
+        ``precision``/``channels_last`` on a fixed input (for :mod:`cxrseg.autotune`)."""
+        import torch
+
+        from .device import autocast
+
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("fp16 is not run on a CPU")
+        m = self._prepared(model, precision, channels_last)
+        s = self.input_size
+        x = torch.rand(1, self.config.in_channels, s, s, generator=torch.Generator().manual_seed(0)) * 4 - 2
+        x = x.to(self.device)
+        if precision != "fp32":
+            x = x.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def run():
+            with torch.inference_mode(), autocast(self.device, precision):
+                return m(x)
+
+        return run
 
     def __repr__(self) -> str:
         return (
@@ -333,7 +411,10 @@ class Predictor:
             raise ValueError(
                 f"expected inputs of shape (B, S, S) or (B, 1, S, S), got {tuple(x.shape)}"
             )
-        x = x.to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.device.type == "cuda" and not x.is_cuda:
+            x = self._to_device_pinned(x)
+        else:
+            x = x.to(self.device, dtype=torch.float32)
         x = normalize(x, self.config.mean, self.config.std)
         if self.precision != "fp32":
             x = x.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
@@ -345,6 +426,28 @@ class Predictor:
             if len(idx) != logits.shape[1]:
                 logits = logits[:, idx]
             return torch.sigmoid(logits.float()).contiguous()
+
+    def _to_device_pinned(self, x):
+        """Copy a host batch to the GPU through a page-locked buffer reused per shape
+        (asynchronous copy; the buffer is not refilled before its last copy finished)."""
+        import torch
+
+        x = x.to(torch.float32)
+        key = tuple(x.shape)
+        with self._lock:
+            buf, event = self._pinned.get(key, (None, None))
+            if buf is None:
+                if len(self._pinned) > 4:
+                    self._pinned.clear()
+                buf = torch.empty(key, dtype=torch.float32).pin_memory()
+            elif event is not None:
+                event.synchronize()
+            buf.copy_(x)
+            out = buf.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pinned[key] = (buf, event)
+        return out
 
     def to_native(self, prob, info):
         """One image's ``(R, S, S)`` probabilities (a tensor from :meth:`forward`) resized
@@ -408,6 +511,66 @@ class Predictor:
         return self.forward(inputs, regions=regions).cpu().numpy()
 
 
+class LazyPredictor:
+    """A :class:`Predictor` that loads its model only when something needs it.
+
+    The checkpoint's header (regions, thresholds, input size, model id) is read at once;
+    the network is loaded and autotuned on the first access to anything else (a forward
+    pass, ``precision``, ``device``...). ``cxrseg predict`` uses it so that a rerun with
+    every case done, or a region the model does not predict, never loads the model.
+
+    Parameters
+    ----------
+    checkpoint : path-like, optional
+        As for :class:`Predictor`.
+    on_load : callable, optional
+        Called with the loaded predictor (e.g. to print its device).
+    **kwargs
+        Passed to :class:`Predictor` (``device``, ``precision``, ...).
+    """
+
+    _HEADER = ("path", "config", "metadata", "model_id", "regions", "thresholds", "input_size")
+
+    def __init__(self, checkpoint=None, *, on_load=None, **kwargs):
+        from .model import CheckpointError, read_metadata
+
+        self.path = resolve_checkpoint_path(checkpoint)
+        self.metadata = dict(read_metadata(self.path))
+        try:
+            self.config = ModelConfig.from_dict(self.metadata["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {self.path}: invalid config ({exc})") from None
+        self.model_id = str(self.metadata.get("model_id", "unknown"))
+        self.regions = tuple(self.config.regions)
+        self.thresholds = dict(self.config.thresholds)
+        self.input_size = int(self.config.input_size)
+        self._kwargs = kwargs
+        self._on_load = on_load
+        self._real: Predictor | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the network has been loaded."""
+        return self._real is not None
+
+    def load(self) -> Predictor:
+        """The real :class:`Predictor` (loaded on the first call)."""
+        with self._lock:
+            if self._real is None:
+                self._real = Predictor(self.path, **self._kwargs)
+                if self._on_load is not None:
+                    self._on_load(self._real)
+            return self._real
+
+    select = Predictor.select  # needs only the header
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_real", "_kwargs", "_lock", "_on_load"):
+            raise AttributeError(name)
+        return getattr(self.load(), name)
+
+
 # --------------------------------------------------------------------------- cache
 
 _CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -419,10 +582,12 @@ def get_predictor(checkpoint=None, *, device="auto", precision="auto") -> Predic
     """A :class:`Predictor`, cached: the same checkpoint file (resolved path and
     modification time), device and precision give the same object. Thread-safe.
 
-    A checkpoint rewritten on disk (a new modification time) is loaded afresh. The cache
-    keeps the four most recently used predictors.
+    ``precision="auto"`` is the measured choice of :mod:`cxrseg.autotune` (measured on
+    the first use of a model on a device, then read from the user cache). A checkpoint
+    rewritten on disk (a new modification time) is loaded afresh. The cache keeps the
+    four most recently used predictors.
     """
-    from .device import resolve_precision, select_device
+    from .device import select_device
 
     path = resolve_checkpoint_path(checkpoint)
     st = path.stat()
@@ -430,7 +595,6 @@ def get_predictor(checkpoint=None, *, device="auto", precision="auto") -> Predic
     prec = str(precision).lower()
     if prec not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    prec = resolve_precision(prec, dev)
     if prec == "fp16" and dev.type == "cpu":
         prec = "fp32"
     key = (str(path), st.st_mtime_ns, st.st_size, str(dev), prec)
