@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 from cxrseg.regions import DISPLAY_NAMES, REGIONS
 
 from ._common import Debouncer, fmt_score, start_worker
+from ._layer_helpers import is_case_layer
 from ._state import get_session
 
 __all__ = ["CompareWidget", "compare_masks"]
@@ -149,7 +150,7 @@ class CompareWidget(QWidget):
 
         out = []
         for ly in self.viewer.layers:
-            if not isinstance(ly, Labels) or not s._is_case_layer(ly.name, s.case_id):
+            if not isinstance(ly, Labels) or not is_case_layer(ly.name, s.case_id):
                 continue
             kind = (ly.metadata.get("cxrseg") or {}).get("kind")
             if ly.name in (s.layer_name("ground_truth"), s.layer_name("errors")) or kind in ("ground_truth", "errors"):
