@@ -176,6 +176,7 @@ class Session:
     masks_edited = Signal(object)
     scores_changed = Signal(object)
     review_changed = Signal(object)
+    measure_layer = Signal(object)
 
     def __init__(self, viewer):
         self._viewer_ref = weakref.ref(viewer)
