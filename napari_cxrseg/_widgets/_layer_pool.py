@@ -7,7 +7,7 @@ the layer list and never selected) until the next prediction claims them.
 
 napari has no public API for the few things this needs, so this module is the only place
 in the plugin that touches napari internals (a napari upgrade breaks this file and its
-test, ``tests/test_layer_pool.py``, nothing else):
+test, ``tests/test_widgets_layer_pool.py``, nothing else):
 
 * ``LayerList._activate_on_insert``: add an overlay without selecting it;
 * ``ViewerModel._on_layers_change``: one dims update for several layer swaps;
