@@ -37,7 +37,7 @@ def _idle(s) -> bool:
     return _LIVE_WORKERS[0] == 0
 
 
-def _settle(qtbot, s, ms: int = 8000) -> None:
+def _settle(qtbot, s, ms: int = 30_000) -> None:
     """Run the event loop until no worker of the session is pending."""
     qtbot.waitUntil(lambda: _idle(s), timeout=ms)
     qtbot.wait(50)
