@@ -68,7 +68,8 @@ def test_choice_is_cached_and_invalidated_by_torch_model_and_device(monkeypatch)
 
     dev = torch.device("cpu")
     calls = []
-    kw = dict(model_id="abc", input_size=64, make_runner=_fake_runner({}, calls), budget_s=30.0)  # ample: MAX_ROUNDS ends it
+    # an ample budget (MAX_ROUNDS ends the loop): a loaded machine must not leave it incomplete
+    kw = dict(model_id="abc", input_size=64, make_runner=_fake_runner({}, calls), budget_s=30.0)
     first = A.choose(dev, **kw)
     assert first.source == "measured" and calls
     entry = json.loads(A.cache_file().read_text())["entries"]

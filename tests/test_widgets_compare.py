@@ -71,3 +71,28 @@ def test_error_overlay_two_colours(setup, qtbot):
     assert c2[2] > 0.8 and c2[0] < 0.5 and c2[1] < 0.5  # violet-blue
     w.err_box.setChecked(False)
     qtbot.waitUntil(lambda: name not in viewer.layers, timeout=5000)
+
+
+def test_removed_dock_drops_late_results(make_napari_viewer, qtbot, phantom_root, tiny_ckpt):
+    from napari_cxrseg._widgets._compare import CompareWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    viewer = make_napari_viewer()
+    w = CompareWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Compare")
+    s = get_session(viewer)
+    s.set_model(str(tiny_ckpt))
+    open_case(qtbot, s, phantom_root)
+    wait_worker(qtbot, s.predict())
+    qtbot.waitUntil(lambda: len(w.scores) == len(REGIONS), timeout=20_000)
+    worker = w.refresh(force=True)  # a measurement in flight ...
+    viewer.window.remove_dock_widget(w)  # ... when the dock goes
+    assert w._removed
+    viewer.layers.remove(s.get_layer("errors"))
+    wait_worker(qtbot, worker)
+    qtbot.wait(300)
+    assert s.layer_name("errors") not in viewer.layers, "a removed dock drew its overlay"
+    pred = s.get_layer("prediction")
+    pred.data = np.zeros_like(pred.data)  # no longer measured by the removed dock
+    qtbot.wait(400)
+    assert s.layer_name("errors") not in viewer.layers

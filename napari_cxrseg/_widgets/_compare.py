@@ -7,7 +7,13 @@ reference masks of the case. It is recomputed -- in a worker, debounced with a Q
 -- whenever the layer is painted (``events.paint``, emitted once per finished stroke in
 napari 0.9; ``events.labels_update`` during a stroke), replaced (``events.data``),
 re-thresholded or undone (``events.set_data``). A two-colour overlay layer
-``"<case> errors"`` shows false positives (red) and false negatives (violet-blue) of one region.
+``"<case> errors"`` shows false positives (red) and false negatives (violet-blue) of one region,
+above the edit layers.
+
+The measured layer follows what the user edits: when the Correct dock opens an edit
+layer (the session's ``measure_layer`` signal), Compare measures it, with the overlay on
+its region. Results of a measurement that was superseded, or that arrive after the dock
+was removed or the viewer closed, are dropped.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
+    QDockWidget,
     QFormLayout,
     QHeaderView,
     QLabel,
@@ -31,6 +39,7 @@ from qtpy.QtWidgets import (
 from cxrseg.regions import DISPLAY_NAMES, REGIONS
 
 from ._common import Debouncer, fmt_score, start_worker
+from ._layer_helpers import is_case_layer
 from ._state import get_session
 
 __all__ = ["CompareWidget", "compare_masks"]
@@ -90,6 +99,7 @@ class CompareWidget(QWidget):
         self.viewer = napari_viewer
         self.session = s = get_session(napari_viewer)
         self.scores: dict[str, dict[str, float]] = {}
+        self._removed = False
         self._layer = None
         self._last_key = None
         self._gen = 0
@@ -135,10 +145,84 @@ class CompareWidget(QWidget):
         s.prediction_changed.connect(self._on_prediction)
         s.masks_edited.connect(self._debounce.trigger)
         s.thresholds_changed.connect(self._debounce.trigger)
+        s.measure_layer.connect(self.measure)
         napari_viewer.layers.events.inserted.connect(self._populate)
         napari_viewer.layers.events.removed.connect(self._populate)
         napari_viewer.layers.events.moved.connect(self._populate)
+        self.destroyed.connect(_Detach(self))
         self._populate()
+
+    def detach(self) -> None:
+        """Stop listening to the session, the viewer and the measured layer; results of
+        running measurements are dropped (the dock was removed)."""
+        if self._removed:
+            return
+        self._removed = True
+        self._gen += 1
+        self._debounce._timer.stop()
+        s, v = self.session, self.viewer
+        for sig, cb in ((s.case_changed, self._on_case), (s.prediction_changed, self._on_prediction),
+                        (s.masks_edited, self._debounce.trigger), (s.thresholds_changed, self._debounce.trigger),
+                        (s.measure_layer, self.measure), (v.layers.events.inserted, self._populate),
+                        (v.layers.events.removed, self._populate), (v.layers.events.moved, self._populate)):
+            try:
+                sig.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):  # pragma: no cover - already gone
+                pass
+        try:
+            self._disconnect()
+        except RuntimeError:  # pragma: no cover
+            pass
+
+    # napari's remove_dock_widget takes the dock's container out of the window without deleting
+    # it: the dock notices that it is no longer inside a dock widget and detaches.
+    def _in_dock(self) -> bool:
+        w = self.parentWidget()
+        while w is not None:
+            if isinstance(w, QDockWidget):
+                return True
+            w = w.parentWidget()
+        return False
+
+    def _watch_ancestors(self) -> None:
+        w = self.parentWidget()
+        while w is not None:
+            w.removeEventFilter(self)
+            w.installEventFilter(self)
+            w = w.parentWidget()
+        self._docked = self._in_dock()
+
+    def _on_parent_change(self) -> None:
+        if getattr(self, "_docked", False) and not self._in_dock():
+            self.detach()
+        else:
+            self._watch_ancestors()
+
+    def event(self, ev) -> bool:  # noqa: D102 - Qt API
+        if ev.type() == QEvent.Type.ParentChange:
+            self._on_parent_change()
+        return super().event(ev)
+
+    def eventFilter(self, obj, ev) -> bool:  # noqa: N802, D102 - Qt API
+        if ev.type() == QEvent.Type.ParentChange:
+            self._on_parent_change()
+        return False
+
+    def measure(self, name: str | None) -> None:
+        """Measure this layer of the case (the layer being edited); the error overlay
+        follows an edit layer's region."""
+        if self._removed or not name:
+            return
+        self._populate(refresh=False)
+        if self.source.findText(name) < 0:
+            return
+        region = self._edit_region(name)
+        if region is not None and self.err_region.currentData() != region:
+            self.err_region.blockSignals(True)
+            self.err_region.setCurrentIndex(REGIONS.index(region))
+            self.err_region.blockSignals(False)
+        self.source.setCurrentText(name)  # -> _on_source -> refresh
+        self.refresh(force=True)
 
     # ------------------------------------------------------------------ layer choice
     def _candidates(self) -> list[str]:
@@ -149,7 +233,7 @@ class CompareWidget(QWidget):
 
         out = []
         for ly in self.viewer.layers:
-            if not isinstance(ly, Labels) or not s._is_case_layer(ly.name, s.case_id):
+            if not isinstance(ly, Labels) or not is_case_layer(ly.name, s.case_id):
                 continue
             kind = (ly.metadata.get("cxrseg") or {}).get("kind")
             if ly.name in (s.layer_name("ground_truth"), s.layer_name("errors")) or kind in ("ground_truth", "errors"):
@@ -227,6 +311,8 @@ class CompareWidget(QWidget):
     def refresh(self, *, force: bool = False):
         """Recompute the metrics now (in a worker); returns it, or ``None`` if nothing changed."""
         s = self.session
+        if self._removed or not s.alive():
+            return None
         layer = self._layer
         if layer is None or not s.truth:
             self._clear()
@@ -261,7 +347,7 @@ class CompareWidget(QWidget):
         return self._worker
 
     def _show(self, res, gen: int, case_id: str, layer_name: str) -> None:
-        if gen != self._gen or case_id != self.session.case_id:
+        if gen != self._gen or case_id != self.session.case_id or self._removed or not self.session.alive():
             return
         scores, err = res
         self.scores = scores
@@ -280,3 +366,18 @@ class CompareWidget(QWidget):
             self.session.show_errors(err[0], err[1], self.err_region.currentData())
         elif not self.err_box.isChecked():
             self.session.show_errors(None, None, None)
+
+
+class _Detach:
+    """Detaches a Compare dock when its Qt object is destroyed (holds it weakly: the
+    ``destroyed`` connection must not keep the dock alive)."""
+
+    def __init__(self, widget: CompareWidget):
+        import weakref
+
+        self._ref = weakref.ref(widget)
+
+    def __call__(self, *_args) -> None:
+        w = self._ref()
+        if w is not None:
+            w.detach()

@@ -3,11 +3,16 @@
 The dock works on the viewer's :class:`~._state.Session` (current case, prediction,
 ground truth, model):
 
-* **Edit** turns the prediction (or the ground truth) of the chosen regions into one
-  editable Labels layer per region, ``"<case> edit <region>"``, whose value is the
-  region's label value; it is selected in paint mode, so napari's paint, erase, fill,
-  polygon and undo do the editing. An existing edit layer is never replaced (no stroke
-  is lost); delete it to start again.
+* **Edit** turns the latest saved correction (default; the prediction where a region has
+  none), the prediction or the ground truth of the chosen regions into one editable
+  Labels layer per region, ``"<case> edit <region>"``, whose value is the region's label
+  value; it is selected in paint mode, so napari's paint, erase, fill, polygon and undo
+  do the editing, and the Compare dock measures it. An existing edit layer is never
+  replaced (no stroke is lost); delete it to start again.
+* A case with saved corrections shows them as its edit layers when it is opened.
+* Strokes painted straight into the **prediction layer** are corrections too: the
+  regions they touch are autosaved and saved like edit layers (an edit layer of the
+  same region wins).
 * **Save correction** writes every edit layer of the case that changed since it was
   last saved into the :class:`cxrseg.corrections.CorrectionStore` of the dataset (a
   new version each time; the ground truth is never touched) and reports the version
@@ -54,7 +59,9 @@ log = logging.getLogger("napari_cxrseg")
 
 __all__ = ["CorrectWidget"]
 
-SOURCES = ("prediction", "ground truth")
+SOURCES = ("latest correction", "prediction", "ground truth")
+#: ``source`` recorded for regions corrected by painting into the prediction layer.
+PREDICTION_LAYER_SOURCE = "prediction layer"
 
 
 def _fingerprint(data) -> int:
@@ -102,7 +109,8 @@ class CorrectWidget(QWidget):
         self.source_combo = QComboBox()
         self.source_combo.addItems(SOURCES)
         self.source_combo.setToolTip(
-            "start the edit from the model's prediction or from the ground truth"
+            "start the edit from the latest saved correction of the region (the prediction "
+            "where there is none), from the model's prediction or from the ground truth"
         )
         form.addRow("start from", self.source_combo)
         self.annotator_edit = QLineEdit(_default_annotator())
@@ -213,7 +221,8 @@ class CorrectWidget(QWidget):
         return (1.0, 1.0)
 
     def _add_edit_layer(
-        self, region: str, mask: np.ndarray, source: str, *, saved_fp=None, restored=False
+        self, region: str, mask: np.ndarray, source: str, *, saved_fp=None, restored=False,
+        activate: bool = True,
     ):
         from napari_cxrseg._layers import labels_layer_tuple
 
@@ -235,8 +244,9 @@ class CorrectWidget(QWidget):
         layer = self.viewer.add_labels(data, **kw)
         layer.selected_label = value
         layer.brush_size = max(3, int(round(max(data.shape) / 100)))
-        layer.mode = "paint"
-        self.viewer.layers.selection.active = layer
+        if activate:
+            layer.mode = "paint"
+            self.viewer.layers.selection.active = layer
         fp = _fingerprint(layer.data)
         self._track[name] = {
             "saved": fp if saved_fp == "now" else saved_fp,
@@ -246,11 +256,62 @@ class CorrectWidget(QWidget):
         return layer
 
     # ------------------------------------------------------------------ edit
+    def _latest_correction(self, region: str):
+        """``(mask, version)`` of the region's latest saved correction of the current case
+        (on the image grid), or ``None``."""
+        s = self.session
+        if s.dataset_root is None or s.case_id is None:
+            return None
+        try:
+            v = self.correction_store().latest(s.case_id, region)
+            if v is None:
+                return None
+            mask = np.asarray(v.load_mask(), bool)
+        except (OSError, ValueError) as exc:
+            notify_error(f"Reading the saved {region} correction of {s.case_id} failed", exc)
+            return None
+        if s.image is not None and mask.shape != s.image.shape:
+            from napari_cxrseg._layers import resize_nearest
+
+            mask = np.asarray(resize_nearest(mask, s.image.shape), bool)
+        return mask, v
+
+    def _base_mask(self, region: str, source: str):
+        """``(mask, source label)`` an edit of ``region`` starts from (see :meth:`edit`)."""
+        s = self.session
+        if source == "latest correction":
+            found = self._latest_correction(region)
+            if found is not None:
+                return found[0], f"correction v{found[1].version:03d}"
+            source = "prediction" if s.probs is not None else "ground truth"
+            if source == "ground truth" and not s.truth:
+                raise ValueError(
+                    f"{s.case_id} has no saved {region} correction, no prediction and no ground "
+                    "truth: predict it first"
+                )
+        if source == "prediction":
+            if s.probs is None:
+                raise ValueError(
+                    f"{s.case_id} has no prediction yet: predict it first, or start from the "
+                    "ground truth"
+                )
+            base = s.prediction_masks() or dict(s.masks or {})
+            if region not in base and region not in s.probs:
+                raise ValueError(f"the prediction has no {region}: the model does not predict it")
+        else:
+            if not s.truth:
+                raise ValueError(f"{s.case_id} has no ground truth; start from the prediction")
+            base = dict(s.truth)
+        m = base.get(region)
+        return (np.zeros(s.image.shape, bool) if m is None else m), source
+
     def edit(self, regions=None, source: str | None = None) -> list:
         """Create (or select) the edit layers of ``regions`` (default: the ticked ones).
 
-        ``source`` is ``"prediction"`` or ``"ground truth"`` (default: the combo box).
-        Returns the edit layers.
+        ``source`` (default: the combo box) is ``"latest correction"`` (the region's
+        newest saved correction; the prediction where there is none, the ground truth
+        without a prediction), ``"prediction"`` or ``"ground truth"``. The Compare dock
+        then measures the (last) edit layer. Returns the edit layers.
         """
         s = self.session
         try:
@@ -264,34 +325,18 @@ class CorrectWidget(QWidget):
             source = source or self.source_combo.currentText()
             if source not in SOURCES:
                 raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-            if source == "prediction":
-                if s.probs is None:
-                    raise ValueError(
-                        f"{s.case_id} has no prediction yet: predict it first, or start from the "
-                        "ground truth"
-                    )
-                base = s.prediction_masks() or dict(s.masks or {})
-            else:
-                if not s.truth:
-                    raise ValueError(f"{s.case_id} has no ground truth; start from the prediction")
-                base = dict(s.truth)
             layers = []
             existing = self.edit_layers()
             for r in chosen:
                 if r in existing:  # never replace an edit in progress
                     layers.append(existing[r])
                     continue
-                m = base.get(r)
-                if m is None:
-                    if source == "prediction" and s.probs is not None and r not in s.probs:
-                        raise ValueError(
-                            f"the prediction has no {r}: the model does not predict it"
-                        )
-                    m = np.zeros(s.image.shape, bool)
-                layers.append(self._add_edit_layer(r, m, source))
+                m, label = self._base_mask(r, source)
+                layers.append(self._add_edit_layer(r, m, label))
             if layers:
                 self.viewer.layers.selection.active = layers[-1]
                 layers[-1].mode = "paint"
+                s.measure_layer.emit(layers[-1].name)
             self._set_status(
                 f"editing {', '.join(ly.name for ly in layers)}: paint (P), erase (E), fill (F), "
                 "polygon, undo (Ctrl+Z); then Save correction"
@@ -301,18 +346,96 @@ class CorrectWidget(QWidget):
             notify_error("Edit failed", exc)
             return []
 
+    def show_saved(self) -> list:
+        """Open the current case's saved corrections as its edit layers (regions with an
+        unsaved autosave are left to :meth:`restore`); returns the new layers."""
+        s = self.session
+        if s.case_id is None or s.image is None or s.dataset_root is None:
+            return []
+        try:
+            unsaved = {e.region for e in self.autosave_store().pending(s.case_id)}
+        except OSError:
+            unsaved = set()
+        existing = self.edit_layers()
+        layers = []
+        for r in REGIONS:
+            if r in existing or r in unsaved:
+                continue
+            found = self._latest_correction(r)
+            if found is None:
+                continue
+            mask, v = found
+            layers.append(self._add_edit_layer(r, mask, f"correction v{v.version:03d}", saved_fp="now",
+                                               activate=False))
+        if layers:
+            self._set_status(f"{s.case_id}: saved correction of "
+                             f"{', '.join(ly.metadata['cxrseg']['region'] for ly in layers)} shown")
+        return layers
+
+    # ------------------------------------------------------------------ prediction-layer strokes
+    def prediction_layer_masks(self, case_id: str | None = None) -> dict[str, np.ndarray]:
+        """Region -> corrected mask, for the regions whose pixels were painted by hand in the
+        prediction layer of the current case (``{}`` without such strokes).
+
+        A region's mask is the model's mask with the painted pixels set to whether they now
+        carry its label value (so painting another region over it removes it there)."""
+        s = self.session
+        if s.case_id is None or (case_id is not None and case_id != s.case_id) or not s.masks:
+            return {}
+        edits = s.prediction_edits()
+        if edits is None:
+            return {}
+        where, values = edits
+        out = {}
+        for r in REGIONS:
+            base = s.masks.get(r)
+            now = values == LABEL_VALUES[r]
+            if base is None:
+                if now.any():
+                    base = np.zeros(s.image.shape, bool)
+                else:
+                    continue
+            if not (base[where].any() or now.any()):
+                continue  # strokes elsewhere
+            m = np.array(base, bool, copy=True)
+            m[where] = now
+            if np.array_equal(m, base):
+                continue
+            out[r] = m
+        return out
+
+    def _correction_sources(self, case_id: str | None = None) -> dict[str, tuple[str, np.ndarray, dict]]:
+        """Region -> (tracking key, label data, metadata) of everything the user edited in the
+        case: its edit layers, and prediction-layer strokes of regions without an edit layer."""
+        s = self.session
+        cid = case_id or s.case_id
+        out: dict[str, tuple[str, np.ndarray, dict]] = {}
+        if cid is None:
+            return out
+        for r in REGIONS:
+            name = s.layer_name("edit", r, case_id=cid)
+            if name in self.viewer.layers:
+                ly = self.viewer.layers[name]
+                out[r] = (name, np.asarray(ly.data), dict(ly.metadata.get("cxrseg", {})))
+        for r, m in self.prediction_layer_masks(cid).items():
+            if r not in out:
+                md = {"source": PREDICTION_LAYER_SOURCE, "model_id": s.model_id}
+                out[r] = (f"{s.layer_name('prediction', case_id=cid)} {r}", m, md)
+        return out
+
     # ------------------------------------------------------------------ save
     def save(self) -> list:
-        """Save the changed edit layers of the current case; return the new versions."""
+        """Save what changed since the last save in the current case -- edit layers, and
+        strokes painted into the prediction layer -- as new correction versions; return them."""
         s = self.session
         try:
-            layers = self.edit_layers()
-            if not layers:
-                raise ValueError("nothing to save: click Edit first")
+            sources = self._correction_sources()
+            if not sources:
+                raise ValueError("nothing to save: click Edit first (or paint into the prediction layer)")
             todo = {
-                r: ly
-                for r, ly in layers.items()
-                if self._track.get(ly.name, {}).get("saved") != _fingerprint(ly.data)
+                r: src
+                for r, src in sources.items()
+                if self._track.get(src[0], {}).get("saved") != _fingerprint(src[1])
             }
             if not todo:
                 self._set_status("no change since the last save")
@@ -322,13 +445,11 @@ class CorrectWidget(QWidget):
             annotator = self.annotator_edit.text().strip() or None
             image_path = getattr(s.image, "path", None) or getattr(s.case, "image_path", None)
             saved = []
-            for r, ly in todo.items():
-                data = np.asarray(ly.data)
+            for r, (key, data, md) in todo.items():
                 mask = data != 0
                 fp = _fingerprint(data)
                 pred = (s.masks or {}).get(r)
                 truth = (s.truth or {}).get(r)
-                md = ly.metadata.get("cxrseg", {})
                 v = store.save(
                     s.case_id,
                     r,
@@ -344,8 +465,8 @@ class CorrectWidget(QWidget):
                         "spacing": list(s.image.spacing) if s.image.spacing else None,
                     },
                 )
-                self._track.setdefault(ly.name, {})["saved"] = fp
-                self._track[ly.name]["autosaved"] = fp
+                self._track.setdefault(key, {})["saved"] = fp
+                self._track[key]["autosaved"] = fp
                 autos.discard(s.case_id, r)
                 saved.append(v)
             self.last_saved = saved
@@ -370,20 +491,17 @@ class CorrectWidget(QWidget):
 
     # ------------------------------------------------------------------ autosave
     def autosave_now(self, case_id: str | None = None) -> list[Path]:
-        """Autosave the edit layers that changed since their last autosave; return the files."""
+        """Autosave what changed since the last autosave (edit layers, prediction-layer
+        strokes); return the files."""
         s = self.session
         cid = case_id or s.case_id
         if cid is None:
             return []
         written = []
         autos = None
-        for r in REGIONS:
-            name = s.layer_name("edit", r, case_id=cid)
-            if name not in self.viewer.layers:
-                continue
-            ly = self.viewer.layers[name]
-            tr = self._track.setdefault(name, {"saved": None, "autosaved": None})
-            fp = _fingerprint(ly.data)
+        for r, (key, data, md) in self._correction_sources(cid).items():
+            tr = self._track.setdefault(key, {"saved": None, "autosaved": None})
+            fp = _fingerprint(data)
             if fp == tr.get("autosaved"):
                 continue
             autos = autos or self.autosave_store()
@@ -391,19 +509,12 @@ class CorrectWidget(QWidget):
                 if fp == tr.get("saved"):  # back to the saved state: nothing unsaved
                     autos.discard(cid, r)
                 else:
-                    md = ly.metadata.get("cxrseg", {})
                     written.append(
-                        autos.save(
-                            cid,
-                            r,
-                            np.asarray(ly.data) != 0,
-                            source=md.get("source"),
-                            model_id=md.get("model_id"),
-                        )
+                        autos.save(cid, r, data != 0, source=md.get("source"), model_id=md.get("model_id"))
                     )
                 tr["autosaved"] = fp
             except (OSError, ValueError) as exc:  # keep editing; tell the user once per failure
-                notify_error(f"Autosave of {name} failed", exc)
+                notify_error(f"Autosave of {key} failed", exc)
         return written
 
     def _on_timer(self) -> None:
@@ -419,11 +530,15 @@ class CorrectWidget(QWidget):
             self.autosave_now(old_case)
         except Exception as exc:  # noqa: BLE001
             notify_error("Autosave before changing case failed", exc)
-        for name in [n for n in self._track if n.startswith(f"{old_case} edit ")]:
+        for name in [n for n in self._track if n.startswith((f"{old_case} edit ", f"{old_case} prediction "))]:
             self._track.pop(name, None)
 
     def _on_case_changed(self, case_id) -> None:
         self.case_label.setText(f"case: {case_id}" if case_id else "no case loaded")
+        try:
+            self.show_saved()
+        except Exception as exc:  # noqa: BLE001 - a signal handler must never raise into the session
+            notify_error(f"Showing the saved corrections of {case_id} failed", exc)
         self._refresh_restore()
 
     def _on_dataset_changed(self, _root) -> None:
@@ -439,7 +554,7 @@ class CorrectWidget(QWidget):
             entries = self.autosave_store().pending(s.case_id)
         except OSError:
             return []
-        open_ = self.edit_layers()
+        open_ = set(self._correction_sources())  # being edited now: the layer is newer
         return [e for e in entries if e.region not in open_]
 
     def _refresh_restore(self) -> None:
@@ -474,6 +589,7 @@ class CorrectWidget(QWidget):
                     self._add_edit_layer(r, mask, e.meta.get("source") or "autosave", restored=True)
                 )
             if layers:
+                s.measure_layer.emit(layers[-1].name)
                 self._set_status(
                     f"restored unsaved edit of {', '.join(ly.name for ly in layers)}; "
                     "save it to keep it"

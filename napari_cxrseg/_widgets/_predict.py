@@ -179,7 +179,8 @@ class PredictWidget(QWidget):
         self.discard_btn = QPushButton("Discard hand edits")
         self.discard_btn.setToolTip(
             "Pixels painted into the prediction layer survive threshold changes and new runs on "
-            "the same case; this rewrites the layer from the model's masks")
+            "the same case, and are autosaved and saved as corrections (Correct dock); this "
+            "rewrites the layer from the model's masks")
         self.discard_btn.clicked.connect(self.discard_edits)
 
         # -- layout

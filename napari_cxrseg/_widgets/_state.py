@@ -3,8 +3,9 @@
 One :class:`Session` per viewer (:func:`get_session`) holds the open dataset, the current
 case (image + exact reference masks), the current prediction (probability maps at image
 resolution, kept so thresholds can change without re-running the model), the model
-choice and the thresholds. It owns the case's layers and keeps them in step with that
-state, and tells the widgets what changed through psygnal signals:
+choice and the thresholds. It keeps the case's layers in step with that state and tells
+the widgets what changed through psygnal signals (docks talk to each other only through
+the session):
 
 ============================  =======================================================
 signal                        emitted with / when
@@ -19,64 +20,70 @@ signal                        emitted with / when
 ``masks_edited(name)``        a prediction / edit Labels layer was painted
 ``scores_changed(id)``        per-region IoUs of a case became known
 ``review_changed(id)``        a case's review status changed
+``measure_layer(name)``       the layer the user edits now (Compare measures it)
 ============================  =======================================================
 
-Layer names (:meth:`Session.layer_name`): image ``"<case>"``, ground truth
-``"<case> ground truth"``, prediction labels ``"<case> prediction"``, heatmap
-``"<case> heatmap <region>"``, false positive/negative overlay ``"<case> errors"``,
-editable mask ``"<case> edit <region>"``.
+The session's helpers live beside it, one job each: layer names and pure layer helpers in
+:mod:`._layer_helpers`, layer recycling and every use of napari internals in
+:mod:`._layer_pool`, background jobs (their bodies, and the tracker that drops results
+for a case no longer shown, a superseded request or a closed viewer) in :mod:`._jobs`.
 
 Long work (reading a case, running the model, re-thresholding with post-processing)
-runs in napari thread workers (:func:`._common.start_worker`); layers are touched only in
-the GUI-thread callbacks. Every ``*_sync`` method does the same work inline (tests,
-scripts); ``Session.synchronous = True`` or env ``CXRSEG_SYNC=1`` makes the worker
-variants run inline too.
+runs in napari thread workers; layers are touched only in the GUI-thread callbacks.
+Every ``*_sync`` method does the same work inline (tests, scripts);
+``Session.synchronous = True`` or env ``CXRSEG_SYNC=1`` makes the worker variants run
+inline too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from psygnal import Signal
-from qtpy.QtCore import QTimer
 
-from cxrseg.regions import COLORS, REGIONS, canonical_region, parse_regions
+from cxrseg.regions import REGIONS, canonical_region
 
-from .._colors import ERROR_COLORS, ground_truth_colormap
-from ._common import (
-    ensure_pool_headroom,
-    guard_triton_import,
-    notify_error,
-    notify_info,
-    start_worker,
-    sync_mode,
-    torch_call,
+from .._colors import ground_truth_colormap
+from ._common import ensure_pool_headroom, guard_triton_import, notify_error, notify_info, sync_mode
+from ._file_cases import FileCases
+from ._jobs import Jobs, compute_masks, mask_job, predict_job, read_case
+from ._layer_helpers import (
+    ERROR_COLORS,
+    LAYER_KINDS,
+    _errors_colormap,
+    _heat_colormap,
+    display_stride,
+    heat_display,
+    is_case_layer,
+    layer_name,
+    paint_labels,
 )
+from ._layer_pool import LayerPool, viewer_closed, watch_close
 
 log = logging.getLogger("napari_cxrseg")
 
-__all__ = ["Session", "get_session", "FileCases", "LAYER_KINDS", "compute_masks"]
+__all__ = [
+    "Session",
+    "get_session",
+    "FileCases",
+    "LAYER_KINDS",
+    "ERROR_COLORS",
+    "compute_masks",
+    "paint_labels",
+    "display_stride",
+    "_heat_colormap",
+    "_errors_colormap",
+]
 
-#: Kinds of layers a session creates or recognises (see :meth:`Session.layer_name`).
-LAYER_KINDS = ("image", "ground_truth", "prediction", "heatmap", "errors", "edit")
-
-_SUFFIX = {
-    "image": "",
-    "ground_truth": " ground truth",
-    "gt": " ground truth",
-    "prediction": " prediction",
-    "heatmap": " heatmap",
-    "errors": " errors",
-    "edit": " edit",
-}
+# (kept importable from here: older code and tests import them from this module)
+_mask_job, _predict_job = mask_job, predict_job
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -92,187 +99,6 @@ def get_session(viewer) -> Session:
     return s
 
 
-class FileCases:
-    """A case list made of image files (duck-types :class:`cxrseg.dataset.DatasetIndex`).
-
-    A file in the ``images/`` folder of an SCR-layout dataset gets its masks from the
-    dataset's ``masks/<region>/``; any other file is indexed on its own (masks beside it
-    are found as by ``DatasetIndex``).
-    """
-
-    def __init__(self, paths: Iterable[str | os.PathLike]):
-        from cxrseg.dataset import DatasetIndex
-
-        paths = [Path(p).expanduser() for p in paths]
-        if not paths:
-            raise ValueError("no file given")
-        cases = []
-        parents: dict[Path, Any] = {}
-        for p in paths:
-            case = None
-            top = p.parent.parent
-            if p.parent.name.lower() == "images" and (top / "masks").is_dir():
-                if top not in parents:
-                    try:
-                        parents[top] = DatasetIndex(top)
-                    except ValueError:
-                        parents[top] = None
-                idx = parents[top]
-                case = idx.get(p.stem) if idx is not None else None
-                if case is not None and Path(case.image_path).resolve() != p.resolve():
-                    case = None
-            cases.extend([case] if case is not None else DatasetIndex(p).cases)
-        seen: dict[str, Any] = {}
-        for c in cases:
-            seen.setdefault(c.case_id, c)
-        self.cases = sorted(seen.values(), key=lambda c: c.case_id)
-        self.root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
-        self._by_id = {c.case_id: c for c in self.cases}
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def __iter__(self):
-        return iter(self.cases)
-
-    def __contains__(self, key) -> bool:
-        return getattr(key, "case_id", key) in self._by_id
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, np.integer)):
-            return self.cases[int(key)]
-        try:
-            return self._by_id[str(key)]
-        except KeyError:
-            raise KeyError(f"no case {key!r} among the opened files") from None
-
-    def get(self, key, default=None):
-        return self._by_id.get(str(key), default)
-
-    @property
-    def case_ids(self) -> list[str]:
-        return [c.case_id for c in self.cases]
-
-    def __repr__(self) -> str:
-        return f"FileCases({str(self.root)!r}, {len(self)} cases)"
-
-
-def compute_masks(
-    probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], *, postprocess: bool = False
-) -> dict[str, np.ndarray]:
-    """Threshold probability maps (``p >= t``), optionally post-processed. GUI-free."""
-    try:
-        from cxrseg.predict import threshold as _threshold
-    except ImportError:  # pragma: no cover - colleague's module not there yet
-        _threshold = None
-    th = {r: float(thresholds.get(r, 0.5)) for r in probs}
-    if _threshold is not None:
-        masks = dict(_threshold(probs, th))
-    else:  # pragma: no cover
-        masks = {r: np.asarray(p) >= th[r] for r, p in probs.items()}
-    if postprocess:
-        from cxrseg.postprocess import postprocess as _post
-
-        masks = dict(_post(masks))
-    return {r: np.asarray(masks[r], dtype=bool) for r in REGIONS if r in masks}
-
-
-def paint_labels(masks: Mapping[str, np.ndarray], shape) -> np.ndarray:
-    """Region masks (on one grid) -> ``uint8`` label image, as
-    :func:`napari_cxrseg._layers.labels_from_masks` paints it (same values, same paint
-    order: a later region of :data:`~cxrseg.regions.PAINT_ORDER` wins where masks overlap),
-    with one ``copyto(..., where=mask)`` per region (~1 ms for five 1024² masks; a bit-code
-    table lookup took 4 ms)."""
-    from cxrseg.regions import LABEL_VALUES, PAINT_ORDER
-
-    labels = np.zeros(tuple(shape), np.uint8)
-    for r in PAINT_ORDER:
-        m = masks.get(r)
-        if m is not None:
-            np.copyto(labels, np.uint8(LABEL_VALUES[r]), where=np.asarray(m, dtype=bool))
-    return labels
-
-
-def _mask_job(probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], postprocess: bool, shape):
-    """Worker body: thresholded masks and their label image (painted off the GUI thread)."""
-    masks = compute_masks(probs, thresholds, postprocess=postprocess)
-    labels = paint_labels(masks, shape) if masks else np.zeros(shape, np.uint8)
-    return {"masks": masks, "labels": labels}
-
-
-def _same_view(a, b) -> bool:
-    """``a`` and ``b`` are the same numpy view of the same memory (O(1), unlike
-    ``np.shares_memory``)."""
-    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
-        return False
-    return (a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
-def display_stride(shape, max_side: int | None) -> int:
-    """Stride that brings ``shape`` to at most ``max_side`` pixels a side (1: none)."""
-    if not max_side:
-        return 1
-    return max(1, -(-max(shape) // int(max_side)))
-
-
-def _heat_display(probs: Mapping[str, np.ndarray], stride: int) -> dict[str, np.ndarray]:
-    """Probability maps subsampled for display (the session keeps the full ones): strided
-    views, copied once, into the heatmap layers' own arrays (:meth:`Session._set_heat_data`)."""
-    if stride <= 1:
-        return dict(probs)
-    return {r: p[::stride, ::stride] for r, p in probs.items()}
-
-
-def _heat_colormap(region: str):
-    from napari.utils.colormaps import Colormap
-
-    r, g, b, _ = COLORS[region]
-    return Colormap([[0.0, 0.0, 0.0, 1.0], [r, g, b, 1.0]], name=f"cxrseg heat {region}",
-                    display_name=f"cxrseg {region}")
-
-
-def _errors_colormap():
-    return {0: (0.0, 0.0, 0.0, 0.0), 1: ERROR_COLORS["fp"], 2: ERROR_COLORS["fn"], None: (0.5, 0.5, 0.5, 1.0)}
-
-
-def _predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool):
-    """Worker body of a prediction (torch is imported here, off the GUI thread): the maps,
-    the thresholded masks and the painted label image.
-
-    (Showing the heatmaps first, while the worker thresholds, was measured slower: the
-    canvas redraws in between, ~35 ms under software OpenGL, before the labels arrive.)"""
-    from cxrseg.predict import get_predictor
-
-    t0 = time.perf_counter()
-    predictor = get_predictor(checkpoint, device=device)
-    t1 = time.perf_counter()
-    model_regions = tuple(predictor.regions)
-    wanted = model_regions if regions is None else tuple(r for r in parse_regions(regions) if r in model_regions)
-    if not wanted:
-        raise ValueError(
-            f"the model predicts {', '.join(model_regions)}; none of the chosen regions "
-            f"({', '.join(parse_regions(regions))})"
-        )
-    probs = torch_call(predictor.predict, image, regions=wanted)
-    probs = {r: np.asarray(probs[r], dtype=np.float32) for r in wanted}
-    t2 = time.perf_counter()
-    th = dict(predictor.config.thresholds)
-    th.update(thresholds or {})
-    res = _mask_job(probs, th, postprocess, image.shape)
-    return {
-        "probs": probs,
-        "masks": res["masks"],
-        "labels": res["labels"],
-        "masks_s": time.perf_counter() - t2,
-        "model_id": str(predictor.model_id),
-        "model_thresholds": dict(predictor.config.thresholds),
-        "model_regions": model_regions,
-        "load_s": t1 - t0,
-        "predict_s": t2 - t1,
-    }
-
-
 class Session:
     """Shared state of the napari-cxrseg docks of one viewer (see the module docstring)."""
 
@@ -286,6 +112,7 @@ class Session:
     masks_edited = Signal(object)
     scores_changed = Signal(object)
     review_changed = Signal(object)
+    measure_layer = Signal(object)
 
     def __init__(self, viewer):
         self._viewer_ref = weakref.ref(viewer)
@@ -332,11 +159,13 @@ class Session:
         self.last_timing: dict[str, float] = {}
         #: Order of PageDown / PageUp stepping (the Cases table's order); ``None``: dataset order.
         self.case_order: list[str] | None = None
-        self._mask_gen = 0
-        #: heatmap / prediction layer -> the array the session gave it (written in place; see _own)
-        self._buffers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._stale_thumbnails: weakref.WeakSet = weakref.WeakSet()
-        self._pred_gen = 0
+        #: Set by :meth:`close` (the viewer's window closed): no result is applied any more.
+        self.closed = False
+        #: The case's layers: created, recycled (parked / claimed), updated in place.
+        self.pool = LayerPool(self._viewer_ref)
+        #: Background jobs; drops results of superseded requests and of cases no longer shown.
+        self.jobs = Jobs(lambda: self.case_id, self.alive)
+        watch_close(viewer, self.close)
         self._keys_bound = False
         #: (case id, copy of the labels last written into the prediction layer): pixels of
         #: the layer that differ from it are hand edits, kept when the labels are rewritten.
@@ -352,23 +181,12 @@ class Session:
         return f"<Session case={self.case_id!r} dataset={str(self.dataset_root) if self.dataset_root else None!r}>"
 
     def layer_name(self, kind: str, region: str | None = None, *, case_id: str | None = None) -> str:
-        """Name of a layer of the current (or given) case.
+        """Name of a layer of the current (or given) case (:func:`._layer_helpers.layer_name`).
 
         ``kind`` is one of ``image``, ``ground_truth`` (``gt``), ``prediction``,
         ``heatmap`` and ``edit`` (these two need ``region``), ``errors``.
         """
-        cid = case_id if case_id is not None else self.case_id
-        if cid is None:
-            raise ValueError("no case is loaded")
-        kind = kind.replace(" ", "_").lower()
-        if kind not in _SUFFIX:
-            raise ValueError(f"unknown layer kind {kind!r}: expected one of {', '.join(LAYER_KINDS)}")
-        name = f"{cid}{_SUFFIX[kind]}"
-        if kind in ("heatmap", "edit"):
-            if region is None:
-                raise ValueError(f"a {kind} layer needs a region")
-            name += f" {canonical_region(region)}"
-        return name
+        return layer_name(case_id if case_id is not None else self.case_id, kind, region)
 
     def get_layer(self, kind: str, region: str | None = None):
         """The layer of that kind for the current case, or ``None``."""
@@ -379,12 +197,7 @@ class Session:
         return v.layers[name] if name in v.layers else None
 
     def _is_case_layer(self, name: str, case_id: str) -> bool:
-        if name == case_id:
-            return True
-        if not name.startswith(case_id + " "):
-            return False
-        rest = name[len(case_id):]
-        return any(rest == s or rest.startswith(s + " ") for s in _SUFFIX.values() if s)
+        return is_case_layer(name, case_id)
 
     def case_layers(self, case_id: str | None = None) -> list:
         """The layers (by the naming scheme) of the current or given case."""
@@ -392,214 +205,25 @@ class Session:
         cid = case_id if case_id is not None else self.case_id
         if v is None or cid is None:
             return []
-        return [ly for ly in v.layers if self._is_case_layer(ly.name, cid)]
+        return [ly for ly in v.layers if is_case_layer(ly.name, cid)]
 
+    def alive(self) -> bool:
+        """Whether the session may still touch layers (not closed, the viewer's window open)."""
+        return not self.closed and not viewer_closed(self.viewer)
+
+    # -- layers: created, recycled and updated in place by the pool (see _layer_pool)
     def _add_layer(self, data, kwargs: dict, layer_type: str, *, kind: str, region: str | None = None):
-        from napari.layers import Layer
-
-        v = self.viewer
-        kwargs = dict(kwargs)
-        md = dict(kwargs.get("metadata") or {})
-        ours = dict(md.get("cxrseg") or {})
-        ours.update({"kind": kind, "case_id": self.case_id})
-        if region is not None:
-            ours["region"] = region
-        md["cxrseg"] = ours
-        kwargs["metadata"] = md
-        layer = Layer.create(data, kwargs, layer_type)
-        overlay = kind in ("heatmap", "errors")
-        # Overlays do not take the selection (each selection change rebuilds napari's layer
-        # controls, ~30 ms). ``_activate_on_insert`` is napari's own switch for this.
-        activate = getattr(v.layers, "_activate_on_insert", None)
-        if overlay and activate is not None:
-            v.layers._activate_on_insert = False
-        try:
-            v.add_layer(layer)
-        finally:
-            if overlay and activate is not None:
-                v.layers._activate_on_insert = activate
-        return layer
-
-    @contextlib.contextmanager
-    def _one_extent_update(self):
-        """Swap the data of several layers with one update of the viewer's dims.
-
-        napari recomputes the extent of every layer and revalidates its dims after each
-        layer's ``data`` or ``scale`` change (``ViewerModel._on_layers_change``; ~5-10 ms
-        each under software OpenGL). Inside this block that callback is held back for the
-        existing layers and run once at the end -- if any of them changed its data or scale
-        (in-place writes change neither) or layers were added or removed."""
-        v = self.viewer
-        cb = getattr(v, "_on_layers_change", None)
-        if cb is None:
-            yield
-            return
-
-        def state():
-            return [(ly, id(ly.data), tuple(ly.scale)) for ly in v.layers]
-
-        before = state()
-        emitters = [getattr(ly.events, e) for ly, _, _ in before for e in ("data", "scale") if hasattr(ly.events, e)]
-        for em in emitters:
-            em.block(cb)
-        try:
-            yield
-        finally:
-            for em in emitters:
-                em.unblock(cb)
-            if state() != before:
-                cb()
-
-    # -- layer recycling: creating a napari layer costs ~100 ms of GUI time (Qt controls,
-    # vispy visual), swapping its data ~10 ms. A case's layers are therefore reused for the
-    # next case: image and ground truth at once, prediction overlays "parked" (emptied,
-    # renamed "(idle) ...") until the next prediction claims them.
-    @staticmethod
-    def _md(layer) -> dict:
-        return dict(layer.metadata.get("cxrseg") or {})
+        return self.pool.add(data, kwargs, layer_type, kind=kind, case_id=self.case_id, region=region)
 
     def _park(self, layer) -> None:
-        md = self._md(layer)
-        md.update(parked=True, case_id=None)
-        md.pop("masks", None)
-        # Emptied rather than hidden: a zero heatmap adds nothing (additive blending) and zero
-        # labels are transparent -- zeroed in the layer's own array (see _own), else replaced
-        # by a 1x1 zero array; showing a hidden layer again later would cost a redraw per
-        # layer (~20 ms each).
-        layer.metadata = {**layer.metadata, "cxrseg": md}
-        self._forget_history(layer)
-        if not self._zero_in_place(layer):
-            layer.data = np.zeros((1, 1), dtype=layer.data.dtype)
-        layer.name = f"(idle) cxrseg {md.get('kind')}" + (f" {md['region']}" if md.get("region") else "")
-
-    # -- own buffers: a heatmap or prediction layer keeps one array of its own, and the next
-    # map or label image of the same shape is copied into it. napari's ``data`` setter costs
-    # ~7 ms a layer under software OpenGL (dims, transforms, slicing, thumbnail); a layer
-    # refresh about half of that, most of it recomputing the layer's transforms. When the
-    # canvas visual shows the layer's array itself (a 2D numpy layer: napari's slice and
-    # vispy's texture data are views of it), the in-place write only needs vispy to upload
-    # the texture again (:meth:`_reupload`, ~0.1 ms). Layer-list thumbnails follow on the
-    # next event-loop turn.
-    def _own_buffer(self, layer) -> np.ndarray | None:
-        buf = self._buffers.get(layer)
-        return buf if buf is not None and layer.data is buf else None
-
-    def _own(self, layer, data) -> None:
-        """Give ``layer`` the array ``data`` (which nobody else holds) as its own buffer."""
-        layer.data = data
-        self._adopt(layer, data)
-
-    def _adopt(self, layer, data) -> None:
-        """Record ``data`` (given to ``layer`` by the session) as the layer's own buffer,
-        if napari kept that very array."""
-        if layer.data is data:
-            self._buffers[layer] = data
-
-    def _write_in_place(self, layer, new: np.ndarray) -> bool:
-        """Copy ``new`` into the layer's own buffer and show it; ``False`` (nothing done)
-        if the layer has no own buffer of that shape and dtype."""
-        buf = self._own_buffer(layer)
-        if buf is None or buf.shape != new.shape or buf.dtype != new.dtype:
-            return False
-        np.copyto(buf, new)
-        self._redisplay(layer)
-        return True
-
-    @staticmethod
-    def _forget_history(layer) -> None:
-        """Drop a Labels layer's undo history: it now holds another case's labels, and undoing
-        an old stroke would write it into them (napari's ``data`` setter keeps the history)."""
-        reset = getattr(layer, "_reset_history", None)
-        if reset is not None:
-            reset()
-
-    def _set_heat_data(self, layer, p: np.ndarray) -> None:
-        if not self._write_in_place(layer, p):
-            self._own(layer, np.array(p, dtype=np.float32, copy=True))
-
-    def _zero_in_place(self, layer) -> bool:
-        buf = self._own_buffer(layer)
-        if buf is None:
-            return False
-        buf.fill(0)
-        self._redisplay(layer)
-        return True
-
-    def _redisplay(self, layer) -> None:
-        """Show a layer whose array was written in place."""
-        hist = vars(layer).get("_histogram")  # napari's contrast histogram, once someone opened it
-        invalidate = getattr(hist, "_invalidate", None)
-        if invalidate is not None:  # its cache of the whole array is stale (napari's refresh keeps it too)
-            invalidate()
-        if not self._reupload(layer):
-            try:
-                layer.refresh(thumbnail=False, highlight=False, extent=False)
-            except TypeError:  # pragma: no cover - a napari without these keywords
-                layer.refresh()
-                return
-        self._stale_thumbnails.add(layer)
-
-    def _reupload(self, layer) -> bool:
-        """If the canvas visual of ``layer`` holds the layer's array itself (same memory,
-        shape and strides), tell vispy to upload it again; ``False`` if it does not (a
-        contour view, a converted dtype, no canvas, another napari) -- then the caller
-        refreshes the layer through napari."""
-        v = self.viewer
-        try:
-            node = v.window._qt_viewer.canvas.layer_to_visual[layer].node
-            shown = node._data
-        except (AttributeError, KeyError, TypeError, RuntimeError):
-            return False
-        data = layer.data
-        if not (isinstance(shown, np.ndarray) and isinstance(data, np.ndarray) and _same_view(shown, data)):
-            return False
-        if getattr(layer, "_slice", None) is not None and not _same_view(getattr(layer._slice.image, "raw", None),
-                                                                          data):
-            return False
-        node.set_data(shown)
-        return True
-
-    def _schedule_thumbnails(self) -> None:
-        """Update the thumbnails left stale by in-place writes on a later event-loop turn,
-        once the layers a user waits for are shown."""
-        if self._stale_thumbnails:
-            QTimer.singleShot(0, self._update_thumbnails)
-
-    def _update_thumbnails(self) -> None:
-        layers, self._stale_thumbnails = list(self._stale_thumbnails), weakref.WeakSet()
-        for ly in layers:
-            update = getattr(ly, "_update_thumbnail", None)
-            if update is not None:
-                update()
+        if self.pool.is_parked(layer):
+            return
+        if (layer.metadata.get("cxrseg") or {}).get("kind") == "prediction":
+            self._pred_shown = None  # its labels are gone: nothing in it is a hand edit any more
+        self.pool.park(layer)
 
     def _claim(self, kind: str, region: str | None = None):
-        """The current case's layer of that kind, else a parked one renamed for it, else ``None``."""
-        v = self.viewer
-        name = self.layer_name(kind, region)
-        if name in v.layers:
-            return v.layers[name]
-        for ly in v.layers:
-            md = self._md(ly)
-            if md.get("parked") and md.get("kind") == kind and (
-                    kind not in ("heatmap", "edit") or md.get("region") == region):
-                md.update(parked=False, case_id=self.case_id)
-                ly.metadata = {**ly.metadata, "cxrseg": md}
-                ly.name = name
-                return ly
-        return None
-
-    def _reuse(self, layer, data, kwargs: dict, *, kind: str) -> None:
-        """Give an existing layer a new case's data, name, scale and metadata."""
-        md = dict(kwargs.get("metadata") or {})
-        ours = dict(md.get("cxrseg") or {})
-        ours.update({"kind": kind, "case_id": self.case_id, "parked": False})
-        md["cxrseg"] = ours
-        layer.metadata = md
-        scale = tuple(float(x) for x in kwargs.get("scale", (1.0, 1.0)))
-        if tuple(layer.scale) != scale:
-            layer.scale = scale
-        layer.data = data
-        layer.name = kwargs["name"]
+        return self.pool.claim(self.layer_name(kind, region), kind, region, self.case_id)
 
     def _scale(self) -> tuple[float, float]:
         if self.image is not None and self.image.spacing:
@@ -617,8 +241,8 @@ class Session:
         """:meth:`open_dataset_sync` in a worker; returns it (``None`` when synchronous)."""
         from cxrseg.dataset import DatasetIndex
 
-        return start_worker(DatasetIndex, root, context=f"Open dataset {root}", returned=self._apply_dataset,
-                            sync=self.synchronous, progress=True)
+        return self.jobs.start("dataset", DatasetIndex, root, case_id=None, context=f"Open dataset {root}",
+                               returned=self._apply_dataset, sync=self.synchronous, progress=True)
 
     def open_files_sync(self, paths: Sequence[str | os.PathLike]) -> None:
         """Open a list of image files as cases (masks beside them are found too)."""
@@ -626,8 +250,8 @@ class Session:
 
     def open_files(self, paths: Sequence[str | os.PathLike]):
         """:meth:`open_files_sync` in a worker."""
-        return start_worker(FileCases, list(paths), context="Open files", returned=self._apply_dataset,
-                            sync=self.synchronous)
+        return self.jobs.start("dataset", FileCases, list(paths), case_id=None, context="Open files",
+                               returned=self._apply_dataset, sync=self.synchronous)
 
     def _apply_dataset(self, index) -> None:
         from cxrseg.review import ReviewLedger, ledger_path
@@ -681,27 +305,21 @@ class Session:
         return self.index[case_or_id]
 
     # ------------------------------------------------------------------ cases
-    @staticmethod
-    def _read_case(case) -> dict:
-        """Worker body: read the image and its masks, masks on the image grid."""
-        from napari_cxrseg._layers import resize_nearest
-
-        image = case.load_image()
-        raw = case.load_masks() if getattr(case, "mask_paths", None) else {}
-        truth = {r: np.asarray(resize_nearest(np.asarray(m, bool), image.shape), dtype=bool) for r, m in raw.items()}
-        return {"case": case, "image": image, "truth": truth}
-
     def load_case_sync(self, case_or_id, *, predict: bool | None = None) -> None:
         """Read a case and show it (image + ground truth), replacing the previous case."""
         case = self._resolve_case(case_or_id)
-        self._apply_case(self._read_case(case), predict=False)
+        self.jobs.supersede("load")
+        self._apply_case(read_case(case), predict=False)
         if predict if predict is not None else self.auto_predict:
             self.predict_sync()
 
     def load_case(self, case_or_id, *, predict: bool | None = None):
         """:meth:`load_case_sync` with the reading in a worker; returns the worker.
 
-        With ``predict`` (default :attr:`auto_predict`) a prediction worker follows.
+        With ``predict`` (default :attr:`auto_predict`) a prediction worker follows. Only
+        the newest request is shown: asking for another case before this one was read
+        drops it; asking for the case on screen while another is being read just drops
+        that one (``None`` is returned), and the shown case keeps its prediction.
         """
         try:
             case = self._resolve_case(case_or_id)
@@ -709,21 +327,27 @@ class Session:
             notify_error("Load case failed", exc)
             return None
         do_predict = predict if predict is not None else self.auto_predict
-        return start_worker(self._read_case, case, context=f"Load {case.case_id}",
-                            returned=lambda payload: self._apply_case(payload, predict=do_predict),
-                            sync=self.synchronous)
+        cid = str(case.case_id)
+        if cid == self.case_id and self.jobs.pending_case("load") is not None:
+            self.jobs.supersede("load")
+            if do_predict and self.probs is None and self.jobs.pending_case("predict") is None:
+                self.predict()
+            return None
+        return self.jobs.start("load", read_case, case, case_id=cid, check_case=False, context=f"Load {cid}",
+                               returned=lambda payload: self._apply_case(payload, predict=do_predict),
+                               sync=self.synchronous)
 
     def _apply_case(self, payload: dict, *, predict: bool = False) -> None:
         v = self.viewer
-        if v is None:
+        if v is None or not self.alive():
             return
         old = self.case_id
         old_shape = self.image.shape if self.image is not None else None
-        with self._one_extent_update():
+        with self.pool.one_extent_update():
             self._swap_case_layers(payload, old)
         if old_shape != self.image.shape:
             v.reset_view()
-        self._schedule_thumbnails()
+        self.pool.schedule_thumbnails()
         self.case_changed.emit(self.case_id)
         if predict:
             self.predict()
@@ -734,7 +358,7 @@ class Session:
         if old is not None:
             self.case_about_to_change.emit(old)
             for ly in self.case_layers(old):
-                md = self._md(ly)
+                md = dict(ly.metadata.get("cxrseg") or {})
                 kind = md.get("kind") if md.get("case_id") == old else None
                 if kind in ("image", "ground_truth") and kind not in keep:
                     keep[kind] = ly  # reused below for the new case
@@ -745,12 +369,15 @@ class Session:
         case, image, truth = payload["case"], payload["image"], payload["truth"]
         self.case, self.case_id, self.image, self.truth = case, str(case.case_id), image, truth
         self.probs = self.masks = None
-        self._pred_gen += 1
+        self._pred_shown = None
+        # results of the old case's prediction or thresholds still running are not for this one
+        self.jobs.supersede("predict")
+        self.jobs.supersede("masks")
         from napari_cxrseg._layers import ground_truth_layer_tuple, image_layer_tuple
 
         data, kw, lt = image_layer_tuple(image, self.case_id, case_id=self.case_id)
         if "image" in keep:
-            self._reuse(keep.pop("image"), data, kw, kind="image")
+            self.pool.reuse(keep.pop("image"), data, kw, kind="image", case_id=self.case_id)
         else:
             self._add_layer(data, kw, lt, kind="image")
         if truth:
@@ -763,7 +390,7 @@ class Session:
             kw["colormap"] = ground_truth_colormap()  # an outline in its own colour
             if "ground_truth" in keep:
                 gt = keep.pop("ground_truth")
-                self._reuse(gt, data, kw, kind="ground_truth")
+                self.pool.reuse(gt, data, kw, kind="ground_truth", case_id=self.case_id)
             else:
                 gt = self._add_layer(data, kw, lt, kind="ground_truth")
             gt.contour = int(self.display.get("gt_contour", 0))
@@ -772,11 +399,15 @@ class Session:
 
     def step_case(self, step: int = 1):
         """Load the next (``step=1``) or previous (``-1``) case (in :attr:`case_order`, else
-        dataset order); returns the worker, ``None`` past either end."""
+        dataset order); returns the worker, ``None`` past either end.
+
+        Steps count from the case last asked for (still being read, maybe), so two quick
+        PageDown presses move two cases on."""
         ids = self.case_order if self.case_order and set(self.case_order) == set(self.case_ids) else self.case_ids
         if not ids:
             return None
-        i = ids.index(self.case_id) + step if self.case_id in ids else (0 if step > 0 else len(ids) - 1)
+        here = self.jobs.pending_case("load") or self.case_id
+        i = ids.index(here) + step if here in ids else (0 if step > 0 else len(ids) - 1)
         if not 0 <= i < len(ids):
             return None
         return self.load_case(ids[i])
@@ -809,14 +440,16 @@ class Session:
     def predict_sync(self, regions=None) -> None:
         """Run the model on the current case and show the result (blocking)."""
         t0 = time.perf_counter()
-        res = _predict_job(*self._job_args(regions))
-        self._apply_prediction(res, self._pred_gen, t0)
+        res = predict_job(*self._job_args(regions))
+        self.jobs.supersede("predict")
+        self._apply_prediction(res, t0)
 
     def predict(self, regions=None):
         """Run the model on the current case in a worker; returns the worker.
 
         When it returns, :meth:`set_prediction` shows one heatmap layer per region and
-        the prediction Labels layer (unless another case was loaded meanwhile).
+        the prediction Labels layer -- unless another case was loaded or another
+        prediction asked for meanwhile, or the viewer closed (then it is dropped).
         """
         try:
             args = self._job_args(regions)
@@ -824,15 +457,12 @@ class Session:
             notify_error("Predict failed", exc)
             self.prediction_failed.emit(str(exc))
             return None
-        gen = self._pred_gen = self._pred_gen + 1
         t0 = time.perf_counter()
-        return start_worker(_predict_job, *args, context=f"Predict {self.case_id}",
-                            returned=lambda res: self._apply_prediction(res, gen, t0),
-                            errored=lambda exc: self.prediction_failed.emit(str(exc)), sync=self.synchronous)
+        return self.jobs.start("predict", predict_job, *args, case_id=self.case_id, context=f"Predict {self.case_id}",
+                               returned=lambda res: self._apply_prediction(res, t0),
+                               errored=lambda exc: self.prediction_failed.emit(str(exc)), sync=self.synchronous)
 
-    def _apply_prediction(self, res: dict, gen: int, t0: float) -> None:
-        if gen != self._pred_gen:  # another case or prediction started meanwhile
-            return
+    def _apply_prediction(self, res: dict, t0: float) -> None:
         for r, t in res["model_thresholds"].items():
             self.thresholds.setdefault(r, float(t))
         self.model_regions = tuple(res["model_regions"])
@@ -868,12 +498,12 @@ class Session:
             self.probs = self.masks = None
             self.model_id = model_id
             if v is not None and self.case_id is not None:
-                with self._one_extent_update():
+                with self.pool.one_extent_update():
                     for ly in list(v.layers):
                         if ly.name.startswith(f"{self.case_id} heatmap ") or ly.name in (
                                 self.layer_name("prediction"), self.layer_name("errors")):
                             self._park(ly)
-                self._schedule_thumbnails()
+                self.pool.schedule_thumbnails()
             self.prediction_changed.emit(None)
             return
         if self.image is None:
@@ -886,18 +516,18 @@ class Session:
             self.thresholds.setdefault(r, 0.5)
         self.probs = {r: probs[r] for r in REGIONS if r in probs}
         self.model_id = model_id
-        self._mask_gen += 1
+        self.jobs.supersede("masks")  # a re-threshold of the previous maps must not land on these
         if masks is None:
             masks = compute_masks(self.probs, self.thresholds, postprocess=self.postprocess)
         self.masks = {r: np.asarray(masks[r], bool) for r in self.probs if r in masks}
         if v is not None:
             stride = display_stride(self.image.shape, self.display.get("heatmap_max_side"))
             if heat is None or any(h.shape != self.probs[r][::stride, ::stride].shape for r, h in heat.items()):
-                heat = _heat_display(self.probs, stride)
-            with self._one_extent_update():
+                heat = heat_display(self.probs, stride)
+            with self.pool.one_extent_update():
                 self._show_heatmaps(heat, stride)
                 self._show_prediction_labels(labels)
-            self._schedule_thumbnails()
+            self.pool.schedule_thumbnails()
         self.prediction_changed.emit(model_id)
 
     def _show_heatmaps(self, heat: Mapping[str, np.ndarray], stride: int = 1) -> None:
@@ -914,7 +544,7 @@ class Session:
                 if tuple(layer.scale) != scale:
                     layer.scale = scale
                 layer.metadata["cxrseg"]["stride"] = stride
-                self._set_heat_data(layer, p)
+                self.pool.set_heat_data(layer, p)
                 layer.metadata["cxrseg"]["model_id"] = self.model_id
                 if layer.visible != bool(self.display["show_heatmaps"]):
                     layer.visible = bool(self.display["show_heatmaps"])
@@ -930,7 +560,7 @@ class Session:
                 "metadata": {"cxrseg": {"model_id": self.model_id, "stride": stride}},
             }
             buf = np.array(p, dtype=np.float32, copy=True)
-            self._adopt(self._add_layer(buf, kw, "image", kind="heatmap", region=r), buf)
+            self.pool.adopt(self._add_layer(buf, kw, "image", kind="heatmap", region=r), buf)
 
     def _show_prediction_labels(self, labels: np.ndarray | None = None, *, keep_edits: bool = True) -> None:
         from napari_cxrseg._layers import labels_layer_tuple
@@ -955,9 +585,9 @@ class Session:
             if tuple(layer.scale) != self._scale():
                 layer.scale = self._scale()
             if self._pred_shown is None or self._pred_shown[0] != self.case_id:
-                self._forget_history(layer)  # same case (new threshold, re-run): strokes stay undoable
-            if not self._write_in_place(layer, labels):
-                self._own(layer, labels if edits is not None else pristine.copy())  # a copy nobody else holds
+                self.pool.forget_history(layer)  # same case (new threshold, re-run): strokes stay undoable
+            if not self.pool.write_in_place(layer, labels):
+                self.pool.own(layer, labels if edits is not None else pristine.copy())  # a copy nobody else holds
             self._pred_shown = (self.case_id, pristine)
             return
         data, kw, lt = labels_layer_tuple(labels.copy(), name, scale=self._scale(), metadata=md,
@@ -965,7 +595,7 @@ class Session:
         layer = self._add_layer(data, kw, lt, kind="prediction")
         layer.contour = int(self.display["contour"])
         layer.events.paint.connect(self._on_paint)
-        self._adopt(layer, data)
+        self.pool.adopt(layer, data)
         self._pred_shown = (self.case_id, np.array(layer.data, copy=True))
 
     def prediction_edits(self, layer=None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -978,7 +608,7 @@ class Session:
         if layer is None or self._pred_shown is None:
             return None
         cid, shown = self._pred_shown
-        md = self._md(layer)
+        md = dict(layer.metadata.get("cxrseg") or {})
         if cid != self.case_id or md.get("parked") or md.get("case_id") not in (None, cid):
             return None
         data = np.asarray(layer.data)
@@ -1025,15 +655,13 @@ class Session:
         in a worker (no model run); returns it. Results of superseded calls are dropped."""
         if self.probs is None:
             return None
-        self._mask_gen += 1
-        gen = self._mask_gen
         probs, th = self.probs, dict(self.thresholds)
-        return start_worker(_mask_job, probs, th, self.postprocess, self.image.shape, context="Threshold",
-                            returned=lambda res: self._apply_masks(res, gen), sync=self.synchronous,
-                            progress=False)
+        return self.jobs.start("masks", mask_job, probs, th, self.postprocess, self.image.shape,
+                               case_id=self.case_id, context="Threshold", returned=self._apply_masks,
+                               sync=self.synchronous)
 
-    def _apply_masks(self, res: dict, gen: int) -> None:
-        if gen != self._mask_gen or self.probs is None:
+    def _apply_masks(self, res: dict) -> None:
+        if self.probs is None:
             return
         self.masks = res["masks"]
         if self.viewer is not None:
@@ -1074,9 +702,10 @@ class Session:
         return exact_masks_from_layer(np.asarray(layer.data), layer.metadata)
 
     def show_errors(self, pred: np.ndarray | None, truth: np.ndarray | None, region: str | None) -> None:
-        """Show (or remove, with ``None``) the FP (red) / FN (blue) overlay for one region."""
+        """Show (or remove, with ``None``) the FP (red) / FN (blue) overlay for one region,
+        above every edit layer of the case (the errors of what is being edited stay in sight)."""
         v = self.viewer
-        if v is None or self.case_id is None:
+        if v is None or self.case_id is None or not self.alive():
             return
         name = self.layer_name("errors")
         if pred is None or truth is None:
@@ -1092,11 +721,20 @@ class Session:
             if tuple(layer.scale) != self._scale():
                 layer.scale = self._scale()
             layer.data = data
-            return
-        kw = {"name": name, "scale": self._scale(), "colormap": _errors_colormap(), "opacity": 0.8,
-              "features": {"index": [0, 1, 2], "error": ["none", "false positive", "false negative"]},
-              "metadata": {"cxrseg": {}}}
-        self._add_layer(data, kw, "labels", kind="errors", region=region)
+        else:
+            kw = {"name": name, "scale": self._scale(), "colormap": _errors_colormap(), "opacity": 0.8,
+                  "features": {"index": [0, 1, 2], "error": ["none", "false positive", "false negative"]},
+                  "metadata": {"cxrseg": {}}}
+            layer = self._add_layer(data, kw, "labels", kind="errors", region=region)
+        self._keep_errors_on_top(layer)
+
+    def _keep_errors_on_top(self, layer) -> None:
+        """Move the errors overlay above the case's edit layers (added later, they would hide it)."""
+        v = self.viewer
+        i = v.layers.index(layer)
+        prefix = f"{self.case_id} edit "
+        if any(ly.name.startswith(prefix) for ly in list(v.layers)[i + 1:]):
+            v.layers.move(i, len(v.layers))
 
     # ------------------------------------------------------------------ scores + review
     def set_case_scores(self, case_id: str, ious: Mapping[str, float]) -> None:
@@ -1119,10 +757,14 @@ class Session:
         self.review_changed.emit(str(case_id))
 
     def close(self) -> None:
-        """Close the ledger (the viewer closes)."""
+        """The viewer closes: drop every background result still to come, ask running
+        workers to stop, close the ledger. Safe to call more than once."""
+        self.closed = True
+        self.jobs.close()
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None
+
 
 
 def _next_case(viewer) -> None:
