@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 import shutil
 
-import numpy as np
 import pytest
 from _gui_fixtures import _isolated_home, phantom_root, tiny_ckpt, wait_worker  # noqa: F401
 
-from cxrseg.regions import REGIONS
+from cxrseg.regions import DISPLAY_NAMES, REGIONS
 
 
 @pytest.fixture
@@ -55,7 +54,6 @@ def _review(make_napari_viewer, qtbot, ckpt):
 
 def test_queue_without_ground_truth_ranks_by_estimate(make_napari_viewer, qtbot, films, rated_ckpt):
     from cxrseg.io import read_image
-
     from napari_cxrseg._widgets._quality import quality_job
 
     viewer, s, review = _review(make_napari_viewer, qtbot, rated_ckpt)
@@ -119,3 +117,82 @@ def test_ground_truth_keeps_the_true_iou(make_napari_viewer, qtbot, phantom_root
     est = [review.scores[c]["heart"] for c in review.queue()]
     assert len(est) == 3 and est == sorted(est)
     assert review.table.horizontalHeaderItem(1).text().startswith("est. Jaccard")
+
+
+def _predict_dock(make_napari_viewer, qtbot, ckpt, films):
+    from napari_cxrseg._widgets._predict import PredictWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    viewer = make_napari_viewer()
+    s = get_session(viewer)
+    s.set_model(str(ckpt))
+    dock = PredictWidget(viewer)
+    wait_worker(qtbot, s.open_files(films))
+    return viewer, s, dock
+
+
+def _uncertainty(viewer):
+    return [ly for ly in viewer.layers if (ly.metadata.get("cxrseg") or {}).get("kind") == "uncertainty"]
+
+
+def test_predict_dock_quality_check_and_uncertainty_maps(make_napari_viewer, qtbot, films, rated_ckpt):
+    viewer, s, dock = _predict_dock(make_napari_viewer, qtbot, rated_ckpt, films)
+    panel = dock.quality
+    assert not panel.check_box.isChecked() and not panel.maps_box.isChecked()  # both off by default
+    wait_worker(qtbot, s.load_case("PHANTOM001", predict=True))
+    qtbot.waitUntil(lambda: s.probs is not None, timeout=30_000)
+    assert panel.report is None and not _uncertainty(viewer)  # nothing runs unless asked
+    panel.check_box.setChecked(True)  # assesses the prediction already shown
+    qtbot.waitUntil(lambda: panel.report_case == "PHANTOM001", timeout=30_000)
+    rows = panel.rows()
+    assert sorted(r[0] for r in rows) == sorted(DISPLAY_NAMES[r] for r in REGIONS)
+    for (name, est, checks), (r, q) in zip(rows, panel.report.regions.items(), strict=True):
+        assert name == DISPLAY_NAMES[r]
+        assert est == f"~{q.estimated_jaccard:.2f}"
+        msgs = list(dict.fromkeys(c.message for c in q.failing))
+        assert checks == ("; ".join(msgs) if msgs else "✓")
+    assert "PHANTOM001" in panel.summary.text()
+    assert not _uncertainty(viewer)  # maps only when asked
+    panel.maps_box.setChecked(True)
+    qtbot.waitUntil(lambda: len(_uncertainty(viewer)) == len(REGIONS), timeout=30_000)
+    layers = _uncertainty(viewer)
+    assert all(not ly.visible for ly in layers)  # hidden by default
+    assert {ly.name for ly in layers} == {f"PHANTOM001 uncertainty {r}" for r in REGIONS}
+    assert all(ly.data.shape == s.image.shape for ly in layers)
+    assert float(max(ly.data.max() for ly in layers)) > 0  # a random model disagrees with itself
+    # the next case: the old maps go, the new prediction gets its own check and maps
+    wait_worker(qtbot, s.load_case("PHANTOM002", predict=True))
+    qtbot.waitUntil(lambda: panel.report_case == "PHANTOM002"
+                    and {ly.name for ly in _uncertainty(viewer)}
+                    == {f"PHANTOM002 uncertainty {r}" for r in REGIONS}, timeout=30_000)
+    panel.maps_box.setChecked(False)
+    assert not _uncertainty(viewer)
+
+
+def test_quality_result_of_a_previous_case_is_dropped(make_napari_viewer, qtbot, films, rated_ckpt,
+                                                      monkeypatch):
+    import time
+
+    from napari_cxrseg._widgets import _quality_panel
+
+    viewer, s, dock = _predict_dock(make_napari_viewer, qtbot, rated_ckpt, films)
+    panel = dock.quality
+    panel.set_enabled(True, maps=True)
+    started = []
+    orig = _quality_panel.quality_job
+
+    def slow(*a, **k):
+        started.append(1)
+        time.sleep(1.0)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(_quality_panel, "quality_job", slow)
+    wait_worker(qtbot, s.load_case("PHANTOM001", predict=True))
+    qtbot.waitUntil(lambda: bool(started), timeout=30_000)  # PHANTOM001 is being assessed
+    w = panel._worker
+    wait_worker(qtbot, s.load_case("PHANTOM002", predict=False))  # the case changes meanwhile
+    assert s.case_id == "PHANTOM002"
+    wait_worker(qtbot, w)
+    assert panel.dropped == 1 and panel.report is None
+    assert not _uncertainty(viewer)  # no maps of PHANTOM001 over PHANTOM002
+    assert "PHANTOM001" not in panel.summary.text()
