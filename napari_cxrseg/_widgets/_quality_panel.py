@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -58,6 +58,9 @@ class QualityPanel(QGroupBox):
         Results thrown away because their case, model or prediction was no longer current.
     """
 
+    #: Emitted with the case id when an assessment is shown (and its maps added).
+    assessed = Signal(str)
+
     def __init__(self, napari_viewer, parent=None):
         super().__init__("Quality (no ground truth needed)", parent)
         self.viewer = napari_viewer
@@ -90,7 +93,9 @@ class QualityPanel(QGroupBox):
         head.setStretchLastSection(True)
         row_h = self.table.fontMetrics().height() + 6
         self.table.verticalHeader().setDefaultSectionSize(row_h)
-        self.table.setFixedHeight(5 * row_h + head.sizeHint().height() + 4)
+        self.table.verticalHeader().setMinimumSectionSize(row_h)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # see _fit_rows
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # long checks: elided
         self.table.setVisible(False)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
@@ -192,6 +197,7 @@ class QualityPanel(QGroupBox):
         self._show(report, case_id)
         if maps and self.maps_box.isChecked():
             add_uncertainty_layers(self.viewer, report, case_id)
+        self.assessed.emit(case_id)
 
     # ------------------------------------------------------------------ display
     def _clear(self, text: str) -> None:
@@ -213,6 +219,7 @@ class QualityPanel(QGroupBox):
                                              "estimated Jaccard (no ground truth)"))
             self.table.setItem(row, 2, _item("; ".join(msgs) if msgs else "✓", tip))
         self.table.setVisible(True)
+        self._fit_rows()
         fails = list(dict.fromkeys(c.message for c in report.failing))
         known = {r: q.estimated_jaccard for r, q in report.regions.items() if math.isfinite(q.estimated_jaccard)}
         parts = [f"<b>{case_id}</b>"]
@@ -225,6 +232,22 @@ class QualityPanel(QGroupBox):
                      else "all plausibility checks pass")
         self.summary.setText(" · ".join(parts))
         self.summary.setToolTip("\n".join(fails))
+
+    def _fit_rows(self) -> None:
+        """Every region's row in view, without a vertical scroll bar (the theme's padding
+        makes rows taller than the font)."""
+        head = self.table.horizontalHeader()
+        rows = self.table.verticalHeader().length()
+        self.table.setFixedHeight(rows + max(head.height(), head.sizeHint().height())
+                                  + 2 * self.table.frameWidth() + 2)
+
+    def worst_region(self) -> str | None:
+        """The region with the lowest estimate in the shown report (``None``: no estimate)."""
+        if self.report is None:
+            return None
+        known = {r: q.estimated_jaccard for r, q in self.report.regions.items()
+                 if math.isfinite(q.estimated_jaccard)}
+        return min(known, key=known.get) if known else None
 
     def rows(self) -> list[tuple[str, str, str]]:
         """The table's text, row by row (region, estimate, checks)."""

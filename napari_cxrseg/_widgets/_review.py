@@ -105,6 +105,10 @@ def review_job(checkpoint, device, cases, regions, thresholds, postprocess, ledg
     return mid
 
 
+def _cases(n: int) -> str:
+    return f"{n} case" + ("" if n == 1 else "s")
+
+
 def _checks_text(msgs: list[str], limit: int = 2) -> str:
     """A queue cell: ``"✓"`` when every check passes, else the first messages and ``"+N more"``."""
     if not msgs:
@@ -287,7 +291,7 @@ class ReviewWidget(QWidget):
             self.bar.setValue(0)
             self._rebuild()
             if s.index is not None:
-                self.info.setText(f"{len(s.case_ids)} cases without ground truth: run to rank them by "
+                self.info.setText(f"{_cases(len(s.case_ids))} without ground truth: run to rank them by "
                                   "estimated quality (plausibility checks and test-time disagreement).")
             self._update_counts()
             return
@@ -389,7 +393,7 @@ class ReviewWidget(QWidget):
         self.score_kind = self.resolved_score_kind()
         if self.score_kind == "estimate":
             self.table.setColumnHidden(4, False)
-            self.info.setText(f"Loading the model, then estimating the quality of {len(cases)} cases "
+            self.info.setText(f"Loading the model, then estimating the quality of {_cases(len(cases))} "
                               "(no ground truth) …")
             w = start_worker(
                 quality_review_job, s.checkpoint, s.device, cases, mode="full",
@@ -457,8 +461,8 @@ class ReviewWidget(QWidget):
         if self.score_kind == "estimate":
             bad = sum(1 for m in self.failing.values() if m)
             self.info.setText(
-                f"Model {self.model_id}: quality estimated for {len(self.scores)} cases without ground "
-                f"truth; {bad} fail a plausibility check. Worst estimated for the "
+                f"Model {self.model_id}: quality estimated for {_cases(len(self.scores))} without ground "
+                f"truth; {bad} {'fails' if bad == 1 else 'fail'} a plausibility check. Worst estimated for the "
                 f"{DISPLAY_NAMES[self.ranking_region]}: {', '.join(worst)}."
             )
         else:
