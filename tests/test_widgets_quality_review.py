@@ -171,19 +171,19 @@ def test_predict_dock_quality_check_and_uncertainty_maps(make_napari_viewer, qtb
 
 def test_quality_result_of_a_previous_case_is_dropped(make_napari_viewer, qtbot, films, rated_ckpt,
                                                       monkeypatch):
-    import time
+    import threading
 
     from napari_cxrseg._widgets import _quality_panel
 
     viewer, s, dock = _predict_dock(make_napari_viewer, qtbot, rated_ckpt, films)
     panel = dock.quality
     panel.set_enabled(True, maps=True)
-    started = []
+    started, gate = [], threading.Event()
     orig = _quality_panel.quality_job
 
-    def slow(*a, **k):
+    def slow(*a, **k):  # holds the assessment until the case has changed
         started.append(1)
-        time.sleep(1.0)
+        gate.wait(60)
         return orig(*a, **k)
 
     monkeypatch.setattr(_quality_panel, "quality_job", slow)
@@ -192,7 +192,8 @@ def test_quality_result_of_a_previous_case_is_dropped(make_napari_viewer, qtbot,
     w = panel._worker
     wait_worker(qtbot, s.load_case("PHANTOM002", predict=False))  # the case changes meanwhile
     assert s.case_id == "PHANTOM002"
-    wait_worker(qtbot, w)
+    with qtbot.waitSignal(w.finished, timeout=60_000):
+        gate.set()
     assert panel.dropped == 1 and panel.report is None
     assert not _uncertainty(viewer)  # no maps of PHANTOM001 over PHANTOM002
     assert "PHANTOM001" not in panel.summary.text()
