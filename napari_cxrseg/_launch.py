@@ -5,6 +5,7 @@
     cxrseg-gui --data RG1_UNCR.dcm      # a single image (no ground truth)
     cxrseg-gui --screenshot shot.png    # wait for the layers and the prediction, save, quit
     cxrseg-gui --focus left_clavicle --preset bone --dock "Review queue"   # a review set-up
+    cxrseg-gui --data RG1_UNCR.dcm --quality   # review without ground truth
 
 The docks are tabified on the right in two groups (Cases | Review queue | Training
 progression above, Predict | Compare | Correct | Fine-tune | Display below). In a
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="window/level preset of the image: auto, lung, soft tissue, bone, full")
     p.add_argument("--dock", action="append", default=[], metavar="NAME",
                    help="bring this dock's tab to the front (repeatable), e.g. 'Review queue'")
+    p.add_argument("--quality", action="store_true",
+                   help="review without ground truth: quality check and uncertainty maps in the Predict "
+                        "dock (the worst region's map shown), the Review queue ranked by estimated quality")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="with --screenshot: give up after this many seconds (default 600)")
     return p
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cxrseg-gui: --focus {args.focus!r}: {exc}", file=sys.stderr)
             viewer.close()
             return 2
+    if args.quality and "Review queue" not in args.dock:
+        args.dock.append("Review queue")
     if args.dock:
         from qtpy.QtWidgets import QDockWidget
 
@@ -251,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         QTimer.singleShot(50, raise_docks)
 
     state = {"status": 0, "shot": False}
+    quality = _setup_quality(viewer, session, widgets) if args.quality else None
 
     def first_case(_root) -> None:
         session.dataset_changed.disconnect(first_case)
@@ -302,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             # let the Compare dock's debounced metrics and the canvas settle, then shoot
             QTimer.singleShot(2500, shoot)
 
-        if session.auto_predict:
+        if quality is not None:
+            quality.emitted.connect(ready)
+        elif session.auto_predict:
             session.prediction_changed.connect(ready)
             session.prediction_failed.connect(ready)
         else:
@@ -327,6 +336,73 @@ def main(argv: list[str] | None = None) -> int:
         pass
     session.close()
     return state["status"]
+
+
+def _setup_quality(viewer, session, widgets: dict):
+    """``--quality``: tick the quality check and maps, rank the review queue by estimate and
+    run it once the cases are open; show the worst region's uncertainty map. Returns a
+    object whose ``emitted`` signal fires when both the case's assessment and the queue are done."""
+    from psygnal import Signal
+
+    class _Ready:
+        emitted = Signal()
+
+    done = _Ready()
+    panel = getattr(widgets.get("Predict"), "quality", None)
+    review = widgets.get("Review queue")
+    state = {"assessed": panel is None, "ranked": review is None}
+
+    def check() -> None:
+        if state["assessed"] and state["ranked"]:
+            done.emitted.emit()
+
+    if panel is not None:
+        predict = widgets["Predict"]
+        # contours over the film and no heatmaps: the uncertainty map stays readable
+        predict.heat_box.setChecked(False)
+        predict.contour_box.setChecked(True)
+        panel.set_enabled(True, maps=True)
+
+        def assessed(case_id: str) -> None:
+            worst = panel.worst_region()
+            from ._widgets._quality import layer_name
+
+            if worst is not None and layer_name(case_id, worst) in viewer.layers:
+                layer = viewer.layers[layer_name(case_id, worst)]
+                layer.visible = True
+                viewer.layers.selection.active = layer  # its controls in the layer panel
+            from qtpy.QtWidgets import QScrollArea
+
+            area = panel.parentWidget()
+            while area is not None and not isinstance(area, QScrollArea):
+                area = area.parentWidget()
+            if area is not None:  # the dock scrolls: bring the estimates into view
+                area.ensureWidgetVisible(panel.table)
+            n = len({c.message for c in panel.report.failing}) if panel.report is not None else 0
+            print(f"cxrseg-gui: {case_id} quality checked: {n} failing check(s)"
+                  + (f", uncertainty of the {worst} shown" if worst else ""), flush=True)
+            state["assessed"] = True
+            check()
+
+        panel.assessed.connect(assessed)
+    if review is not None:
+        review.set_score_mode("estimate")
+
+        def run_queue(_root) -> None:
+            session.dataset_changed.disconnect(run_queue)
+            w = review.run()
+            if w is None:
+                state["ranked"] = True
+                return
+
+            def ranked() -> None:
+                state["ranked"] = True
+                check()
+
+            w.finished.connect(ranked)
+
+        session.dataset_changed.connect(run_queue)
+    return done
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,3 +48,24 @@ def test_screenshot_of_a_predicted_case(tmp_path, phantom_root, tiny_ckpt):
     sat = mid.max(axis=2) - mid.min(axis=2)
     assert (sat > 100).mean() > 0.05
     assert not (phantom_root / ".cxrseg").exists(), "opening a dataset must not write into it"
+
+
+@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (run under xvfb-run)")
+def test_quality_screenshot_without_ground_truth(tmp_path, phantom_root, tiny_ckpt):
+    """--quality on a film without masks: the quality check and the estimate-ranked queue
+    both finish before the screenshot (no timeout)."""
+    import shutil
+
+    film = tmp_path / "films" / "PHANTOM001.png"
+    film.parent.mkdir()
+    shutil.copy(phantom_root / "images" / "PHANTOM001.png", film)
+    out = tmp_path / "shot.png"
+    env = dict(os.environ, CXRSEG_HOME=str(tmp_path / "home"))
+    r = subprocess.run(
+        [sys.executable, "-m", "napari_cxrseg._launch", "--data", str(film), "--model", str(tiny_ckpt),
+         "--quality", "--screenshot", str(out), "--timeout", "240", "--size", "1400x900"],
+        capture_output=True, text=True, timeout=400, env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "PHANTOM001 quality checked" in r.stdout and "screenshot saved" in r.stdout
+    assert out.is_file()

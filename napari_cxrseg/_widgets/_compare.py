@@ -317,7 +317,8 @@ class CompareWidget(QWidget):
         if layer is None or not s.truth:
             self._clear()
             if s.case_id is not None and not s.truth:
-                self.mean_label.setText(f"{s.case_id} has no ground truth to compare with.")
+                self.mean_label.setText(f"{s.case_id} has no ground truth to compare with; its estimated "
+                                        "quality: Predict dock, Quality check.")
             if layer is None:
                 s.show_errors(None, None, None)
             return None

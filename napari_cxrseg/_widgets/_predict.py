@@ -214,6 +214,10 @@ class PredictWidget(QWidget):
         lay.addWidget(self.auto_box)
         lay.addWidget(self.run_btn)
         lay.addWidget(self.status)
+        from ._quality_panel import QualityPanel  # estimated quality without ground truth
+
+        self.quality = QualityPanel(napari_viewer)
+        lay.addWidget(self.quality)
         lay.addWidget(dbox)
         lay.addStretch(1)
 

@@ -9,6 +9,13 @@ between cases (``worker.quit()``). Selecting a row loads the case and predicts i
 *Approve* / *Flag* store the status and comment in the ledger, which survives restarts:
 reopening the dataset reloads the statuses and the last model's scores without running
 anything.
+
+Without ground truth (files opened on their own, a new department's DICOMs), *score*
+switches to the estimated quality (:func:`napari_cxrseg._widgets._quality.quality_review_job`):
+the queue ranks by each region's estimated Jaccard, and a *Checks* column lists the
+plausibility checks a case fails (all of them in its tooltip). *auto* picks the true IoU
+when any open case has a reference mask. Estimates are not stored in the ledger: they are
+not measurements.
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ from cxrseg.review import default_reviewer, remembered_reviewer
 
 from .._shortcuts import with_key
 from ._common import fmt_score, notify_info, start_worker
+from ._quality import quality_review_job
 from ._state import get_session
 
 __all__ = ["ReviewWidget", "review_job"]
 
+#: Choices of the *score* box: data -> text.
+SCORE_MODES = {"auto": "auto", "iou": "true IoU", "estimate": "estimated quality"}
 _STATUS_TEXT = {"unreviewed": "", "approved": "✔ approved", "flagged": "⚑ flagged"}
 
 
@@ -95,6 +105,18 @@ def review_job(checkpoint, device, cases, regions, thresholds, postprocess, ledg
     return mid
 
 
+def _cases(n: int) -> str:
+    return f"{n} case" + ("" if n == 1 else "s")
+
+
+def _checks_text(msgs: list[str], limit: int = 2) -> str:
+    """A queue cell: ``"✓"`` when every check passes, else the first messages and ``"+N more"``."""
+    if not msgs:
+        return "✓"
+    text = "; ".join(msgs[:limit])
+    return text + (f"; +{len(msgs) - limit} more" if len(msgs) > limit else "")
+
+
 class _Item(QTableWidgetItem):
     def __init__(self, text: str):
         super().__init__(text)
@@ -104,7 +126,7 @@ class _Item(QTableWidgetItem):
 class ReviewWidget(QWidget):
     """Dock widget of the worst-first review queue (see the module docstring)."""
 
-    COLUMNS = ("case", "iou", "status", "comment")
+    COLUMNS = ("case", "iou", "status", "comment", "checks")
     #: Rows of the queue shown without scrolling the table.
     MIN_ROWS = 8
 
@@ -119,7 +141,17 @@ class ReviewWidget(QWidget):
         self._cancelled = False
         self._errors: list[tuple[str, str]] = []
         self._updating = False
+        #: What :attr:`scores` holds: ``"iou"`` (true IoU) or ``"estimate"`` (estimated Jaccard).
+        self.score_kind = "iou"
+        #: Case id -> messages of the failing plausibility checks (estimate runs).
+        self.failing: dict[str, list[str]] = {}
 
+        self.score_mode = QComboBox()
+        for key, text in SCORE_MODES.items():
+            self.score_mode.addItem(text, key)
+        self.score_mode.setToolTip("true IoU needs reference masks; estimated quality needs none "
+                                   "(auto: true IoU when the open cases have masks)")
+        self.score_mode.currentIndexChanged.connect(lambda _i: self._on_dataset(self.session.dataset_root))
         self.region = QComboBox()
         for r in REGIONS:
             self.region.addItem(DISPLAY_NAMES[r], r)
@@ -140,7 +172,7 @@ class ReviewWidget(QWidget):
         self.info.setWordWrap(True)
 
         self.table = QTableWidget(0, len(self.COLUMNS))
-        self.table.setHorizontalHeaderLabels(["Case", "IoU", "Status", "Comment"])
+        self.table.setHorizontalHeaderLabels(["Case", "IoU", "Status", "Comment", "Checks"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -179,6 +211,8 @@ class ReviewWidget(QWidget):
         top = QHBoxLayout()
         top.addWidget(QLabel("rank by"))
         top.addWidget(self.region, 1)
+        top.addWidget(QLabel("score"))
+        top.addWidget(self.score_mode)
         top.addWidget(self.run_btn)
         progress = QHBoxLayout()
         progress.addWidget(self.bar, 1)
@@ -234,9 +268,33 @@ class ReviewWidget(QWidget):
 
         self.region.setCurrentIndex(REGIONS.index(canonical_region(region)))
 
+    def resolved_score_kind(self) -> str:
+        """``"iou"`` or ``"estimate"``: the *score* choice, with *auto* resolved on the open cases."""
+        mode = self.score_mode.currentData()
+        if mode != "auto":
+            return mode
+        idx = self.session.index
+        has_truth = idx is not None and any(getattr(c, "mask_paths", None) for c in idx.cases)
+        return "iou" if has_truth or idx is None else "estimate"
+
+    def set_score_mode(self, mode: str) -> None:
+        """Score by ``"auto"``, ``"iou"`` or ``"estimate"``."""
+        self.score_mode.setCurrentIndex(list(SCORE_MODES).index(mode))
+
     def _on_dataset(self, _root) -> None:
         s = self.session
-        self.scores, self.model_id = {}, None
+        self.scores, self.model_id, self.failing = {}, None, {}
+        self.score_kind = self.resolved_score_kind()
+        self.table.setColumnHidden(4, self.score_kind != "estimate")
+        if self.score_kind == "estimate":
+            self.bar.setMaximum(max(len(s.case_ids), 1))
+            self.bar.setValue(0)
+            self._rebuild()
+            if s.index is not None:
+                self.info.setText(f"{_cases(len(s.case_ids))} without ground truth: run to rank them by "
+                                  "estimated quality (plausibility checks and test-time disagreement).")
+            self._update_counts()
+            return
         if s.ledger is not None:
             self.model_id = s.ledger.latest_model_id()
             if self.model_id:
@@ -268,7 +326,15 @@ class ReviewWidget(QWidget):
         for cid in ids:
             self._insert(cid)
         self._updating = False
-        self.table.setHorizontalHeaderItem(1, QTableWidgetItem(f"IoU {DISPLAY_NAMES[region]}"))
+        if self.score_kind == "estimate":
+            head = QTableWidgetItem(f"est. Jaccard {DISPLAY_NAMES[region]}")
+            head.setToolTip("estimated without ground truth (not a measurement): the model's "
+                            "disagreement under small shifts, scales and rotations and the "
+                            "plausibility checks, calibrated on the development cases")
+        else:
+            head = QTableWidgetItem(f"IoU {DISPLAY_NAMES[region]}")
+            head.setToolTip("Jaccard index against the reference masks")
+        self.table.setHorizontalHeaderItem(1, head)
 
     def _insert(self, case_id: str) -> None:
         key = self._key(case_id)
@@ -277,9 +343,18 @@ class ReviewWidget(QWidget):
         self.table.insertRow(row)
         entry = self.session.review_status(case_id)
         v = self.scores.get(case_id, {}).get(self.ranking_region)
-        for j, text in enumerate((case_id, fmt_score(v), _STATUS_TEXT.get(entry.status, entry.status), entry.comment)):
+        estimate = self.score_kind == "estimate"
+        score = (f"~{v:.2f}" if v is not None and math.isfinite(v) else "–") if estimate else fmt_score(v)
+        msgs = self.failing.get(case_id, [])
+        checks = _checks_text(msgs) if estimate else ""
+        for j, text in enumerate((case_id, score, _STATUS_TEXT.get(entry.status, entry.status), entry.comment,
+                                  checks)):
             self.table.setItem(row, j, _Item(text))
         self.table.item(row, 2).setToolTip(_who(entry))
+        if estimate:
+            tip = "\n".join(msgs) if msgs else "all plausibility checks pass"
+            self.table.item(row, 4).setToolTip(tip)
+            self.table.item(row, 1).setToolTip(f"estimated Jaccard (no ground truth)\n{tip}")
 
     def queue(self) -> list[str]:
         """Case ids in the table's (worst-first) order."""
@@ -315,6 +390,21 @@ class ReviewWidget(QWidget):
         self.bar.setMaximum(len(cases))
         self.bar.setValue(0)
         self.info.setText(f"Loading the model, then scoring {len(cases)} cases …")
+        self.score_kind = self.resolved_score_kind()
+        if self.score_kind == "estimate":
+            self.table.setColumnHidden(4, False)
+            self.info.setText(f"Loading the model, then estimating the quality of {_cases(len(cases))} "
+                              "(no ground truth) …")
+            w = start_worker(
+                quality_review_job, s.checkpoint, s.device, cases, mode="full",
+                context="Quality review", progress={"total": len(cases) + 1},
+                yielded=self._on_yielded, returned=self._on_returned, finished=self._on_finished,
+                sync=s.synchronous,
+            )
+            self._worker = w
+            if w is not None and hasattr(w, "aborted"):
+                w.aborted.connect(self._on_aborted)
+            return w
         w = start_worker(
             review_job, s.checkpoint, s.device, cases, None, dict(s.thresholds), s.postprocess, ledger,
             self.skip_box.isChecked(),
@@ -338,16 +428,17 @@ class ReviewWidget(QWidget):
         kind = msg[0]
         if kind == "model":
             _, mid, n = msg
-            if mid != self.model_id:
+            if mid != self.model_id or self.score_kind == "estimate":
                 self.model_id = mid
-                self.scores = {}
+                self.scores, self.failing = {}, {}
                 self._rebuild()
-            self.info.setText(f"Scoring {n} cases with model {mid} …")
+            what = "Estimating the quality of" if self.score_kind == "estimate" else "Scoring"
+            self.info.setText(f"{what} {n} cases with model {mid} …")
             return
         if kind == "error":
             self._errors.append((msg[1], msg[2]))
             return
-        _, i, n, cid, ious, _cached = msg
+        _, i, n, cid, ious, extra = msg
         self.bar.setValue(self.bar.value() + 1)
         had = cid in self.scores
         if had:
@@ -356,23 +447,36 @@ class ReviewWidget(QWidget):
                 self.table.removeRow(row)
                 del self._order[row]
         self.scores[cid] = dict(ious)
+        estimate = self.score_kind == "estimate"
+        if estimate:
+            self.failing[cid] = list(extra)
         self._updating = True
         self._insert(cid)
         self._updating = False
-        self.session.set_case_scores(cid, {r: v for r, v in ious.items() if v == v})
+        if not estimate:  # the Cases table shows measured IoUs only
+            self.session.set_case_scores(cid, {r: v for r, v in ious.items() if v == v})
 
     def _on_returned(self, _mid) -> None:
         worst = self.queue()[:3]
-        self.info.setText(
-            f"Model {self.model_id}: {len(self.scores)} cases scored. Worst for the "
-            f"{DISPLAY_NAMES[self.ranking_region]}: {', '.join(worst)}."
-        )
+        if self.score_kind == "estimate":
+            bad = sum(1 for m in self.failing.values() if m)
+            self.info.setText(
+                f"Model {self.model_id}: quality estimated for {_cases(len(self.scores))} without ground "
+                f"truth; {bad} {'fails' if bad == 1 else 'fail'} a plausibility check. Worst estimated for the "
+                f"{DISPLAY_NAMES[self.ranking_region]}: {', '.join(worst)}."
+            )
+        else:
+            self.info.setText(
+                f"Model {self.model_id}: {len(self.scores)} cases scored. Worst for the "
+                f"{DISPLAY_NAMES[self.ranking_region]}: {', '.join(worst)}."
+            )
         if self._errors:
             notify_info(f"{len(self._errors)} case(s) could not be read: "
                         + "; ".join(f"{c}: {m}" for c, m in self._errors[:3]))
 
     def _on_aborted(self) -> None:
-        self.info.setText(f"Cancelled: {len(self.scores)} cases scored (kept in the ledger).")
+        kept = "" if self.score_kind == "estimate" else " (kept in the ledger)"
+        self.info.setText(f"Cancelled: {len(self.scores)} cases scored{kept}.")
 
     def _on_finished(self) -> None:
         self._worker = None
