@@ -158,17 +158,11 @@ class CorrectWidget(QWidget):
 
     # ------------------------------------------------------------------ stores
     def _workdir(self) -> Path:
-        from cxrseg.workspace import home, workdir
-
-        root = self.session.dataset_root
-        return workdir(root) if root is not None else home() / "no-dataset"
+        return self.session.work_dir()
 
     def store_root(self) -> Path:
         """The corrections store of the open dataset (``<dataset>/corrections/``)."""
-        from cxrseg.workspace import corrections_dir, home
-
-        root = self.session.dataset_root
-        return corrections_dir(root) if root is not None else home() / "no-dataset" / "corrections"
+        return self.session.corrections_root()
 
     def correction_store(self):
         """The :class:`cxrseg.corrections.CorrectionStore` of the open dataset."""

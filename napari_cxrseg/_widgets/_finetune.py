@@ -183,17 +183,11 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ places
     def _workdir(self) -> Path:
-        from cxrseg.workspace import home, workdir
-
-        root = self.session.dataset_root
-        return workdir(root) if root is not None else home() / "no-dataset"
+        return self.session.work_dir()
 
     def store_root(self) -> Path:
         """The corrections store of the open dataset (``<dataset>/corrections/``)."""
-        from cxrseg.workspace import corrections_dir, home
-
-        root = self.session.dataset_root
-        return corrections_dir(root) if root is not None else home() / "no-dataset" / "corrections"
+        return self.session.corrections_root()
 
     def models_dir(self) -> Path:
         """Where fine-tuned models are written (``<workdir>/models/``)."""

@@ -280,6 +280,20 @@ class Session:
                 self.ledger = None
         self.dataset_changed.emit(self.dataset_root)
 
+    def work_dir(self) -> Path:
+        """The open dataset's working folder (``<home>/no-dataset`` without one)."""
+        from cxrseg.workspace import home, workdir
+
+        root = self.dataset_root
+        return workdir(root) if root is not None else home() / "no-dataset"
+
+    def corrections_root(self) -> Path:
+        """The corrections store of the open dataset (``<dataset>/corrections/``)."""
+        from cxrseg.workspace import corrections_dir, home
+
+        root = self.dataset_root
+        return corrections_dir(root) if root is not None else home() / "no-dataset" / "corrections"
+
     def ensure_ledger(self):
         """The open dataset's review ledger, created if needed (``None`` without a dataset)."""
         from cxrseg.review import ReviewLedger
