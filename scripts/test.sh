@@ -10,6 +10,9 @@ cd "$ROOT"
 
 # PyQt6 unless the caller picks another binding (QT_API=pyqt5 runs on PyQt5).
 export QT_API="${QT_API:-pyqt6}"
+# pytest-qt picks its own binding (PyQt6 before PyQt5) unless told; qtpy then follows the one
+# already imported and rewrites QT_API, so the request is kept for tests/test_qt_binding.py.
+export PYTEST_QT_API="$QT_API" CXRSEG_QT_API_REQUESTED="$QT_API"
 
 bash scripts/setup.sh
 

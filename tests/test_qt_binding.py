@@ -1,4 +1,7 @@
-"""The Qt binding the GUI tests run on is the one asked for (scripts/test.sh: PyQt6 unless QT_API says)."""
+"""The Qt binding the GUI tests run on is the one asked for (scripts/test.sh: PyQt6 unless QT_API says).
+
+qtpy rewrites ``QT_API`` to the binding it ends up with, so the request is read from
+``CXRSEG_QT_API_REQUESTED``, which scripts/test.sh sets beside it."""
 
 import os
 
@@ -6,9 +9,12 @@ import pytest
 
 
 def test_widget_tests_run_on_the_requested_binding():
-    want = os.environ.get("QT_API")
+    want = os.environ.get("CXRSEG_QT_API_REQUESTED")
     if not want:
-        pytest.skip("QT_API not set: qtpy picks the first binding it finds")
+        pytest.skip("no binding requested (scripts/test.sh sets CXRSEG_QT_API_REQUESTED)")
     import qtpy
 
-    assert qtpy.API_NAME.lower() == want.lower(), f"QT_API={want} but qtpy loaded {qtpy.API_NAME}"
+    assert qtpy.API_NAME.lower() == want.lower(), f"{want} was asked for but qtpy loaded {qtpy.API_NAME}"
+    from pytestqt.qt_compat import qt_api
+
+    assert qt_api.pytest_qt_api == want.lower(), f"{want} was asked for but pytest-qt runs {qt_api.pytest_qt_api}"
