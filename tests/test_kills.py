@@ -187,6 +187,23 @@ def test_stale_temporary_files_are_swept_and_never_results(ckpt, images, tmp_pat
     assert len(rows) == 1 + 6 * 5 and not any("IM9" in r or "IM8" in r for r in rows)
 
 
+def test_a_live_writers_temporary_with_an_all_digit_random_part_is_kept(tmp_path):
+    """The random part of a temporary's name can be all decimal digits; it must not be
+    read as the writer's process id (parallel parts sweeping one folder lost their CSVs)."""
+    from cxrseg.io import sweep_temporary
+
+    dead = _dead_pid()
+    live = [tmp_path / f".predictions.part-0-of-7.csv.{os.getpid()}.83920417.tmp",
+            tmp_path / f".IM1.png.{os.getppid()}.00000001.tmp"]
+    stale = [tmp_path / f".predictions.csv.{dead}.12345678.tmp", tmp_path / f".IM0.npy.{dead}.tmp"]
+    for f in live + stale:
+        f.write_bytes(b"x")
+    (tmp_path / "notes.12345678.tmp").write_bytes(b"not ours")  # not hidden: not a temporary of ours
+    removed = sweep_temporary(tmp_path)
+    assert sorted(removed) == sorted(stale)
+    assert all(f.exists() for f in live) and (tmp_path / "notes.12345678.tmp").exists()
+
+
 _CHILD_RESERVE = """
 import sys, time
 from cxrseg.corrections import CorrectionStore

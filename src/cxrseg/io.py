@@ -417,7 +417,18 @@ def pid_alive(pid: int) -> bool:
 
 #: Temporary files of :func:`atomic_write` (``.<name>.<pid>.<hex>.tmp``) and older
 #: ``.<name>.<pid>.tmp`` ones.
-_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)(?:\.[0-9a-f]+)?\.tmp$")
+_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+_OLD_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")
+
+
+def _temporary_writer(name: str) -> int | None:
+    """The writer's process id in a temporary file's name, or None for other files.
+
+    The random part of :func:`atomic_write`'s names is eight hex digits that may all be
+    decimal digits, so it is matched by position, never taken for the process id.
+    """
+    m = _TMP_RE.match(name) or _OLD_TMP_RE.match(name)
+    return int(m.group("pid")) if m else None
 
 
 def sweep_temporary(folder, *, recursive: bool = True) -> list[Path]:
@@ -434,10 +445,9 @@ def sweep_temporary(folder, *, recursive: bool = True) -> list[Path]:
     walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
     for dirpath, _dirs, files in walker:
         for name in files:
-            m = _TMP_RE.match(name)
-            if not m:
+            pid = _temporary_writer(name)
+            if pid is None:
                 continue
-            pid = int(m.group("pid"))
             if pid == os.getpid() or pid_alive(pid):
                 continue  # a live writer's (possibly another thread of this process)
             f = Path(dirpath) / name
