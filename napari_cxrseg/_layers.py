@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrseg.io import CXRImage
+from cxrseg.io import CXRImage, resize_mask_nearest, same_aspect
 from cxrseg.regions import (
     COLORS,
     DISPLAY_NAMES,
@@ -36,7 +36,6 @@ __all__ = [
     "GROUND_TRUTH_SUFFIX",
     "label_colormap",
     "label_features",
-    "resize_nearest",
     "labels_from_masks",
     "masks_from_labels",
     "image_layer_tuple",
@@ -83,27 +82,10 @@ def label_features() -> dict[str, list]:
     }
 
 
-def resize_nearest(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resize of a 2-D array (pixel centres mapped, no smoothing).
-
-    An integer up-sampling factor replicates pixels exactly (1024 SCR masks onto a
-    2048 JSRT image).
-    """
-    a = np.asarray(mask)
-    rows, cols = int(shape[0]), int(shape[1])
-    if a.shape == (rows, cols):
-        return a
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2-D mask, got shape {a.shape}")
-    ri = np.minimum(((np.arange(rows) + 0.5) * a.shape[0] / rows).astype(np.intp), a.shape[0] - 1)
-    ci = np.minimum(((np.arange(cols) + 0.5) * a.shape[1] / cols).astype(np.intp), a.shape[1] - 1)
-    return a[ri[:, None], ci[None, :]]
-
-
 def _check_aspect(src: Sequence[int], dst: Sequence[int], what: str) -> None:
     r0, c0 = src
     r1, c1 = dst
-    if abs(r0 * c1 - r1 * c0) > max(r0 * c1, r1 * c0) * 0.01:
+    if not same_aspect(src, dst):
         raise ValueError(
             f"{what} is {r0}x{c0}, the image {r1}x{c1}: not the same aspect ratio, "
             "so the mask cannot be laid over the image"
@@ -145,7 +127,7 @@ def labels_from_masks(
             raise ValueError(f"mask of {r} has shape {m.shape}, expected a 2-D mask")
         if m.shape != shape:
             _check_aspect(m.shape, shape, f"mask of {r}")
-            m = resize_nearest(m, shape)
+            m = resize_mask_nearest(m, shape)
         out[m.astype(bool, copy=False)] = LABEL_VALUES[r]
     return out
 
@@ -292,7 +274,7 @@ def ground_truth_layer_tuple(
     canon = {canonical_region(k): np.asarray(v).astype(bool, copy=False) for k, v in masks.items()}
     labels = labels_from_masks(canon, shape)
     grid = labels.shape
-    exact = {r: (m if m.shape == grid else resize_nearest(m, grid)) for r, m in canon.items()}
+    exact = {r: (m if m.shape == grid else resize_mask_nearest(m, grid)) for r, m in canon.items()}
     exact = {r: exact[r] for r in REGIONS if r in exact}
     if case_id is None:
         case_id = name[: -len(GROUND_TRUTH_SUFFIX)] if name.endswith(GROUND_TRUTH_SUFFIX) else name

@@ -16,11 +16,14 @@ from cxrseg.io import (
     CXRSegFileNotFoundError,
     CXRSegIOError,
     is_dicom,
+    is_hidden,
     read_dicom,
     read_image,
     read_jsrt_img,
     read_mask,
     read_raster,
+    resize_mask_nearest,
+    same_aspect,
     write_jsrt_img,
     write_mask,
 )
@@ -399,6 +402,13 @@ def test_dicom_without_suffix_sniffed(tmp_path):
     assert is_dicom(p)
     assert read_image(p).meta["format"] == "dicom"
     assert not is_dicom(tmp_path / "missing.png")
+    assert is_dicom(str(p))  # str or path-like
+    assert is_dicom(tmp_path / "missing.dcm")  # by its suffix alone
+
+
+def test_dicom_with_img_suffix_is_not_taken_for_jsrt(tmp_path):
+    p = _dicom(tmp_path / "scan.IMG", np.array([[0, 10], [20, 30]], np.uint16))
+    assert is_dicom(p) and read_image(p).meta["format"] == "dicom"
 
 
 def test_dicom_multiframe_first_frame(tmp_path):
@@ -545,6 +555,33 @@ def test_read_mask_non_binary_and_garbage(tmp_path):
     (tmp_path / "e.png").write_bytes(b"")
     with pytest.raises(CXRSegIOError, match="e.png"):
         read_mask(tmp_path / "e.png")
+
+
+def test_resize_mask_nearest():
+    m = np.array([[1, 0], [0, 1]], bool)
+    up = resize_mask_nearest(m, (4, 4))
+    assert up.dtype == bool
+    np.testing.assert_array_equal(up, np.kron(m, np.ones((2, 2), bool)))  # exact replication
+    np.testing.assert_array_equal(resize_mask_nearest(up, (2, 2)), m)  # back, by pixel centres
+    assert resize_mask_nearest(m, (2, 2)) is m  # already on the grid: the same array
+    lab = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    out = resize_mask_nearest(lab, (6, 8))
+    assert out.dtype == np.uint8 and set(np.unique(out)) == set(range(12))  # values kept
+    assert resize_mask_nearest([[True, False]], (1, 4)).tolist() == [[True, True, False, False]]
+    with pytest.raises(ValueError, match="2-D"):
+        resize_mask_nearest(np.zeros((2, 3, 3)), (4, 4))
+
+
+def test_same_aspect():
+    assert same_aspect((1024, 1024), (2048, 2048))
+    assert same_aspect((100, 200), (50, 100)) and same_aspect((1000, 1000), (1000, 1005))
+    assert not same_aspect((100, 200), (200, 200)) and not same_aspect((1000, 1000), (1000, 1020))
+    assert same_aspect((1000, 1000), (1000, 1020), tolerance=0.05)
+
+
+def test_is_hidden():
+    assert is_hidden(".DS_Store") and is_hidden(".git") and is_hidden("__pycache__")
+    assert not is_hidden("JPCLN001.IMG") and not is_hidden("masks") and not is_hidden("a.b")
 
 
 # --------------------------------------------------------------------------- atomicity

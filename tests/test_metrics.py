@@ -43,6 +43,24 @@ def test_non_bool_inputs_are_binarised():
     assert metrics.jaccard(a, b) == pytest.approx(1 / 3)
 
 
+def test_overlap_by_hand_matches_jaccard_and_dice():
+    a = np.zeros((4, 4), bool)
+    a[:2] = True  # 8 pixels
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True  # 8 pixels, 4 shared
+    assert metrics.overlap(a, b) == {"jaccard": pytest.approx(4 / 12), "dice": 0.5, "fp": 4, "fn": 4}
+    rng = np.random.default_rng(0)
+    p, t = rng.random((2, 9, 7)) > 0.6
+    o = metrics.overlap(p, t)
+    assert o["jaccard"] == metrics.jaccard(p, t) and o["dice"] == metrics.dice(p, t)
+    assert o["fp"] == np.count_nonzero(p & ~t) and o["fn"] == np.count_nonzero(t & ~p)
+    e = np.zeros((4, 4), bool)
+    assert metrics.overlap(e, e) == {"jaccard": 1.0, "dice": 1.0, "fp": 0, "fn": 0}
+    assert metrics.overlap(e, a) == {"jaccard": 0.0, "dice": 0.0, "fp": 0, "fn": 8}
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.overlap(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
 def test_shape_mismatch_and_bad_dims_raise():
     with pytest.raises(ValueError, match="shapes differ"):
         metrics.jaccard(np.zeros((4, 4)), np.zeros((4, 5)))

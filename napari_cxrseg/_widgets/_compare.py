@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from cxrseg.metrics import overlap
 from cxrseg.regions import DISPLAY_NAMES, REGIONS
 
 from ._common import Debouncer, fmt_score, start_worker
@@ -48,7 +49,8 @@ _EVENTS = ("paint", "labels_update", "data", "set_data")
 
 
 def compare_masks(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per-region ``jaccard``, ``dice``, ``fp`` and ``fn`` (pixels) of two mask dicts.
+    """Per-region ``jaccard``, ``dice``, ``fp`` and ``fn`` (pixels) of two mask dicts
+    (:func:`cxrseg.metrics.overlap`).
 
     Regions of ``truth``; a region missing from ``pred`` counts as an empty prediction.
     """
@@ -58,16 +60,9 @@ def compare_masks(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> 
         if t is None:
             continue
         p = pred.get(r)
-        p = np.zeros(t.shape, bool) if p is None else np.asarray(p, bool)
-        inter = int(np.count_nonzero(p & t))
-        np_, nt = int(np.count_nonzero(p)), int(np.count_nonzero(t))
-        union = np_ + nt - inter
-        out[r] = {
-            "jaccard": 1.0 if union == 0 else inter / union,
-            "dice": 1.0 if np_ + nt == 0 else 2.0 * inter / (np_ + nt),
-            "fp": float(np_ - inter),
-            "fn": float(nt - inter),
-        }
+        p = np.zeros(np.shape(t), bool) if p is None else np.asarray(p, bool)
+        sc = overlap(p, t)
+        out[r] = {"jaccard": sc["jaccard"], "dice": sc["dice"], "fp": float(sc["fp"]), "fn": float(sc["fn"])}
     return out
 
 

@@ -265,9 +265,9 @@ class CorrectWidget(QWidget):
             notify_error(f"Reading the saved {region} correction of {s.case_id} failed", exc)
             return None
         if s.image is not None and mask.shape != s.image.shape:
-            from napari_cxrseg._layers import resize_nearest
+            from cxrseg.io import resize_mask_nearest
 
-            mask = np.asarray(resize_nearest(mask, s.image.shape), bool)
+            mask = np.asarray(resize_mask_nearest(mask, s.image.shape), bool)
         return mask, v
 
     def _base_mask(self, region: str, source: str):

@@ -52,11 +52,11 @@ def mask_job(probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], p
 
 def read_case(case) -> dict:
     """Worker body: read the image and its masks, masks on the image grid."""
-    from napari_cxrseg._layers import resize_nearest
+    from cxrseg.io import resize_mask_nearest
 
     image = case.load_image()
     raw = case.load_masks() if getattr(case, "mask_paths", None) else {}
-    truth = {r: np.asarray(resize_nearest(np.asarray(m, bool), image.shape), dtype=bool) for r, m in raw.items()}
+    truth = {r: np.asarray(resize_mask_nearest(np.asarray(m, bool), image.shape), dtype=bool) for r, m in raw.items()}
     return {"case": case, "image": image, "truth": truth}
 
 

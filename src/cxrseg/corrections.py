@@ -62,7 +62,16 @@ from typing import Any
 
 import numpy as np
 
-from .io import MASK_SUFFIXES, CXRSegIOError, atomic_write, read_mask, write_mask
+from .io import (
+    MASK_SUFFIXES,
+    CXRSegIOError,
+    atomic_write,
+    read_mask,
+    resize_mask_nearest,
+    same_aspect,
+    write_mask,
+)
+from .metrics import jaccard
 from .regions import REGIONS, canonical_region
 
 __all__ = [
@@ -141,20 +150,9 @@ def _image_shape(path: Path) -> tuple[int, int] | None:
 
 def _fit(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     """``mask`` on the grid ``shape`` (nearest neighbour), or None for another aspect ratio."""
-    if mask.shape == tuple(shape):
-        return mask
-    r0, c0 = mask.shape
-    r1, c1 = shape
-    if abs(r0 * c1 - r1 * c0) > max(r0 * c1, r1 * c0) * 0.01:
+    if mask.shape != tuple(shape) and not same_aspect(mask.shape, shape):
         return None
-    ri = np.minimum(((np.arange(r1) + 0.5) * r0 / r1).astype(np.intp), r0 - 1)
-    ci = np.minimum(((np.arange(c1) + 0.5) * c0 / c1).astype(np.intp), c0 - 1)
-    return mask[ri[:, None], ci[None, :]]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
+    return resize_mask_nearest(mask, shape)
 
 
 def mask_stats(mask, *, prediction=None, truth=None) -> dict[str, Any]:
@@ -199,11 +197,11 @@ def mask_stats(mask, *, prediction=None, truth=None) -> dict[str, Any]:
             out["pixels_changed"] = int(np.count_nonzero(p != m))
             out["added"] = int(np.count_nonzero(m & ~p))
             out["removed"] = int(np.count_nonzero(p & ~m))
-            out["iou_prediction"] = _iou(m, p)
+            out["iou_prediction"] = jaccard(m, p)
     if truth is not None:
         t = _fit(_as_mask(truth, "truth"), m.shape)
         if t is not None:
-            out["iou_truth"] = _iou(m, t)
+            out["iou_truth"] = jaccard(m, t)
     return out
 
 

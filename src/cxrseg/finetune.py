@@ -59,6 +59,8 @@ from typing import Any
 import numpy as np
 
 from .corrections import CorrectionError, CorrectionStore, CorrectionVersion
+from .io import resize_mask_nearest, same_aspect
+from .metrics import jaccard
 from .regions import REGIONS, parse_regions
 
 __all__ = [
@@ -148,25 +150,14 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
-
-
 def _fit(mask: np.ndarray, shape) -> np.ndarray:
     """A mask on another grid of the same aspect ratio, nearest neighbour."""
     mask = np.asarray(mask, bool)
-    if mask.shape == tuple(shape):
-        return mask
-    r0, c0 = mask.shape
-    r1, c1 = shape
-    if abs(r0 * c1 - r1 * c0) > max(r0 * c1, r1 * c0) * 0.01:
+    if mask.shape != tuple(shape) and not same_aspect(mask.shape, shape):
         raise FinetuneError(
             f"mask of shape {mask.shape} does not fit an image of shape {tuple(shape)}"
         )
-    ri = np.minimum(((np.arange(r1) + 0.5) * r0 / r1).astype(np.intp), r0 - 1)
-    ci = np.minimum(((np.arange(c1) + 0.5) * c0 / c1).astype(np.intp), c0 - 1)
-    return mask[ri[:, None], ci[None, :]]
+    return resize_mask_nearest(mask, shape)
 
 
 def _resolve_out(out: str | os.PathLike) -> Path:
@@ -215,7 +206,7 @@ def _evaluate(
         masks = it.load_masks()
         probs = pred.predict(image, regions=tuple(masks))
         bins = _binarise(probs, thresholds)
-        out[it.case] = {r: _iou(bins[r], _fit(m, bins[r].shape)) for r, m in masks.items()}
+        out[it.case] = {r: jaccard(bins[r], _fit(m, bins[r].shape)) for r, m in masks.items()}
         if progress:
             progress(i + 1, len(items))
     return out

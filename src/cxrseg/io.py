@@ -70,6 +70,9 @@ __all__ = [
     "write_mask",
     "write_jsrt_img",
     "is_dicom",
+    "is_hidden",
+    "resize_mask_nearest",
+    "same_aspect",
     "atomic_write",
     "DEFAULT_MAX_PIXELS",
     "MIN_SIDE",
@@ -550,7 +553,10 @@ def write_jsrt_img(image01, path) -> Path:
 
 
 def is_dicom(path) -> bool:
-    """``True`` if the file has ``DICM`` at byte 128 or a ``.dcm``/``.dicom`` suffix."""
+    """``True`` if the file has a ``.dcm``/``.dicom`` suffix or ``DICM`` at byte 128.
+
+    ``path`` is a str or path-like; a file that cannot be read is not DICOM.
+    """
     p = Path(path)
     if p.suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -1065,8 +1071,8 @@ def read_image(
     else:
         suffix = p.suffix.lower()
         if suffix == ".img":
-            kind = "dicom" if _has_dicm(p) else "jsrt"
-        elif suffix in DICOM_SUFFIXES or _has_dicm(p):
+            kind = "dicom" if is_dicom(p) else "jsrt"
+        elif is_dicom(p):
             kind = "dicom"
         elif suffix in RASTER_SUFFIXES:
             kind = "raster"
@@ -1087,15 +1093,6 @@ def read_image(
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             raise CXRSegIOError(f"{exc}; supported suffixes: {', '.join(IMAGE_SUFFIXES)}") from exc
         raise
-
-
-def _has_dicm(p: Path) -> bool:
-    try:
-        with open(p, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------------------------ masks
@@ -1229,3 +1226,71 @@ def write_mask(mask, path) -> Path:
         img.save(fh, format=fmt)
 
     return atomic_write(p, _save)
+
+
+def same_aspect(src_shape, dst_shape, *, tolerance: float = 0.01) -> bool:
+    """Whether two ``(rows, cols)`` grids have the same aspect ratio, within ``tolerance``.
+
+    A mask may be laid over an image of another size only when this holds (SCR masks are
+    1024x1024 for 2048x2048 JSRT images).
+
+    Examples
+    --------
+    >>> same_aspect((1024, 1024), (2048, 2048)), same_aspect((100, 200), (200, 200))
+    (True, False)
+    """
+    r0, c0 = int(src_shape[0]), int(src_shape[1])
+    r1, c1 = int(dst_shape[0]), int(dst_shape[1])
+    return abs(r0 * c1 - r1 * c0) <= max(r0 * c1, r1 * c0) * tolerance
+
+
+def resize_mask_nearest(mask, shape) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D array (pixel centres mapped, no smoothing).
+
+    The dtype is kept, and the array itself is returned when it already has ``shape``. An
+    integer up-sampling factor replicates pixels exactly (1024 SCR masks onto a 2048 JSRT
+    image). The aspect ratio is not checked (see :func:`same_aspect`).
+
+    Parameters
+    ----------
+    mask : array-like
+        2-D array (bool masks, label images).
+    shape : (int, int)
+        The output ``(rows, cols)``.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is not 2-D.
+
+    Examples
+    --------
+    >>> m = np.array([[1, 0], [0, 1]], bool)
+    >>> resize_mask_nearest(m, (4, 4)).astype(int)
+    array([[1, 1, 0, 0],
+           [1, 1, 0, 0],
+           [0, 0, 1, 1],
+           [0, 0, 1, 1]])
+    """
+    a = np.asarray(mask)
+    rows, cols = int(shape[0]), int(shape[1])
+    if a.shape == (rows, cols):
+        return a
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {a.shape}")
+    ri = np.minimum(((np.arange(rows) + 0.5) * a.shape[0] / rows).astype(np.intp), a.shape[0] - 1)
+    ci = np.minimum(((np.arange(cols) + 0.5) * a.shape[1] / cols).astype(np.intp), a.shape[1] - 1)
+    return a[ri[:, None], ci[None, :]]
+
+
+# ---------------------------------------------------------------------------------- folders
+
+
+def is_hidden(name: str) -> bool:
+    """Whether a file or folder name is skipped when scanning folders (dot files,
+    ``__pycache__``).
+
+    >>> is_hidden(".DS_Store"), is_hidden("__pycache__"), is_hidden("JPCLN001.IMG")
+    (True, True, False)
+    """
+    return name.startswith(".") or name == "__pycache__"

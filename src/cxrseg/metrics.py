@@ -33,6 +33,21 @@ def _pair(pred, truth):
     return p, t
 
 
+def _counts(p: np.ndarray, t: np.ndarray) -> tuple[int, int, int]:
+    """``(|A ∩ B|, |A|, |B|)`` of two boolean masks."""
+    return int(np.count_nonzero(p & t)), int(np.count_nonzero(p)), int(np.count_nonzero(t))
+
+
+def _jaccard_of(inter: int, n_pred: int, n_truth: int) -> float:
+    union = n_pred + n_truth - inter
+    return 1.0 if union == 0 else inter / union
+
+
+def _dice_of(inter: int, n_pred: int, n_truth: int) -> float:
+    s = n_pred + n_truth
+    return 1.0 if s == 0 else 2.0 * inter / s
+
+
 def jaccard(pred, truth) -> float:
     """Jaccard index of two binary masks.
 
@@ -44,9 +59,7 @@ def jaccard(pred, truth) -> float:
     >>> jaccard(a, b)
     0.3333333333333333
     """
-    p, t = _pair(pred, truth)
-    union = np.count_nonzero(p | t)
-    return 1.0 if union == 0 else np.count_nonzero(p & t) / union
+    return _jaccard_of(*_counts(*_pair(pred, truth)))
 
 
 def dice(pred, truth) -> float:
@@ -58,9 +71,34 @@ def dice(pred, truth) -> float:
     >>> dice(a, b)
     0.5
     """
-    p, t = _pair(pred, truth)
-    s = np.count_nonzero(p) + np.count_nonzero(t)
-    return 1.0 if s == 0 else 2.0 * np.count_nonzero(p & t) / s
+    return _dice_of(*_counts(*_pair(pred, truth)))
+
+
+def overlap(pred, truth) -> dict[str, float]:
+    """Jaccard, Dice and the false-positive / false-negative pixel counts of one mask pair,
+    from one count of the pixels.
+
+    Returns
+    -------
+    dict
+        ``jaccard``, ``dice`` (the module's empty-mask conventions), ``fp`` (pixels of
+        ``pred`` outside ``truth``) and ``fn`` (pixels of ``truth`` outside ``pred``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.zeros((4, 4), bool); a[:2] = True
+    >>> b = np.zeros((4, 4), bool); b[1:3] = True
+    >>> overlap(a, b)
+    {'jaccard': 0.3333333333333333, 'dice': 0.5, 'fp': 4, 'fn': 4}
+    """
+    inter, n_pred, n_truth = _counts(*_pair(pred, truth))
+    return {
+        "jaccard": _jaccard_of(inter, n_pred, n_truth),
+        "dice": _dice_of(inter, n_pred, n_truth),
+        "fp": n_pred - inter,
+        "fn": n_truth - inter,
+    }
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:

@@ -356,16 +356,6 @@ def rank_worst_first(scores: Mapping[str, float | None]) -> list[str]:
     return [cid for cid, _ in sorted(scores.items(), key=key)]
 
 
-def _fit(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a 2-D mask (pixel centres), e.g. 1024 SCR masks onto 2048."""
-    if mask.shape == tuple(shape):
-        return mask
-    rows, cols = shape
-    ri = np.minimum(((np.arange(rows) + 0.5) * mask.shape[0] / rows).astype(np.intp), mask.shape[0] - 1)
-    ci = np.minimum(((np.arange(cols) + 0.5) * mask.shape[1] / cols).astype(np.intp), mask.shape[1] - 1)
-    return mask[ri[:, None], ci[None, :]]
-
-
 def case_ious(pred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
               regions: Iterable[str] | None = None) -> dict[str, float]:
     """Per-region Jaccard of predicted vs. reference masks (NaN where either is missing).
@@ -373,6 +363,7 @@ def case_ious(pred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
     Masks of different sizes (a 2048 JSRT image vs. 1024 SCR masks) are compared on the
     reference grid: the prediction is resized with nearest neighbour.
     """
+    from .io import resize_mask_nearest
     from .metrics import jaccard
 
     out: dict[str, float] = {}
@@ -382,7 +373,7 @@ def case_ious(pred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
             out[r] = float("nan")
             continue
         t = np.asarray(t, dtype=bool)
-        out[r] = float(jaccard(_fit(np.asarray(p, dtype=bool), t.shape), t))
+        out[r] = float(jaccard(resize_mask_nearest(np.asarray(p, dtype=bool), t.shape), t))
     return out
 
 
