@@ -278,6 +278,35 @@ def test_bad_files_raise_naming_the_file(tmp_path, dataset):
         read_cxr(str(tmp_path / "missing.png"))
 
 
+# ------------------------------------------------------------------------ label painting
+def test_labels_from_masks_values_paint_order_and_grids():
+    from cxrseg.regions import PAINT_ORDER
+
+    shape = (6, 8)
+    full = {r: np.ones(shape, bool) for r in REGIONS}
+    # everywhere overlapping: the last region of PAINT_ORDER wins
+    lab = labels_from_masks(full)
+    assert lab.dtype == np.uint8 and lab.shape == shape
+    assert (lab == LABEL_VALUES[PAINT_ORDER[-1]]).all()
+    lung = np.zeros(shape, bool)
+    lung[:, :4] = True
+    clav = np.zeros(shape, np.uint8)
+    clav[:2] = 255  # non-bool masks are binarised
+    lab = labels_from_masks({"Left Lung": lung, "left-clavicle": clav}, shape)  # any spelling
+    assert (lab[:2] == LABEL_VALUES["left_clavicle"]).all()  # clavicle painted over the lung
+    assert (lab[2:, :4] == LABEL_VALUES["left_lung"]).all() and (lab[2:, 4:] == 0).all()
+    assert not labels_from_masks({}, shape).any()
+    # masks on a coarser grid of the same aspect ratio are replicated onto ``shape``
+    big = labels_from_masks({"heart": lung}, (12, 16))
+    assert np.array_equal(big, np.kron(labels_from_masks({"heart": lung}), np.ones((2, 2), np.uint8)))
+    with pytest.raises(ValueError, match="aspect"):
+        labels_from_masks({"heart": lung}, (6, 6))
+    with pytest.raises(ValueError, match="shape="):
+        labels_from_masks({"heart": lung, "left_lung": np.zeros((3, 4), bool)})
+    with pytest.raises(ValueError, match="2-D"):
+        labels_from_masks({"heart": np.zeros((2, 6, 8), bool)}, shape)
+
+
 # ------------------------------------------------------------------------ in napari
 def test_open_case_folder_in_viewer(make_napari_viewer, dataset, tmp_path):
     case = tmp_path / "case"

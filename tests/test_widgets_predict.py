@@ -190,20 +190,15 @@ def test_next_case_recycles_prediction_layers(viewer, qtbot, phantom_root, tiny_
     assert pred.metadata["cxrseg"]["case_id"] == "PHANTOM002"
 
 
-def test_paint_labels_matches_labels_from_masks():
-    from napari_cxrseg._layers import labels_from_masks
-    from napari_cxrseg._widgets._state import display_stride, paint_labels
+def test_display_stride():
+    from napari_cxrseg._widgets._state import display_stride
 
-    rng = np.random.default_rng(1)
-    for regions in (REGIONS, ("left_lung", "left_clavicle"), ("heart",)):
-        masks = {r: rng.random((37, 53)) < 0.4 for r in regions}
-        assert np.array_equal(paint_labels(masks, (37, 53)), labels_from_masks(masks, (37, 53)))
     assert display_stride((2048, 2048), 512) == 4 and display_stride((256, 256), 512) == 1
     assert display_stride((1955, 1841), 512) == 4 and display_stride((100, 100), None) == 1
 
 
 def test_hand_edits_in_prediction_layer_survive_threshold_and_rerun(viewer, qtbot, phantom_root, tiny_ckpt):
-    from napari_cxrseg._widgets._state import paint_labels
+    from napari_cxrseg._layers import labels_from_masks
 
     w, s = _predict_widget(viewer, tiny_ckpt)
     open_case(qtbot, s, phantom_root)
@@ -227,7 +222,7 @@ def test_hand_edits_in_prediction_layer_survive_threshold_and_rerun(viewer, qtbo
     w.th_region.setCurrentIndex(w.th_region.findData(None))
     w.threshold.setValue(0.8)
     qtbot.waitUntil(lambda: all(abs(t - 0.8) < 1e-9 for t in s.thresholds.values()), timeout=5000)
-    model = paint_labels({r: s.probs[r] >= 0.8 for r in s.probs}, (SIZE, SIZE))
+    model = labels_from_masks({r: s.probs[r] >= 0.8 for r in s.probs}, (SIZE, SIZE))
     qtbot.waitUntil(lambda: np.array_equal(pred.data[~where], model[~where]), timeout=5000)
     assert np.array_equal(pred.data[where], painted[where]), "a threshold change must not erase hand edits"
     assert not np.array_equal(model, painted), "the threshold change should have changed the model's labels"
@@ -245,7 +240,7 @@ def test_hand_edits_in_prediction_layer_survive_threshold_and_rerun(viewer, qtbo
     assert np.array_equal(pred.data[where], painted[where])
     # ... a new case starts clean, and "Discard hand edits" restores the model's labels
     assert w.discard_edits() is True
-    assert np.array_equal(pred.data, paint_labels(s.masks, (SIZE, SIZE)))
+    assert np.array_equal(pred.data, labels_from_masks(s.masks, (SIZE, SIZE)))
     assert s.prediction_edits() is None and w.discard_edits() is False
 
 
@@ -349,9 +344,9 @@ def test_prediction_labels_written_in_place_are_what_the_canvas_shows(make_napar
     pred.refresh = lambda *a, **k: (refreshes.append(1), orig_refresh(*a, **k))[1]
     wait_worker(qtbot, w.run())
     assert viewer.layers["PHANTOM002 prediction"] is pred and pred.data is buf
-    from napari_cxrseg._widgets._state import paint_labels
+    from napari_cxrseg._layers import labels_from_masks
 
-    assert np.array_equal(pred.data, paint_labels(s.masks, (SIZE, SIZE))) and pred.data.any()
+    assert np.array_equal(pred.data, labels_from_masks(s.masks, (SIZE, SIZE))) and pred.data.any()
     assert len(uploads) >= 1
     assert (len(refreshes) == 0) if contour == 0 else (len(refreshes) >= 1)
     heat = viewer.layers["PHANTOM002 heatmap heart"]

@@ -46,14 +46,14 @@ def _settle(qtbot, s, ms: int = 30_000) -> None:
 def _check_shown_prediction(s, orig_predict) -> None:
     """The prediction on screen belongs to the case on screen, and nobody painted it."""
     from cxrseg.predict import get_predictor
-    from napari_cxrseg._widgets._state import paint_labels
+    from napari_cxrseg._layers import labels_from_masks
 
     layer = s.get_layer("prediction")
     assert layer is not None, f"{s.case_id}: no prediction layer"
     md = layer.metadata["cxrseg"]
     assert md["case_id"] == s.case_id and not md.get("parked")
     assert s.prediction_edits() is None, "phantom hand edits"
-    assert np.array_equal(np.asarray(layer.data), paint_labels(s.masks, s.image.shape))
+    assert np.array_equal(np.asarray(layer.data), labels_from_masks(s.masks, s.image.shape))
     pred = get_predictor(s.checkpoint, device="cpu")
     want = orig_predict(pred, s.image.data, regions=tuple(s.probs))
     for r, p in s.probs.items():

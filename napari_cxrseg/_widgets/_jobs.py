@@ -22,8 +22,8 @@ import numpy as np
 
 from cxrseg.regions import REGIONS, parse_regions
 
+from .._layers import labels_from_masks
 from ._common import start_worker, torch_call
-from ._layer_helpers import paint_labels
 
 __all__ = ["Jobs", "compute_masks", "mask_job", "predict_job", "read_case"]
 
@@ -46,7 +46,7 @@ def compute_masks(
 def mask_job(probs: Mapping[str, np.ndarray], thresholds: Mapping[str, float], postprocess: bool, shape):
     """Worker body: thresholded masks and their label image (painted off the GUI thread)."""
     masks = compute_masks(probs, thresholds, postprocess=postprocess)
-    labels = paint_labels(masks, shape) if masks else np.zeros(shape, np.uint8)
+    labels = labels_from_masks(masks, shape) if masks else np.zeros(shape, np.uint8)
     return {"masks": masks, "labels": labels}
 
 

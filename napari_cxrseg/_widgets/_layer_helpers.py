@@ -20,7 +20,6 @@ __all__ = [
     "ERROR_COLORS",
     "layer_name",
     "is_case_layer",
-    "paint_labels",
     "display_stride",
     "heat_display",
     "_heat_colormap",
@@ -69,22 +68,6 @@ def is_case_layer(name: str, case_id: str) -> bool:
         return False
     rest = name[len(case_id):]
     return any(rest == s or rest.startswith(s + " ") for s in _SUFFIX.values() if s)
-
-
-def paint_labels(masks: Mapping[str, np.ndarray], shape) -> np.ndarray:
-    """Region masks (on one grid) -> ``uint8`` label image, as
-    :func:`napari_cxrseg._layers.labels_from_masks` paints it (same values, same paint
-    order: a later region of :data:`~cxrseg.regions.PAINT_ORDER` wins where masks overlap),
-    with one ``copyto(..., where=mask)`` per region (~1 ms for five 1024² masks; a bit-code
-    table lookup took 4 ms)."""
-    from cxrseg.regions import LABEL_VALUES, PAINT_ORDER
-
-    labels = np.zeros(tuple(shape), np.uint8)
-    for r in PAINT_ORDER:
-        m = masks.get(r)
-        if m is not None:
-            np.copyto(labels, np.uint8(LABEL_VALUES[r]), where=np.asarray(m, dtype=bool))
-    return labels
 
 
 def display_stride(shape, max_side: int | None) -> int:

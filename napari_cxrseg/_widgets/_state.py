@@ -63,7 +63,6 @@ from ._layer_helpers import (
     heat_display,
     is_case_layer,
     layer_name,
-    paint_labels,
 )
 from ._layer_pool import LayerPool, viewer_closed, watch_close
 
@@ -76,7 +75,6 @@ __all__ = [
     "LAYER_KINDS",
     "ERROR_COLORS",
     "compute_masks",
-    "paint_labels",
     "display_stride",
     "_heat_colormap",
     "_errors_colormap",
@@ -577,11 +575,11 @@ class Session:
             self.pool.adopt(self._add_layer(buf, kw, "image", kind="heatmap", region=r), buf)
 
     def _show_prediction_labels(self, labels: np.ndarray | None = None, *, keep_edits: bool = True) -> None:
-        from napari_cxrseg._layers import labels_layer_tuple
+        from napari_cxrseg._layers import labels_from_masks, labels_layer_tuple
 
         name = self.layer_name("prediction")
         if labels is None or labels.shape != self.image.shape:
-            labels = paint_labels(self.masks, self.image.shape) if self.masks else np.zeros(self.image.shape, np.uint8)
+            labels = labels_from_masks(self.masks, self.image.shape) if self.masks else np.zeros(self.image.shape, np.uint8)
         md = {"masks": dict(self.masks), "model_id": self.model_id, "thresholds": dict(self.thresholds),
               "postprocess": self.postprocess, "case_id": self.case_id, "kind": "prediction"}
         layer = self._claim("prediction")
