@@ -135,10 +135,11 @@ def test_fp16_on_cpu_falls_back_to_fp32(ckpt):
 
 
 def test_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch):
+    import cxrseg.model
     import cxrseg.predict as P
     from cxrseg.model import CheckpointError
 
-    monkeypatch.setattr(P, "default_checkpoint_path", lambda: tmp_path / "nothing.safetensors")
+    monkeypatch.setattr(cxrseg.model, "default_checkpoint_path", lambda: tmp_path / "nothing.safetensors")
     with pytest.raises(CheckpointError, match="shipped model"):
         P.Predictor()
 
@@ -160,6 +161,38 @@ def test_training_folder_resolves_to_best(tmp_path):
 
     make_tiny_checkpoint(tmp_path / "best.safetensors")
     assert resolve_checkpoint_path(tmp_path) == (tmp_path / "best.safetensors").resolve()
+
+
+def test_checkpoint_folder_file_names(tmp_path):
+    from cxrseg.model import (
+        CHECKPOINT_FILE_NAMES,
+        DEFAULT_MODEL_NAME,
+        CheckpointError,
+        checkpoint_in_folder,
+        load_checkpoint,
+        resolve_checkpoint_path,
+    )
+
+    assert CHECKPOINT_FILE_NAMES[0] == "best.safetensors" and CHECKPOINT_FILE_NAMES[-1] == "last.safetensors"
+    # a run that has no best epoch yet: its last one; a saved model.safetensors wins over it
+    make_tiny_checkpoint(tmp_path / "last.safetensors")
+    assert resolve_checkpoint_path(tmp_path) == (tmp_path / "last.safetensors").resolve()
+    make_tiny_checkpoint(tmp_path / DEFAULT_MODEL_NAME)
+    assert checkpoint_in_folder(tmp_path) == tmp_path / DEFAULT_MODEL_NAME
+    make_tiny_checkpoint(tmp_path / "model.safetensors")
+    assert checkpoint_in_folder(tmp_path) == tmp_path / "model.safetensors"
+    make_tiny_checkpoint(tmp_path / "best.safetensors")
+    assert checkpoint_in_folder(tmp_path) == tmp_path / "best.safetensors"
+    assert load_checkpoint(tmp_path).path == tmp_path / "best.safetensors"
+    # a folder without any of the names: an error that names them; .pt files are not looked for
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "weights.pt").write_bytes(b"x")
+    assert checkpoint_in_folder(empty) is None
+    with pytest.raises(CheckpointError, match="best.safetensors.*last.safetensors"):
+        resolve_checkpoint_path(empty)
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint_path(tmp_path / "missing.safetensors")
 
 
 # ----------------------------------------------------------------------------- cache

@@ -58,17 +58,14 @@ def available_devices() -> list[str]:
 
 def model_summary(checkpoint: str | None) -> dict:
     """What the dock says about a model file (reads the safetensors header only)."""
-    from cxrseg.model import MODEL_TIERS, default_checkpoint_path, read_metadata, tier_checkpoint_path
+    from cxrseg.model import CheckpointError, default_checkpoint_path, read_metadata, resolve_checkpoint_path
 
-    path = Path(checkpoint) if checkpoint else default_checkpoint_path()
-    if checkpoint and str(checkpoint).strip().lower() in MODEL_TIERS and not path.exists():
-        path = tier_checkpoint_path(str(checkpoint))  # "fast": the shipped 256 px model
-    if path.is_dir():
-        for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
-            if (path / name).is_file():
-                path = path / name
-                break
-    if checkpoint is None and not path.is_file():
+    try:
+        path = resolve_checkpoint_path(checkpoint or None)
+    except CheckpointError:
+        if checkpoint is not None:
+            raise
+        path = default_checkpoint_path()
         return {"ok": False, "path": str(path), "message": (
             f"The shipped model is missing ({path}). Choose a checkpoint file (e.g. best.safetensors "
             "written by `cxrseg train`), or reinstall napari-cxrseg.")}

@@ -402,17 +402,13 @@ def _columns(head: list[str], body: list[list[str]]) -> list[str]:
 
 def _expand_checkpoints(checkpoint) -> list[Path]:
     """Checkpoint files from a path, a folder, a folder of per-region folders, or a list."""
-    from .predict import resolve_checkpoint_path
+    from .model import checkpoint_in_folder, resolve_checkpoint_path
 
     items = list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint]
     out: list[Path] = []
     for item in items:
         p = Path(item).expanduser() if item is not None else None
-        if (
-            p is not None
-            and p.is_dir()
-            and not any((p / n).is_file() for n in ("best.safetensors", "model.safetensors"))
-        ):
+        if p is not None and p.is_dir() and checkpoint_in_folder(p) is None:
             subs = [p / r for r in REGIONS if (p / r).is_dir()]
             if subs:  # the poster's per-region models: OUT/<region>/best.safetensors
                 out += [resolve_checkpoint_path(s) for s in subs]

@@ -412,16 +412,13 @@ def plan_finetune(
     ------
     FinetuneError
         Unknown validation cases (see :func:`finetune_iter`).
+    CheckpointError
+        The checkpoint does not exist (:func:`cxrseg.model.resolve_checkpoint_path`).
     """
     from .dataset import DatasetIndex
-    from .model import default_checkpoint_path
+    from .model import resolve_checkpoint_path
 
-    src = Path(checkpoint).expanduser() if checkpoint is not None else default_checkpoint_path()
-    if src.is_dir():
-        for name in ("best.safetensors", "model.safetensors"):
-            if (src / name).is_file():
-                src = src / name
-                break
+    src = resolve_checkpoint_path(checkpoint)
     meta = _header_metadata(src)
     from .config import ModelConfig
 
@@ -553,7 +550,7 @@ def finetune_iter(
     from .data import ArrayData, build_arrays, sample_to_arrays
     from .dataset import DatasetIndex
     from .io import read_image
-    from .model import default_checkpoint_path, load_checkpoint, read_metadata, save_checkpoint
+    from .model import load_checkpoint, read_metadata, resolve_checkpoint_path, save_checkpoint
     from .train import train_iter
 
     if replay_ratio < 0:
@@ -562,12 +559,7 @@ def finetune_iter(
         raise FinetuneError(f"repeats must be >= 1, got {repeats}")
     if tolerance < 0:
         raise FinetuneError(f"tolerance must be >= 0, got {tolerance}")
-    src = Path(checkpoint).expanduser() if checkpoint is not None else default_checkpoint_path()
-    if src.is_dir():
-        for name in ("best.safetensors", "model.safetensors"):
-            if (src / name).is_file():
-                src = src / name
-                break
+    src = resolve_checkpoint_path(checkpoint)
     out_path = _resolve_out(out)
     if out_path.exists() and src.exists() and out_path.resolve() == src.resolve():
         raise FinetuneError(

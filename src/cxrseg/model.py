@@ -60,6 +60,74 @@ def tier_checkpoint_path(tier: str) -> Path:
     return Path(__file__).resolve().parent / "models" / name
 
 
+#: File names a checkpoint folder is searched for, in this order: a training run's best
+#: epoch, a model saved as ``model.safetensors``, the shipped models' names, and last a
+#: run's latest epoch (a run that has not written a best one yet).
+CHECKPOINT_FILE_NAMES: tuple[str, ...] = (
+    "best.safetensors",
+    "model.safetensors",
+    DEFAULT_MODEL_NAME,
+    FAST_MODEL_NAME,
+    "last.safetensors",
+)
+
+
+def checkpoint_in_folder(folder: str | os.PathLike) -> Path | None:
+    """The checkpoint file of a folder: the first of :data:`CHECKPOINT_FILE_NAMES` in it,
+    or None."""
+    folder = Path(folder)
+    for name in CHECKPOINT_FILE_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def resolve_checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file that ``checkpoint`` names.
+
+    ``None`` (or ``"default"``) is the model shipped in the package
+    (:func:`default_checkpoint_path`, 512 px); ``"fast"`` the shipped 256 px model
+    (:data:`MODEL_TIERS`), unless a file or folder of that name exists; a folder (a
+    training output folder) is searched for :data:`CHECKPOINT_FILE_NAMES`
+    (:func:`checkpoint_in_folder`).
+
+    Raises
+    ------
+    CheckpointError
+        The file (or the shipped model) does not exist, or the folder holds no checkpoint.
+    """
+    if checkpoint is not None and str(checkpoint).strip().lower() in MODEL_TIERS:
+        if not Path(checkpoint).expanduser().exists():  # a file or folder of that name wins
+            path = tier_checkpoint_path(str(checkpoint))
+            if path.name == DEFAULT_MODEL_NAME:
+                checkpoint = None
+            elif not path.is_file():
+                raise CheckpointError(f"the shipped {checkpoint} model {path} is not installed")
+            else:
+                return path.resolve()
+    if checkpoint is None:
+        path = default_checkpoint_path()
+        if not path.is_file():
+            raise CheckpointError(
+                f"the shipped model {path} is not installed (this copy of cxrseg has no bundled "
+                "weights); pass a checkpoint instead, e.g. --model runs/x/best.safetensors written "
+                "by 'cxrseg train'"
+            )
+        return path.resolve()
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        found = checkpoint_in_folder(path)
+        if found is None:
+            raise CheckpointError(
+                f"checkpoint folder {path} holds no {', '.join(CHECKPOINT_FILE_NAMES[:-1])} "
+                f"or {CHECKPOINT_FILE_NAMES[-1]}"
+            )
+        return found.resolve()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    return path.resolve()
+
+
 def build_model(config: ModelConfig, *, encoder_weights: str | os.PathLike | None = None):
     """Build the ``segmentation_models_pytorch.Unet`` described by ``config``.
 
@@ -317,10 +385,7 @@ def load_checkpoint(path: str | os.PathLike | None = None, *, device="cpu", dtyp
 
     path = Path(path) if path is not None else default_checkpoint_path()
     if path.is_dir():
-        for name in ("best.safetensors", "model.safetensors", DEFAULT_MODEL_NAME):
-            if (path / name).is_file():
-                path = path / name
-                break
+        path = checkpoint_in_folder(path) or path
     meta = read_metadata(path)
     config = ModelConfig.from_dict(meta["config"])
     try:

@@ -38,13 +38,7 @@ from typing import Any
 import numpy as np
 
 from .config import ModelConfig
-from .model import (
-    DEFAULT_MODEL_NAME,
-    MODEL_TIERS,
-    CheckpointError,
-    default_checkpoint_path,
-    tier_checkpoint_path,
-)
+from .model import resolve_checkpoint_path
 from .regions import canonical_region, parse_regions
 
 __all__ = [
@@ -62,55 +56,6 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def resolve_checkpoint_path(checkpoint: str | os.PathLike | None = None) -> Path:
-    """The checkpoint file that ``checkpoint`` names.
-
-    ``None`` (or ``"default"``) is the model shipped in the package
-    (:func:`cxrseg.model.default_checkpoint_path`, 512 px); ``"fast"`` the shipped 256 px
-    model (:data:`cxrseg.model.MODEL_TIERS`), unless a file or folder of that name exists;
-    a folder is searched for ``best.safetensors``, ``model.safetensors`` or the shipped
-    model's name (a training output folder works).
-
-    Raises
-    ------
-    CheckpointError
-        The file (or the shipped model) does not exist.
-    """
-    if checkpoint is not None and str(checkpoint).strip().lower() in MODEL_TIERS:
-        if not Path(checkpoint).expanduser().exists():  # a file or folder of that name wins
-            path = tier_checkpoint_path(str(checkpoint))
-            if path.name == DEFAULT_MODEL_NAME:
-                checkpoint = None
-            elif not path.is_file():
-                raise CheckpointError(f"the shipped {checkpoint} model {path} is not installed")
-            else:
-                return path.resolve()
-    if checkpoint is None:
-        path = default_checkpoint_path()
-        if not path.is_file():
-            raise CheckpointError(
-                f"the shipped model {path} is not installed (this copy of cxrseg has no bundled "
-                "weights); pass a checkpoint instead, e.g. --model runs/x/best.safetensors written "
-                "by 'cxrseg train'"
-            )
-        return path.resolve()
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        for name in ("best.safetensors", "model.safetensors", DEFAULT_MODEL_NAME):
-            if (path / name).is_file():
-                return (path / name).resolve()
-        raise CheckpointError(
-            f"checkpoint folder {path} holds no best.safetensors, "
-            f"model.safetensors or {DEFAULT_MODEL_NAME}"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
-    return path.resolve()
 
 
 # --------------------------------------------------------------------------- model surgery
