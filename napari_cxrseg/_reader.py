@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cxrseg.dataset import IMAGE_PREFERENCE, normalise_case_id
 from cxrseg.io import (
     IMAGE_SUFFIXES,
     JSRT_NBYTES,
@@ -42,6 +42,7 @@ from cxrseg.io import (
     MASK_SUFFIXES,
     CXRSegIOError,
     is_dicom,
+    is_hidden,
     read_image,
     read_mask,
 )
@@ -56,8 +57,6 @@ log = logging.getLogger(__name__)
 
 LayerData = tuple[Any, dict, str]
 
-_JSRT_RE = re.compile(r"^JPC[LN]N\d+$", re.IGNORECASE)
-
 #: Folder names that hold masks (never opened as images).
 _MASKS = "masks"
 #: Bounds of the look into a folder done by napari_get_reader.
@@ -70,15 +69,6 @@ def _region_or_none(name: str) -> str | None:
         return canonical_region(name)
     except ValueError:
         return None
-
-
-def _normalise_id(stem: str) -> str:
-    """JSRT stems upper-cased (``jpcln001`` -> ``JPCLN001``), as the dataset index does."""
-    return stem.upper() if _JSRT_RE.match(stem) else stem
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__pycache__"
 
 
 def _mask_region(p: Path) -> str | None:
@@ -108,7 +98,7 @@ def _looks_like_dataset(d: Path) -> bool:
             seen += 1
             if seen > _SCAN_ENTRIES:
                 return False
-            if _is_hidden(e.name):
+            if is_hidden(e.name):
                 continue
             try:
                 if e.is_dir():
@@ -314,8 +304,7 @@ def _companion_image(mask_path: Path, case_id: str) -> Path | None:
                 found.append(f)
     if not found:
         return None
-    rank = {".img": 0, ".dcm": 1, ".dicom": 1, ".png": 2}
-    return min(found, key=lambda f: (rank.get(f.suffix.lower(), 3), str(f)))
+    return min(found, key=lambda f: (IMAGE_PREFERENCE.get(f.suffix.lower(), 3), str(f)))
 
 
 def _image_geometry(p: Path) -> tuple[tuple[int, int], tuple[float, float] | None]:
@@ -332,7 +321,7 @@ def _read_mask_file(p: Path) -> list[LayerData]:
         raise CXRSegIOError(f"{p}: not a region mask (expected masks/<region>/<case>.gif)")
     mask = read_mask(p)
     if p.parent.parent.name.lower() == _MASKS:
-        case_id = _normalise_id(p.stem)
+        case_id = normalise_case_id(p.stem)
     else:  # <case folder>/<region>.gif: the case is the folder's image, or the folder
         case_id = p.parent.name
     scale: tuple[float, float] = (1.0, 1.0)
@@ -342,7 +331,7 @@ def _read_mask_file(p: Path) -> list[LayerData]:
         companion = _companion_image(p, case_id)
         if companion is not None:
             if p.parent.parent.name.lower() != _MASKS:
-                case_id = _normalise_id(companion.stem)
+                case_id = normalise_case_id(companion.stem)
             shape, img_spacing = _image_geometry(companion)
             if shape[0] * mask.shape[1] == shape[1] * mask.shape[0]:
                 image_path = str(companion)

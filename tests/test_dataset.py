@@ -12,6 +12,7 @@ from cxrseg.dataset import (
     case_fold,
     find_case_files,
     is_nodule_case,
+    normalise_case_id,
     parse_clinical_file,
     read_clinical,
 )
@@ -62,6 +63,15 @@ def _flat(root, cases, regions=REGIONS, ext=".gif", folder=lambda r: r):
 def test_case_fold_and_nodule(cid, fold, nodule):
     assert case_fold(cid) == fold
     assert is_nodule_case(cid) is nodule
+
+
+@pytest.mark.parametrize(
+    "stem, cid",
+    [("jpcln001", "JPCLN001"), ("JpCnN093", "JPCNN093"), ("JPCLN154", "JPCLN154"),
+     ("patient_7", "patient_7"), ("jpclx001", "jpclx001"), ("jpcln001_b", "jpcln001_b"), ("", "")],
+)
+def test_normalise_case_id(stem, cid):
+    assert normalise_case_id(stem) == cid
 
 
 # ------------------------------------------------------------------------------ layouts
@@ -230,6 +240,7 @@ def test_hidden_files_and_non_images_ignored(tmp_path):
     (tmp_path / "images" / "notes.txt").write_text("x")
     (tmp_path / "images" / ".JPCLN001.png.1234.tmp").write_bytes(b"")
     _png(tmp_path / ".cache" / "JPCLN777.png")
+    _png(tmp_path / "__pycache__" / "JPCLN778.png")
     assert DatasetIndex(tmp_path).case_ids == ["JPCLN001"]
 
 

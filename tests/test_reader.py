@@ -64,7 +64,11 @@ def test_get_reader_rejects_what_it_cannot_read(tmp_path, dataset):
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "a.txt").write_text("a")
     good = str(dataset / "images" / "PHANTOM002.png")
+    for hidden in (".cache", "__pycache__"):  # images only in hidden folders: not a dataset
+        (tmp_path / "hid" / hidden).mkdir(parents=True)
+        shutil.copy(good, tmp_path / "hid" / hidden / "PHANTOM002.png")
     for p in [
+        str(tmp_path / "hid"),
         str(tmp_path / "missing.IMG"),
         str(tmp_path / "notes.txt"),
         str(tmp_path / "empty"),
@@ -167,6 +171,12 @@ def test_read_mask_file(dataset, case, region, scale):
     md = kwargs["metadata"]["cxrseg"]
     assert md["region"] == region and md["case_id"] == case
     assert np.array_equal(md["masks"][region], make_phantom(SEEDS[case], size=SIZE).masks[region])
+
+
+def test_mask_file_of_a_lower_case_jsrt_stem_names_the_case_as_the_index(tmp_path):
+    write_mask(np.ones((8, 8), bool), tmp_path / "masks" / "heart" / "jpcln001.gif")
+    (_, kwargs, _), = read_cxr(str(tmp_path / "masks" / "heart" / "jpcln001.gif"))
+    assert kwargs["metadata"]["cxrseg"]["case_id"] == "JPCLN001"
 
 
 def test_read_dataset_root_opens_first_case(dataset):

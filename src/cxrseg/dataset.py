@@ -52,6 +52,7 @@ from .io import (
     CXRImage,
     CXRSegFileNotFoundError,
     CXRSegIOError,
+    is_hidden,
     read_image,
     read_mask,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "DatasetIndex",
     "case_fold",
     "is_nodule_case",
+    "normalise_case_id",
     "find_case_files",
     "parse_clinical_file",
     "read_clinical",
@@ -76,8 +78,13 @@ IMAGE_PREFERENCE: dict[str, int] = {".img": 0, ".dcm": 1, ".dicom": 1, ".png": 2
 _MASKS_DIR = "masks"
 
 
-def _normalise_id(stem: str) -> str:
-    """JSRT stems upper-cased (``jpcln001`` -> ``JPCLN001``); others unchanged."""
+def normalise_case_id(stem: str) -> str:
+    """The case id of a file stem: JSRT stems upper-cased (``jpcln001`` -> ``JPCLN001``),
+    other stems unchanged.
+
+    >>> normalise_case_id("jpcln001"), normalise_case_id("JPCNN010"), normalise_case_id("patient_7")
+    ('JPCLN001', 'JPCNN010', 'patient_7')
+    """
     return stem.upper() if _JSRT_RE.match(stem) else stem
 
 
@@ -184,10 +191,6 @@ def _image_rank(p: Path) -> tuple[int, str]:
     return (IMAGE_PREFERENCE.get(p.suffix.lower(), 3), str(p))
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__pycache__"
-
-
 def _scan_masks_dir(masks_dir: Path, out: dict[str, dict[str, Path]]) -> None:
     """Add ``<masks_dir>/<region>/<case>.<ext>`` files to ``out[case][region]``."""
     if _in_output(masks_dir):
@@ -197,7 +200,7 @@ def _scan_masks_dir(masks_dir: Path, out: dict[str, dict[str, Path]]) -> None:
     except OSError:
         return
     for entry in entries:
-        if not entry.is_dir() or _is_hidden(entry.name):
+        if not entry.is_dir() or is_hidden(entry.name):
             continue
         region = _region_of(entry.name)
         if region is None:
@@ -207,12 +210,12 @@ def _scan_masks_dir(masks_dir: Path, out: dict[str, dict[str, Path]]) -> None:
         except OSError:
             continue
         for f in files:
-            if _is_hidden(f.name) or not f.is_file():
+            if is_hidden(f.name) or not f.is_file():
                 continue
             stem, ext = os.path.splitext(f.name)
             if ext.lower() not in MASK_SUFFIXES:
                 continue
-            cid = _normalise_id(stem)
+            cid = normalise_case_id(stem)
             out.setdefault(cid, {}).setdefault(region, Path(f.path))
 
 
@@ -254,7 +257,7 @@ def _discover(root: Path):
         dirnames.sort()
         keep = []
         for d in dirnames:
-            if _is_hidden(d) or d.lower() == "corrections":
+            if is_hidden(d) or d.lower() == "corrections":
                 continue  # hidden folders and a corrections store are not ground truth
             sub = Path(dirpath) / d
             if (sub / OUTPUT_MARKER).is_file():
@@ -270,7 +273,7 @@ def _discover(root: Path):
         dir_images: list[Path] = []
         dir_region_files: dict[str, Path] = {}
         for name in sorted(filenames):
-            if _is_hidden(name):
+            if is_hidden(name):
                 continue
             stem, ext = os.path.splitext(name)
             low = ext.lower()
@@ -285,11 +288,11 @@ def _discover(root: Path):
                 continue
             dir_images.append(Path(dirpath) / name)
         for p in dir_images:
-            images.setdefault(_normalise_id(p.stem), []).append(p)
+            images.setdefault(normalise_case_id(p.stem), []).append(p)
         if (
             not no_truth
             and dir_region_files
-            and len({_normalise_id(p.stem) for p in dir_images}) == 1
+            and len({normalise_case_id(p.stem) for p in dir_images}) == 1
         ):
             beside.append((min(dir_images, key=_image_rank), dir_region_files))
     return images, masks, beside, clinical_files, ignored
@@ -429,7 +432,7 @@ def read_clinical(root) -> dict[str, dict]:
     """Parse every ``CLNDAT*.txt`` / ``CNNDAT*.txt`` file under ``root`` (case-insensitive)."""
     out: dict[str, dict] = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for name in sorted(filenames):
             if _CLINICAL_RE.match(name):
                 for k, v in parse_clinical_file(Path(dirpath) / name).items():
@@ -561,7 +564,7 @@ class DatasetIndex:
         if c is not None:
             return c
         k = Path(key).stem if Path(key).suffix.lower() in IMAGE_SUFFIXES else key
-        c = self._by_id.get(_normalise_id(k))
+        c = self._by_id.get(normalise_case_id(k))
         if c is not None:
             return c
         low = k.lower()
@@ -648,7 +651,7 @@ def find_case_files(path) -> Case:
         raise CXRSegFileNotFoundError(f"{p}: no such image file")
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         raise CXRSegIOError(f"{p}: expected an image file ({', '.join(IMAGE_SUFFIXES)})")
-    cid = _normalise_id(p.stem)
+    cid = normalise_case_id(p.stem)
     candidates = [p.parent / _MASKS_DIR, p.parent.parent / _MASKS_DIR]
     try:
         candidates += sorted(
@@ -681,7 +684,7 @@ def find_case_files(path) -> Case:
             r = _region_of(q.stem) if q.suffix.lower() in MASK_SUFFIXES else None
             if r is not None:
                 regionfiles.setdefault(r, q)
-            elif _normalise_id(q.stem) != cid:
+            elif normalise_case_id(q.stem) != cid:
                 single = False
         if single:
             mask_paths = regionfiles
