@@ -579,7 +579,8 @@ class Session:
 
         name = self.layer_name("prediction")
         if labels is None or labels.shape != self.image.shape:
-            labels = labels_from_masks(self.masks, self.image.shape) if self.masks else np.zeros(self.image.shape, np.uint8)
+            labels = (labels_from_masks(self.masks, self.image.shape) if self.masks
+                      else np.zeros(self.image.shape, np.uint8))
         md = {"masks": dict(self.masks), "model_id": self.model_id, "thresholds": dict(self.thresholds),
               "postprocess": self.postprocess, "case_id": self.case_id, "kind": "prediction"}
         layer = self._claim("prediction")
