@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from cxrseg.regions import REGIONS
-from cxrseg.review import STATUSES, ReviewLedger, case_ious, iter_review_run, ledger_path, rank_worst_first
+from cxrseg.review import (
+    STATUS_LABELS,
+    STATUSES,
+    ReviewLedger,
+    case_ious,
+    iter_review_run,
+    ledger_path,
+    rank_worst_first,
+)
 
 
 def test_status_roundtrip_and_persistence(tmp_path):
@@ -29,6 +37,9 @@ def test_status_roundtrip_and_persistence(tmp_path):
         with pytest.raises(ValueError):
             led.set_status("", "approved")
     assert set(STATUSES) == {"unreviewed", "approved", "flagged"}
+    # one label per status, shown by the Cases and Review docks; unreviewed cells stay empty
+    assert set(STATUS_LABELS) == set(STATUSES) and STATUS_LABELS["unreviewed"] == ""
+    assert all(STATUS_LABELS[st].endswith(st) for st in ("approved", "flagged"))
 
 
 def test_scores_per_model(tmp_path):

@@ -11,6 +11,8 @@ from _gui_fixtures import _isolated_home, open_case, phantom_root, tiny_ckpt, wa
 
 
 def test_table_columns_and_keyboard_stepping(make_napari_viewer, qtbot, phantom_root):
+    from cxrseg.regions import REGIONS, SHORT_NAMES
+    from cxrseg.review import STATUS_LABELS
     from napari_cxrseg._widgets._cases import CasesWidget
     from napari_cxrseg._widgets._state import _next_case, _previous_case, get_session
 
@@ -39,7 +41,10 @@ def test_table_columns_and_keyboard_stepping(make_napari_viewer, qtbot, phantom_
     s.set_case_scores("PHANTOM002", {"heart": 0.9123})
     assert w.cell_text("PHANTOM002", "heart") == "0.912"
     s.set_review("PHANTOM002", "flagged", "check heart border")
-    assert w.cell_text("PHANTOM002", "status").endswith("flagged")
+    assert w.cell_text("PHANTOM002", "status") == STATUS_LABELS["flagged"]
+    # region columns titled by the short names of cxrseg.regions
+    titles = [w.table.horizontalHeaderItem(c).text() for c in range(w.table.columnCount())]
+    assert titles[-len(REGIONS):] == [SHORT_NAMES[r] for r in REGIONS]
 
 
 def test_layer_names_and_case_switch_keeps_foreign_layers(make_napari_viewer, qtbot, phantom_root):

@@ -26,23 +26,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from cxrseg.regions import DISPLAY_NAMES, REGIONS
+from cxrseg.regions import DISPLAY_NAMES, REGIONS, SHORT_NAMES
+from cxrseg.review import STATUS_LABELS
 
 from ._common import fmt_score
 from ._state import get_session
 
-__all__ = ["CasesWidget", "SHORT_NAMES"]
-
-#: Short column titles (the patient's side, as everywhere).
-SHORT_NAMES = {
-    "heart": "heart",
-    "left_clavicle": "L clav",
-    "right_clavicle": "R clav",
-    "left_lung": "L lung",
-    "right_lung": "R lung",
-}
-
-_STATUS_MARK = {"unreviewed": "", "approved": "✔ approved", "flagged": "⚑ flagged"}
+__all__ = ["CasesWidget"]
 
 
 class SortItem(QTableWidgetItem):
@@ -161,7 +151,7 @@ class CasesWidget(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setMinimumSectionSize(24)
         widths = [width("JPCNN100", "PHANTOM000") + 12,  # + the sort indicator
-                  width("Nod.", "yes"), width("Fold", "2"), width("Review", *_STATUS_MARK.values())]
+                  width("Nod.", "yes"), width("Fold", "2"), width("Review", *STATUS_LABELS.values())]
         widths += [width("0.000", SHORT_NAMES[r]) for r in REGIONS]
         for j, w in enumerate(widths):
             self.table.setColumnWidth(j, w)
@@ -217,7 +207,7 @@ class CasesWidget(QWidget):
             entry = statuses.get(c.case_id)
             status = entry.status if entry else "unreviewed"
             items = [SortItem(c.case_id), SortItem(nod), SortItem(str(c.fold) if c.fold else "–", c.fold or 0),
-                     SortItem(_STATUS_MARK[status], status)]
+                     SortItem(STATUS_LABELS[status], status)]
             if entry and entry.comment:
                 items[3].setToolTip(entry.comment)
             sc = s.case_scores.get(c.case_id, {})
@@ -283,7 +273,7 @@ class CasesWidget(QWidget):
         e = self.session.review_status(case_id)
         sorting = self.table.isSortingEnabled()
         self.table.setSortingEnabled(False)
-        self._set_cell(case_id, 3, _STATUS_MARK.get(e.status, e.status), e.status, e.comment or "")
+        self._set_cell(case_id, 3, STATUS_LABELS.get(e.status, e.status), e.status, e.comment or "")
         self.table.setSortingEnabled(sorting)
         self._reindex()
 

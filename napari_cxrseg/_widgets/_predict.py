@@ -33,9 +33,8 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from cxrseg.regions import DISPLAY_NAMES, REGIONS
+from cxrseg.regions import DISPLAY_NAMES, REGIONS, SHORT_NAMES
 
-from ._cases import SHORT_NAMES
 from ._common import Debouncer, start_worker
 from ._state import get_session
 

@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 )
 
 from cxrseg.regions import DISPLAY_NAMES, REGIONS
-from cxrseg.review import default_reviewer, remembered_reviewer
+from cxrseg.review import STATUS_LABELS, default_reviewer, remembered_reviewer
 
 from .._shortcuts import with_key
 from ._common import fmt_score, notify_info, start_worker
@@ -52,7 +52,6 @@ __all__ = ["ReviewWidget", "review_job"]
 
 #: Choices of the *score* box: data -> text.
 SCORE_MODES = {"auto": "auto", "iou": "true IoU", "estimate": "estimated quality"}
-_STATUS_TEXT = {"unreviewed": "", "approved": "✔ approved", "flagged": "⚑ flagged"}
 
 
 def _who(entry) -> str:
@@ -347,7 +346,7 @@ class ReviewWidget(QWidget):
         score = (f"~{v:.2f}" if v is not None and math.isfinite(v) else "–") if estimate else fmt_score(v)
         msgs = self.failing.get(case_id, [])
         checks = _checks_text(msgs) if estimate else ""
-        for j, text in enumerate((case_id, score, _STATUS_TEXT.get(entry.status, entry.status), entry.comment,
+        for j, text in enumerate((case_id, score, STATUS_LABELS.get(entry.status, entry.status), entry.comment,
                                   checks)):
             self.table.setItem(row, j, _Item(text))
         self.table.item(row, 2).setToolTip(_who(entry))
@@ -567,7 +566,7 @@ class ReviewWidget(QWidget):
         row = self._row_of(case_id)
         if row is not None:
             e = self.session.review_status(case_id)
-            self.table.item(row, 2).setText(_STATUS_TEXT.get(e.status, e.status))
+            self.table.item(row, 2).setText(STATUS_LABELS.get(e.status, e.status))
             self.table.item(row, 2).setToolTip(_who(e))
             self.table.item(row, 3).setText(e.comment)
         self._update_counts()

@@ -29,6 +29,15 @@ DISPLAY_NAMES: dict[str, str] = {
     "right_lung": "right lung (patient)",
 }
 
+#: Short names for table columns and one-line summaries (patient's side, as everywhere).
+SHORT_NAMES: dict[str, str] = {
+    "heart": "heart",
+    "left_clavicle": "L clav",
+    "right_clavicle": "R clav",
+    "left_lung": "L lung",
+    "right_lung": "R lung",
+}
+
 #: RGBA colours (0-1) per region, from the Okabe-Ito palette (told apart with every common
 #: colour-vision deficiency): warm for the patient's left, cool for the right, reddish
 #: purple for the heart. Red and violet-blue are kept free for false positives/negatives.

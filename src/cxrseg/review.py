@@ -35,6 +35,7 @@ from .regions import REGIONS, canonical_region, parse_regions
 
 __all__ = [
     "STATUSES",
+    "STATUS_LABELS",
     "ReviewEntry",
     "ReviewLedger",
     "ledger_path",
@@ -49,6 +50,9 @@ __all__ = [
 
 #: The review states of a case.
 STATUSES: tuple[str, ...] = ("unreviewed", "approved", "flagged")
+
+#: How a status is shown in a table cell (an unreviewed case's cell stays empty).
+STATUS_LABELS: dict[str, str] = {"unreviewed": "", "approved": "✔ approved", "flagged": "⚑ flagged"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS review (
