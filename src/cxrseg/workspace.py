@@ -75,9 +75,9 @@ def mark_output(folder: str | os.PathLike, kind: str) -> Path:
         text = (
             f'{{"kind": "{kind}", "note": "written by cxrseg; never read as ground truth"}}\n'
         )
-        tmp = d / f".{OUTPUT_MARKER}.{os.getpid()}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, m)
+        from .io import atomic_write  # a temporary per writer: threads of one process too
+
+        atomic_write(m, lambda fh: fh.write(text.encode("utf-8")))
     return m
 
 
