@@ -1,8 +1,10 @@
-"""``cxrseg`` command line: one sub-command per module.
+"""``cxrseg`` command line: one sub-command per module of this package.
 
-Each sub-command lives in its own module, which defines ``add_arguments(parser)`` and
-``run_cli(args) -> int``. Modules are imported only when their command runs (and for
-``--help``), so ``cxrseg --help`` is fast and imports no torch.
+Each sub-command lives in its own module (``cxrseg.cli.train``, ``cxrseg.cli.predict``,
+...), which defines ``add_arguments(parser)`` and ``run_cli(args) -> int`` and calls the
+library (:mod:`cxrseg.batch`, :mod:`cxrseg.train`, ...); no library module imports this
+package. Modules are imported only when their command runs (and for its ``--help``), so
+``cxrseg --help`` is fast and imports no torch.
 """
 
 from __future__ import annotations
@@ -10,24 +12,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
 
-from . import __version__
+from .. import __version__
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("cxrseg.train_cli", "train a multi-label or per-region U-Net on a JSRT/SCR folder"),
-    "tune": ("cxrseg.tune", "k-fold cross-validated Bayesian hyper-parameter search (Optuna TPE)"),
-    "evaluate": ("cxrseg.evaluate", "Jaccard, Dice, contour distance and HD95 per case and region"),
-    "predict": ("cxrseg.predict_cli", "segment images and folders; write masks, heatmaps and a CSV"),
-    "predict-merge": ("cxrseg.distributed", "join the CSVs of a sharded predict run (--num-parts) into one"),
-    "finetune": ("cxrseg.finetune", "fine-tune a checkpoint on corrected masks with replay"),
-    "bench": ("cxrseg.bench", "benchmark the prediction engine against the poster's approach"),
-    "export": ("cxrseg.export", "write a checkpoint for shipping (fp16, evaluation summary in metadata)"),
-    "samples": ("cxrseg.phantom", "write synthetic phantom cases in the JSRT/SCR layout"),
-    "probe": ("cxrseg.probe", "position or anatomy? Jaccard under moves, structures removed or moved"),
+    "train": ("cxrseg.cli.train", "train a multi-label or per-region U-Net on a JSRT/SCR folder"),
+    "tune": ("cxrseg.cli.tune", "k-fold cross-validated Bayesian hyper-parameter search (Optuna TPE)"),
+    "evaluate": ("cxrseg.cli.evaluate", "Jaccard, Dice, contour distance and HD95 per case and region"),
+    "predict": ("cxrseg.cli.predict", "segment images and folders; write masks, heatmaps and a CSV"),
+    "predict-merge": ("cxrseg.cli.predict_merge", "join the CSVs of a sharded predict run (--num-parts) into one"),
+    "finetune": ("cxrseg.cli.finetune", "fine-tune a checkpoint on corrected masks with replay"),
+    "bench": ("cxrseg.cli.bench", "benchmark the prediction engine against the poster's approach"),
+    "export": ("cxrseg.cli.export", "write a checkpoint for shipping (fp16, evaluation summary in metadata)"),
+    "samples": ("cxrseg.cli.samples", "write synthetic phantom cases in the JSRT/SCR layout"),
+    "probe": ("cxrseg.cli.probe", "position or anatomy? Jaccard under moves, structures removed or moved"),
 }
 
 
@@ -39,10 +42,47 @@ def _available(name: str) -> bool:
         return False
 
 
+#: "%%" and "%(name)s" are argparse's; any other "%" is a literal one.
+_PERCENT = re.compile(r"%%|%\([^)]*\)[#0 +-]*\d*(?:\.\d+)?[a-zA-Z]|%")
+
+
+def _literal_percent(text: str) -> str:
+    return _PERCENT.sub(lambda m: "%%" if m.group(0) == "%" else m.group(0), text)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; each option's help ends with its default.
+
+    The default is shown only when it says something: not for ``None``, ``False``, empty
+    values, flags or required options, nor when the help already names its default. A
+    lone ``%`` in a help text is taken literally.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = _literal_percent(action.help or "")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            # Python < 3.11 appends "(default: True)" itself: on/off reads better
+            text = text.removesuffix(" (default: %(default)s)")
+        if not action.option_strings or action.required or "default" in text.lower():
+            return text
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        if isinstance(default, (str, list, tuple, dict, set)) and not default:
+            return text
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return f"{text} (default: {'on' if default else 'off'})"
+        if action.nargs == 0:  # store_const, store_true/false, help, version: nothing to add
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``cxrseg`` parser; only the command named on the command line gets its options."""
     parser = argparse.ArgumentParser(
         prog="cxrseg",
         description="Segmentation of chest radiographs: heart, clavicles and lungs (patient's left/right).",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cxrseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -51,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (mod, help_) in COMMANDS.items():
         if not _available(name):
             continue
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
         # Import a command's module only when it is the one being run.
         if name == wanted:
             m = importlib.import_module(mod)
@@ -67,6 +107,11 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: ``finally`` blocks run, workers end, claims go."""
+
+
+class UsageError(ValueError):
+    """A command was called wrongly: one line on stderr and exit status 2, also with
+    ``CXRSEG_DEBUG`` set (there is no traceback worth showing)."""
 
 
 def _on_sigterm(_signum, _frame):
@@ -95,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except UsageError as exc:
+        print(f"cxrseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         if os.environ.get("CXRSEG_DEBUG"):
             raise
@@ -104,14 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if os.environ.get("CXRSEG_DEBUG"):
             raise
-        from .io import describe_oserror
+        from ..io import describe_oserror
 
         print(f"cxrseg {args.command}: error: {describe_oserror(exc)}", file=sys.stderr)
         return EXIT_OUTPUT
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
