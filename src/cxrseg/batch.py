@@ -896,54 +896,26 @@ def run_predict(
     import torch
     from tqdm.auto import tqdm
 
-    from .distributed import part_names
-    from .predict import parse_thresholds
-
     t_start = time.perf_counter()
     quality = _check_options(batch_size, workers, mask_format, max_output_side, quality, uncertainty_maps)
     out_dir = Path(out_dir).expanduser()
     check_out_dir(out_dir, inputs)
-    regs = predictor.select(regions)
-    th = parse_thresholds(thresholds, regs, default=predictor.thresholds)
-    cases = _plan_cases(inputs, out_dir, planned, num_parts, part_id)
-
-    def _log(msg):
-        if log is not None:
-            log(msg)
-        else:
-            tqdm.write(msg, file=sys.stderr)
-
-    run = _Runner(
-        predictor,
-        out_dir,
-        regs,
-        th,
-        heatmaps=heatmaps,
-        heatmap_png=heatmap_png,
-        postprocess=postprocess,
-        mask_format=mask_format,
-        max_output_side=None if max_output_side is None else int(max_output_side),
-        log=_log,
+    run = _make_runner(
+        predictor, out_dir, regions, thresholds,
+        log if log is not None else (lambda msg: tqdm.write(msg, file=sys.stderr)),
+        heatmaps=heatmaps, heatmap_png=heatmap_png, postprocess=postprocess, mask_format=mask_format,
+        max_output_side=max_output_side, quality=quality, uncertainty_maps=uncertainty_maps,
     )
-    run.quality, run.uncertainty_maps = quality, bool(uncertainty_maps)
-    if num_parts > 1:
-        run.csv_name, run.errors_name = part_names(num_parts, part_id)
-        run.part_cases = [c.name for c in cases]
+    cases = _plan_cases(run, inputs, planned, num_parts, part_id)
     summary = PredictSummary(out_dir=out_dir, total=len(cases))
     todo: list[_Case] = []
     try:
         todo = _claim_cases(run, cases, overwrite, summary)
-        if summary.claimed_elsewhere:
-            _log(
-                f"cxrseg predict: {summary.claimed_elsewhere} case(s) are being segmented by "
-                f"another run on {out_dir}; left to it"
-            )
         if todo:
-            _predict_cases(run, todo, predictor, regs, batch_size, workers, progress, overlap,
-                           max_pixels, tqdm, torch)
+            _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels, tqdm, torch)
     finally:
         run.release_all()
-    return _summarise(run, summary, len(todo), predictor, t_start)
+    return _summarise(run, summary, len(todo), t_start)
 
 
 def _check_options(batch_size, workers, mask_format, max_output_side, quality, uncertainty_maps):
@@ -961,11 +933,34 @@ def _check_options(batch_size, workers, mask_format, max_output_side, quality, u
     return quality or ("full" if uncertainty_maps else None)
 
 
-def _plan_cases(inputs, out_dir: Path, planned, num_parts: int, part_id: int) -> list[_Case]:
-    """The cases of this run (of its part): ``planned``, or found in ``inputs`` and named."""
-    from .distributed import check_part, shard
+def _make_runner(predictor, out_dir: Path, regions, thresholds, log, *, max_output_side, quality,
+                 uncertainty_maps, **options) -> _Runner:
+    """The run's writer, for the regions asked for (all the model's by default) at their
+    thresholds (the model's by default)."""
+    from .predict import parse_thresholds
+
+    regs = predictor.select(regions)
+    th = parse_thresholds(thresholds, regs, default=predictor.thresholds)
+    run = _Runner(
+        predictor,
+        out_dir,
+        regs,
+        th,
+        max_output_side=None if max_output_side is None else int(max_output_side),
+        log=log,
+        **options,
+    )
+    run.quality, run.uncertainty_maps = quality, bool(uncertainty_maps)
+    return run
+
+
+def _plan_cases(run: _Runner, inputs, planned, num_parts: int, part_id: int) -> list[_Case]:
+    """The cases of this run (of its part): ``planned``, or found in ``inputs`` and named;
+    a part writes its own CSVs."""
+    from .distributed import check_part, part_names, shard
 
     check_part(num_parts, part_id)
+    out_dir = run.out
     if planned is None:
         files = collect_inputs(inputs, exclude=out_dir)
         if not files:
@@ -974,12 +969,17 @@ def _plan_cases(inputs, out_dir: Path, planned, num_parts: int, part_id: int) ->
                 f"(expected {', '.join(IMAGE_SUFFIXES)} files)"
             )
         planned = shard(list(zip(case_names(files), files, strict=True)), num_parts, part_id)
-    return [_Case(n, Path(f), str(Path(f).resolve())) for n, f in planned]
+    cases = [_Case(n, Path(f), str(Path(f).resolve())) for n, f in planned]
+    if num_parts > 1:
+        run.csv_name, run.errors_name = part_names(num_parts, part_id)
+        run.part_cases = [c.name for c in cases]
+    return cases
 
 
 def _claim_cases(run: _Runner, cases: list[_Case], overwrite: bool, summary: PredictSummary) -> list[_Case]:
     """Prepare the output folder and claim the cases to compute (the others are done or
-    claimed by a live run: counted in ``summary``); returns the claimed cases.
+    claimed by a live run: counted in ``summary``, the latter logged); returns the
+    claimed cases.
 
     Raises
     ------
@@ -1014,10 +1014,15 @@ def _claim_cases(run: _Runner, cases: list[_Case], overwrite: bool, summary: Pre
         raise OutputWriteError(
             getattr(exc, "errno", None), f"cannot write the output: {describe_oserror(exc)}"
         ) from exc
+    if summary.claimed_elsewhere:
+        run.log(
+            f"cxrseg predict: {summary.claimed_elsewhere} case(s) are being segmented by "
+            f"another run on {out_dir}; left to it"
+        )
     return todo
 
 
-def _summarise(run: _Runner, summary: PredictSummary, n_todo: int, predictor, t_start: float) -> PredictSummary:
+def _summarise(run: _Runner, summary: PredictSummary, n_todo: int, t_start: float) -> PredictSummary:
     """Fill ``summary`` from the finished run; raise if the output became unwritable."""
     from .io import describe_oserror
 
@@ -1025,7 +1030,7 @@ def _summarise(run: _Runner, summary: PredictSummary, n_todo: int, predictor, t_
     summary.errors = list(run.errors)
     summary.failed = len({e[0] for e in run.errors})
     summary.seconds = time.perf_counter() - t_start
-    summary.model_loaded = bool(getattr(predictor, "loaded", True))
+    summary.model_loaded = bool(getattr(run.pred, "loaded", True))
     if run.fatal is not None:
         left = n_todo - run.done - summary.failed
         raise OutputWriteError(
@@ -1036,7 +1041,7 @@ def _summarise(run: _Runner, summary: PredictSummary, n_todo: int, predictor, t_
     return summary
 
 
-def _make_loader(run: _Runner, todo: list[_Case], predictor, batch_size, workers, max_pixels, torch):
+def _make_loader(run: _Runner, todo: list[_Case], batch_size, workers, max_pixels, torch):
     """A DataLoader decoding ``todo`` in worker processes (in this one for a run of one batch)."""
     n_workers = default_workers() if workers is None else int(workers)
     if workers is None and len(todo) <= batch_size:
@@ -1044,7 +1049,7 @@ def _make_loader(run: _Runner, todo: list[_Case], predictor, batch_size, workers
     n_workers = min(n_workers, len(todo))
     ds = DecodeDataset(
         [c.path for c in todo],
-        predictor.input_size,
+        run.pred.input_size,
         max_side=run.max_output_side,
         max_pixels=max_pixels,
     )
@@ -1059,7 +1064,7 @@ def _make_loader(run: _Runner, todo: list[_Case], predictor, batch_size, workers
     )
 
 
-def _forward(run: _Runner, todo: list[_Case], batch, predictor, regs, bar):
+def _forward(run: _Runner, todo: list[_Case], batch, bar):
     """Report a decoded batch's failed files and run the others through the model:
     ``(items, probabilities)``, or None when nothing is left to write."""
     good = []
@@ -1077,7 +1082,7 @@ def _forward(run: _Runner, todo: list[_Case], batch, predictor, regs, bar):
     if not good:
         return None
     try:
-        prob = predictor.forward(np.stack([it_["input"] for _, it_ in good]), regions=regs)
+        prob = run.pred.forward(np.stack([it_["input"] for _, it_ in good]), regions=run.regions)
     except Exception as exc:
         for c, _ in good:
             run.error(c.path, c.name, f"model failed: {_reason(exc)}")
@@ -1086,11 +1091,9 @@ def _forward(run: _Runner, todo: list[_Case], batch, predictor, regs, bar):
     return good, prob
 
 
-def _predict_cases(
-    run, todo, predictor, regs, batch_size, workers, progress, overlap, max_pixels, tqdm, torch
-):
+def _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels, tqdm, torch):
     """Decode, forward and write ``todo`` (claimed cases); stops on a fatal output error."""
-    loader = _make_loader(run, todo, predictor, batch_size, workers, max_pixels, torch)
+    loader = _make_loader(run, todo, batch_size, workers, max_pixels, torch)
     bar = tqdm(
         total=len(todo),
         desc="predict",
@@ -1117,7 +1120,7 @@ def _predict_cases(
         for batch in it:
             if run.fatal is not None:
                 break
-            step = _forward(run, todo, batch, predictor, regs, bar)
+            step = _forward(run, todo, batch, bar)
             if step is None:
                 continue
             if pool is None:
