@@ -179,7 +179,7 @@ def test_read_refuses_a_plain_image(phantom_dicom):
 # ------------------------------------------------------------------------- cxrseg predict
 
 
-def _predict_cli(monkeypatch, *argv):
+def _predict_command(monkeypatch, *argv):
     import sys
 
     from cxrseg import cli
@@ -212,7 +212,7 @@ def test_predict_dicom_seg_for_dicom_inputs_and_a_message_for_others(phantom_dic
     path.rename(inp / "chest.dcm")
     Image.fromarray((ph.image * 255).astype(np.uint8)).save(inp / "other.png")
     out = tmp_path / "out"
-    rc = _predict_cli(monkeypatch, inp, "--out", out, "--model", tiny_ckpt, "--workers", "0", "--quiet",
+    rc = _predict_command(monkeypatch, inp, "--out", out, "--model", tiny_ckpt, "--workers", "0", "--quiet",
                       "--device", "cpu", "--dicom-seg")
     assert rc == 0
     err = capsys.readouterr().err
@@ -233,10 +233,10 @@ def test_predict_dicom_seg_fractional_needs_and_uses_the_heatmaps(phantom_dicom,
     path, _ = phantom_dicom
     out = tmp_path / "out"
     common = (path, "--out", out, "--model", tiny_ckpt, "--workers", "0", "--quiet", "--device", "cpu")
-    assert _predict_cli(monkeypatch, *common, "--dicom-seg", "fractional") == 2
+    assert _predict_command(monkeypatch, *common, "--dicom-seg", "fractional") == 2
     assert "add --heatmaps" in capsys.readouterr().err
     assert not out.exists()
-    assert _predict_cli(monkeypatch, *common, "--heatmaps", "--dicom-seg", "fractional") == 0
+    assert _predict_command(monkeypatch, *common, "--heatmaps", "--dicom-seg", "fractional") == 0
     back = read_dicom_seg(out / "dicom-seg" / "phantom.seg.dcm")
     assert back.fractional
     for r in REGIONS:

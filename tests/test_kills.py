@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: surely busy in its DataLoader workers when it is killed.
 _SLOW_PREDICT = """
 import sys, time
-import cxrseg.predict_cli as pc
+import cxrseg.batch as pc
 SECONDS = float(sys.argv[1])  # read now: main() rewrites sys.argv
 orig = pc.DecodeDataset.__getitem__
 def slow(self, i):

@@ -135,7 +135,7 @@ def test_huge_images_are_decoded_reduced_and_written_at_the_documented_size(tmp_
     from _tiny_model import make_tiny_checkpoint
 
     from cxrseg.cli import main
-    from cxrseg.predict_cli import output_shape
+    from cxrseg.batch import output_shape
 
     a = (np.arange(600 * 300) % 251).astype(np.uint8).reshape(600, 300)
     p = tmp_path / "in" / "wide.png"

@@ -216,12 +216,13 @@ def test_write_phantom_dataset(tmp_path):
 
 
 def test_samples_cli(tmp_path, monkeypatch, capsys):
-    from cxrseg import cli, phantom
+    from cxrseg import cli
+    from cxrseg.cli import samples
 
     parser = argparse.ArgumentParser()
-    phantom.add_arguments(parser)
+    samples.add_arguments(parser)
     args = parser.parse_args([str(tmp_path / "a"), "-n", "2", "--size", "64", "--format", "dcm"])
-    assert phantom.run_cli(args) == 0
+    assert samples.run_cli(args) == 0
     assert sorted(p.name for p in (tmp_path / "a" / "images").iterdir()) == [
         "PHANTOM001.dcm",
         "PHANTOM002.dcm",

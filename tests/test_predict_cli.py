@@ -257,7 +257,7 @@ def test_usage_errors_exit_2(ckpt, data, tmp_path, capsys):
 def test_case_names():
     from pathlib import Path
 
-    from cxrseg.predict_cli import case_names
+    from cxrseg.batch import case_names
 
     files = [
         Path("/d/a/img/x.png"),

@@ -252,7 +252,7 @@ def test_real_validation_case(real_data_root):
     assert not [c for c in rep.failing if c.name in ("left_right_order", "heart_between_lungs")]
 
 
-def test_predict_cli_quality_columns_and_maps(tmp_path):
+def test_predict_command_quality_columns_and_maps(tmp_path):
     import csv
 
     from _tiny_model import make_tiny_checkpoint

@@ -167,7 +167,7 @@ def test_a_live_runs_claims_are_left_to_it(ckpt, tmp_path, capsys):
 
 _SLOW = """
 import sys, time
-import cxrseg.predict_cli as pc
+import cxrseg.batch as pc
 orig = pc.DecodeDataset.__getitem__
 def slow(self, i):
     time.sleep(0.4)

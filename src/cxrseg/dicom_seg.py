@@ -411,7 +411,7 @@ def write_predict_outputs(
     import sys
 
     from .io import read_mask
-    from .predict_cli import case_names, collect_inputs
+    from .batch import case_names, collect_inputs
 
     if mode not in ("binary", "fractional"):
         raise ValueError(f"DICOM SEG mode must be 'binary' or 'fractional', got {mode!r}")

@@ -18,7 +18,6 @@ run: done cases are skipped.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -77,7 +76,7 @@ def merge_parts(out_dir, *, num_parts: int | None = None, allow_missing: bool = 
     ValueError
         Parts of different splits (``-of-4`` and ``-of-8``) and no ``num_parts`` to choose.
     """
-    from .predict_cli import CSV_COLUMNS, ERROR_COLUMNS, _csv_text, _header, _write_text_atomic
+    from .batch import CSV_COLUMNS, ERROR_COLUMNS, _csv_text, _header, _write_text_atomic
     from .regions import REGIONS
 
     out_dir = Path(out_dir)
@@ -127,7 +126,7 @@ def _run_part(spec: dict, planned: list, num_parts: int, part_id: int) -> dict:
     import torch
 
     from .predict import get_predictor
-    from .predict_cli import run_predict
+    from .batch import run_predict
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -219,7 +218,7 @@ def run_on_dask(
     threads : int, optional
         ``torch.set_num_threads`` on the workers.
     Other parameters
-        As :func:`cxrseg.predict_cli.run_predict`; the workers need the same file system
+        As :func:`cxrseg.batch.run_predict`; the workers need the same file system
         paths as this process.
 
     Returns
@@ -229,7 +228,7 @@ def run_on_dask(
         (lines) and ``workers`` (the process ids that ran parts).
     """
     from .predict import resolve_checkpoint_path
-    from .predict_cli import case_names, collect_inputs
+    from .batch import case_names, collect_inputs
 
     out_dir = Path(out_dir).expanduser()
     files = collect_inputs(inputs, exclude=out_dir)
@@ -299,49 +298,3 @@ def run_on_dask(
         "errors": [e for r in results for e in r["errors"]],
         "workers": sorted({r["worker_pid"] for r in results}),
     }
-
-
-def run_cli_dask(args) -> int:
-    """``cxrseg predict --scheduler``: the parsed predict arguments, run on Dask."""
-    if getattr(args, "num_parts", 1) != 1 or getattr(args, "part_id", 0) != 0:
-        raise ValueError("--scheduler splits the inputs itself: drop --num-parts/--part-id")
-    s = run_on_dask(
-        args.inputs,
-        args.out,
-        scheduler=args.scheduler,
-        model=args.model,
-        device=args.device,
-        precision=args.precision,
-        regions=args.regions,
-        thresholds=args.threshold,
-        heatmaps=args.heatmaps,
-        heatmap_png=args.heatmap_png,
-        batch_size=args.batch_size,
-        postprocess=args.postprocess,
-        overwrite=args.overwrite,
-        mask_format=args.mask_format,
-        progress=not args.quiet,
-    )
-    print(
-        f"{s['total']} image(s): {s['predicted']} segmented, {s['skipped']} already done, {s['failed']} failed "
-        f"-> {args.out} ({s['parts']} parts on {len(s['workers'])} worker process(es))"
-    )
-    return 1 if s["failed"] else 0
-
-
-# --------------------------------------------------------------------------- predict-merge CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", type=Path, help="the output folder the parts wrote into")
-    p.add_argument("--num-parts", type=int, default=None, help="the split to merge (default: the only one there)")
-    p.add_argument("--allow-missing", action="store_true", help="merge the parts that are there")
-
-
-def run_cli(args) -> int:
-    rows, errs = merge_parts(args.out, num_parts=args.num_parts, allow_missing=args.allow_missing)
-    print(
-        f"merged -> {args.out / 'predictions.csv'} ({rows} rows)"
-        + (f", {args.out / 'errors.csv'} ({errs} failed files)" if errs else "")
-    )
-    return 1 if errs else 0

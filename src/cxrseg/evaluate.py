@@ -24,7 +24,6 @@ are computed the same way (the union of the two masks), so they are comparable.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -417,10 +416,20 @@ def _expand_checkpoints(checkpoint) -> list[Path]:
     return out
 
 
+def parse_case_list(spec: str | None) -> list[str] | None:
+    """Case ids from a comma list or from a file with one id per line (``#`` starts a
+    comment line); None for an empty ``spec``."""
+    if not spec:
+        return None
+    p = Path(spec)
+    if p.is_file():
+        return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
 def select_cases(index, spec, val_cases: list[str] | None) -> tuple[list, str]:
     """Cases named by ``spec``: None (the checkpoint's validation cases, else all),
     ``"val"``, ``"all"``, ``"fold1"``, ``"fold2"``, a comma list, a file of ids or a list."""
-    from .train_cli import parse_case_list
 
     def by_ids(ids, source):
         ids = list(ids)
@@ -610,88 +619,3 @@ def evaluate_model(
         postprocessed=bool(postprocess),
         notes=notes,
     )
-
-
-# -------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .train_cli import default_data_root
-
-    p.add_argument(
-        "--model",
-        action="append",
-        default=None,
-        metavar="CKPT",
-        help="checkpoint, training folder, or folder of per-region folders (repeatable; "
-        "default: the shipped model)",
-    )
-    p.add_argument(
-        "--data",
-        default=default_data_root(),
-        help="JSRT/SCR root with ground-truth masks; default $CXRSEG_DATA",
-    )
-    p.add_argument(
-        "--cases",
-        default=None,
-        help="val (the checkpoint's validation cases: the default when it lists them), all, "
-        "fold1, fold2, a comma list of ids, or a file with one id per line",
-    )
-    p.add_argument(
-        "--regions", default=None, help="regions to evaluate (default: all the model predicts)"
-    )
-    p.add_argument("--out", type=Path, default=None, help="write the per-case rows to this CSV")
-    p.add_argument(
-        "--groups-csv",
-        action="store_true",
-        help="also write the lungs/clavicles group rows to --out",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument(
-        "--thresholds",
-        default=None,
-        help="override the checkpoint's thresholds: 0.4 or heart=0.4,left_lung=0.6",
-    )
-    p.add_argument(
-        "--postprocess",
-        action="store_true",
-        help="keep each mask's largest component and fill holes before measuring",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_cli(args) -> int:
-    if not args.data:
-        raise ValueError("no data folder: pass --data or set CXRSEG_DATA")
-    bar = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
-
-        def progress(i, n):
-            nonlocal bar
-            if bar is None:
-                bar = tqdm(total=n, desc="evaluate", dynamic_ncols=True)
-            bar.update(1)
-    else:
-        progress = None
-    try:
-        res = evaluate_model(
-            args.model if args.model else None,
-            args.data,
-            cases=args.cases,
-            regions=args.regions,
-            device=args.device,
-            precision=args.precision,
-            progress=progress,
-            postprocess=args.postprocess,
-            thresholds=args.thresholds,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    print(res.format_table())
-    if args.out:
-        path = res.to_csv(args.out, groups=args.groups_csv)
-        print(f"per-case metrics: {path}")
-    return 0

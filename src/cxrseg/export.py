@@ -7,7 +7,6 @@ mean ± sd from a ``cxrseg evaluate`` CSV, so the numbers travel with the weight
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from collections import defaultdict
@@ -44,19 +43,3 @@ def export_checkpoint(src, dst, *, half: bool = True, evaluation=None, note: str
     if note:
         meta["note"] = note
     return save_checkpoint(ck.model, ck.config, dst, metadata=meta, half=half)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="source checkpoint (.safetensors or a training folder)")
-    p.add_argument("out", type=Path, help="exported .safetensors file")
-    p.add_argument("--fp32", action="store_true", help="keep float32 weights (default: float16)")
-    p.add_argument("--evaluation", default=None, help="a cxrseg evaluate CSV to summarise into the metadata")
-    p.add_argument("--note", default=None)
-
-
-def run_cli(args) -> int:
-    path = export_checkpoint(args.checkpoint, args.out, half=not args.fp32, evaluation=args.evaluation,
-                             note=args.note)
-    size = path.stat().st_size / 1e6
-    print(f"wrote {path} ({size:.1f} MB)")
-    return 0

@@ -1,4 +1,6 @@
-"""``cxrseg predict``: segment radiographs and folders of them.
+"""Batch prediction engine behind ``cxrseg predict``: segment radiographs and folders
+of them into one output folder (:func:`run_predict`); the command line is
+:mod:`cxrseg.cli.predict`.
 
 Output layout (``--out DIR``)::
 
@@ -37,26 +39,17 @@ metadata and never loads its weights. Each case to do is first *claimed*
 (``.claims/<case>``, created exclusively, holding the process id): a second run on the
 same ``--out`` skips the cases a live run has claimed, and claims of dead runs are taken
 over. Temporary files left by a killed run (``.<name>.<pid>.<hex>.tmp``) are removed at
-the start of the next run on the same folder; they are never read as results. ``predictions.csv`` is rebuilt from the
-markers at the start and the end of a run and appended one complete batch at a time in
-between (one ``write`` on an ``O_APPEND`` file), so a killed run never leaves a corrupt
-CSV, and the next run repairs it.
+the start of the next run on the same folder; they are never read as results.
+``predictions.csv`` is rebuilt from the markers at the start and the end of a run and
+appended one complete batch at a time in between (one ``write`` on an ``O_APPEND``
+file), so a killed run never leaves a corrupt CSV, and the next run repairs it.
 
 Case names are the file stems; stems that occur more than once (``a/x.png`` and
 ``b/x.png``) are prefixed with their parent folders (``a__x``, ``b__x``).
-
-Exit status: 0 when every file was segmented, 1 when any failed (the others are still
-done; see ``errors.csv``), 2 for usage errors (bad options, missing inputs, a model that
-cannot be loaded), 3 when the output cannot be written (full disk, read-only folder, no
-permission: the run stops at once, with one line naming the path and the cause; what was
-written is complete and the next run resumes), 130 when interrupted (Ctrl-C, SIGINT) and
-143 when terminated (SIGTERM); DataLoader worker processes end with the run, however it
-ends.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io as _io
 import json
@@ -91,137 +84,6 @@ ERROR_COLUMNS = ("path", "case", "reason")
 MARKER_VERSION = 2
 #: Longer side above which masks are written scaled down (bounds the memory of huge inputs).
 DEFAULT_MAX_OUTPUT_SIDE = 4096
-#: Exit status when the output cannot be written (full disk, read-only folder, ...).
-EXIT_OUTPUT_ERROR = 3
-
-
-# --------------------------------------------------------------------------- arguments
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="INPUT",
-        help="image files (JSRT .IMG, DICOM, PNG/JPEG/TIFF) and folders (searched recursively; "
-        "'masks' folders and the output folder are skipped)",
-    )
-    p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="checkpoint (.safetensors), training folder, or a shipped model: 'default' (512 px) "
-        "or 'fast' (256 px, about 3x faster, Jaccard 0.002-0.017 lower); default: 'default'",
-    )
-    p.add_argument(
-        "--regions",
-        default=None,
-        help="all, lungs, clavicles or a comma list (heart,left_clavicle,...); "
-        "default: every region the model predicts",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default="auto",
-        help="auto: the fastest precision and memory layout as measured on this machine on first "
-        "use of the model (a few seconds, then cached); an explicit value always wins",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model (CUDA graphs on a GPU); pays off only on long runs",
-    )
-    p.add_argument(
-        "--threshold",
-        default=None,
-        help="probability threshold: one value (0.4), per region (heart=0.4,left_clavicle=0.5) "
-        "or both (0.45,heart=0.4); default: the model's (0.5 unless calibrated)",
-    )
-    p.add_argument(
-        "--heatmaps",
-        action="store_true",
-        help="also write float16 probability maps: OUT/heatmaps/<region>/<case>.npy",
-    )
-    p.add_argument(
-        "--heatmap-png",
-        action="store_true",
-        help="also write 8-bit PNG previews of the probability maps "
-        "(OUT/heatmaps/<region>/<case>.png)",
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="DataLoader processes that decode and pre-process images while the model runs "
-        "(0: decode in the main process; default: min(4, CPUs/2))",
-    )
-    p.add_argument(
-        "--postprocess",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep each region's largest component and fill holes (default: on)",
-    )
-    p.add_argument(
-        "--mask-format",
-        choices=("png", "gif"),
-        default="png",
-        help="mask file format (default png)",
-    )
-    p.add_argument(
-        "--max-output-side",
-        type=int,
-        default=DEFAULT_MAX_OUTPUT_SIDE,
-        help="inputs whose longer side exceeds this get masks scaled down to it, which "
-        f"bounds memory (default {DEFAULT_MAX_OUTPUT_SIDE})",
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help="refuse images with more pixels than this, before decoding them (default: "
-        "$CXRSEG_MAX_PIXELS, else cxrseg.io.DEFAULT_MAX_PIXELS)",
-    )
-    p.add_argument(
-        "--quality",
-        nargs="?",
-        const="full",
-        choices=("quick", "full"),
-        default=None,
-        help="estimate each region's Jaccard without ground truth and list failing plausibility "
-        "checks in the CSV (est_jaccard, failing_checks); full (default): with test-time "
-        "augmentation, quick: checks and entropy only",
-    )
-    p.add_argument(
-        "--uncertainty-maps",
-        action="store_true",
-        help="with --quality full: write float16 disagreement maps OUT/uncertainty/<region>/<case>.npy",
-    )
-    p.add_argument(
-        "--dicom-seg", nargs="?", const="binary", choices=("binary", "fractional"), default=None,
-        help="also write a DICOM Segmentation per DICOM input, OUT/dicom-seg/<case>.seg.dcm "
-        "(binary masks; 'fractional': the probability maps, needs --heatmaps)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="recompute cases that are already done")
-    p.add_argument(
-        "--num-parts",
-        type=int,
-        default=1,
-        metavar="N",
-        help="split the sorted input list into N parts (round robin) and segment only part --part-id; "
-        "each part writes predictions.part-K-of-N.csv (merge them with 'cxrseg predict-merge OUT')",
-    )
-    p.add_argument("--part-id", type=int, default=0, metavar="K", help="the part to segment, 0..N-1 (default 0)")
-    p.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="run on a Dask distributed cluster (tcp://host:8786, or local / local:N for a cluster of N "
-        "worker processes on this machine): parts go to the workers, each loads the model once; "
-        "needs the [cluster] extra",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -785,13 +647,48 @@ class _Runner:
         return len(items)
 
     def _finish_one(self, c: _Case, item: dict, prob, th, clean) -> list[dict]:
-        import torch
-
-        from .io import atomic_write, write_mask
-        from .transforms import PadInfo
-
+        """Write one case's files and its done-marker; its CSV rows."""
         h0, w0 = item["shape"]
         h, w = output_shape((h0, w0), self.max_output_side)
+        masks, heat, qcols = self._masks(c, item, prob, th, clean, (h0, w0), (h, w))
+        sp = item["spacing"]
+        if sp is not None and (h, w) != (h0, w0):
+            sp = (sp[0] * h0 / h, sp[1] * w0 / w)
+        rows = self._write_files(c, masks, heat, qcols, sp, (h, w))
+        thresholds = self._keep_old_rows(c, item, rows)
+        marker = {
+            "version": MARKER_VERSION,
+            "case": c.name,
+            "source": c.source,
+            "input": item.get("key"),
+            "model_id": self.pred.model_id,
+            "model_path": str(self.pred.path),
+            "precision": self.pred.precision,
+            "postprocess": bool(self.postprocess),
+            "options": self.options(),
+            "thresholds": thresholds,
+            "shape": [h, w],
+            "input_shape": [h0, w0],
+            "spacing": None if sp is None else list(sp),
+            "rows": rows,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        if item.get("note"):
+            marker["note"] = item["note"]
+        _write_text_atomic(self.marker_path(c.name), json.dumps(marker, indent=1))
+        self.release(c.name)
+        with self.lock:
+            self.done += 1
+        return [r for r in rows if r["region"] in self.regions]
+
+    def _masks(self, c: _Case, item: dict, prob, th, clean, shape0, shape):
+        """Probabilities at the written size -> ``(masks, float16 maps or None, quality
+        columns)``; the float32 maps are not kept while the files are written."""
+        import torch
+
+        from .transforms import PadInfo
+
+        (h0, w0), (h, w) = shape0, shape
         if (h, w) == (h0, w0) and item.get("decoded_shape", (h0, w0)) == (h0, w0):
             info = PadInfo(*item["info"])
         else:  # a huge input: masks at the documented smaller size
@@ -815,10 +712,13 @@ class _Runner:
                 thresholds=self.th, case=c.name,
                 maps_dir=self.out / "uncertainty" if self.uncertainty_maps else None,
             )
-        del native  # the float32 maps of a large input: not kept while the files are written
-        sp = item["spacing"]
-        if sp is not None and (h, w) != (h0, w0):
-            sp = (sp[0] * h0 / h, sp[1] * w0 / w)
+        return masks, heat, qcols
+
+    def _write_files(self, c: _Case, masks: dict, heat, qcols: dict, sp, shape) -> list[dict]:
+        """Write the masks (and maps) of one case; its rows, one per region."""
+        from .io import atomic_write, write_mask
+
+        h, w = shape
         rows = []
         for j, r in enumerate(self.regions):
             write_mask(masks[r], self.mask_path(r, c.name))
@@ -847,7 +747,11 @@ class _Runner:
                     **qcols.get(r, {}),
                 }
             )
-        # keep rows of regions done earlier with the same input, model and options
+        return rows
+
+    def _keep_old_rows(self, c: _Case, item: dict, rows: list[dict]) -> dict:
+        """Add to ``rows`` (sorted in place) those of regions done earlier with the same
+        input, model and options; the thresholds of all of them."""
         old = self.old_markers.get(c.name)
         thresholds = {r: self.th[r] for r in self.regions}
         if (
@@ -865,30 +769,7 @@ class _Runner:
                     thresholds[r] = (old.get("thresholds") or {}).get(r)
         order = {r: i for i, r in enumerate(REGIONS)}
         rows.sort(key=lambda x: order[x["region"]])
-        marker = {
-            "version": MARKER_VERSION,
-            "case": c.name,
-            "source": c.source,
-            "input": item.get("key"),
-            "model_id": self.pred.model_id,
-            "model_path": str(self.pred.path),
-            "precision": self.pred.precision,
-            "postprocess": bool(self.postprocess),
-            "options": self.options(),
-            "thresholds": thresholds,
-            "shape": [h, w],
-            "input_shape": [h0, w0],
-            "spacing": None if sp is None else list(sp),
-            "rows": rows,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        if item.get("note"):
-            marker["note"] = item["note"]
-        _write_text_atomic(self.marker_path(c.name), json.dumps(marker, indent=1))
-        self.release(c.name)
-        with self.lock:
-            self.done += 1
-        return [r for r in rows if r["region"] in self.regions]
+        return thresholds
 
 
 def output_shape(shape, max_side: int | None) -> tuple[int, int]:
@@ -901,7 +782,7 @@ def output_shape(shape, max_side: int | None) -> tuple[int, int]:
     return max(1, round(h * f)), max(1, round(w * f))
 
 
-def _check_out_dir(out_dir: Path, inputs) -> None:
+def check_out_dir(out_dir: Path, inputs) -> None:
     """Refuse an output folder that is an input folder or holds a dataset's ground truth."""
     from .io import IMAGE_SUFFIXES as _SUFFIXES
     from .workspace import is_output
@@ -1015,11 +896,30 @@ def run_predict(
     import torch
     from tqdm.auto import tqdm
 
-    from .io import describe_oserror, sweep_temporary
-    from .predict import parse_thresholds
-    from .workspace import mark_output
-
     t_start = time.perf_counter()
+    quality = _check_options(batch_size, workers, mask_format, max_output_side, quality, uncertainty_maps)
+    out_dir = Path(out_dir).expanduser()
+    check_out_dir(out_dir, inputs)
+    run = _make_runner(
+        predictor, out_dir, regions, thresholds,
+        log if log is not None else (lambda msg: tqdm.write(msg, file=sys.stderr)),
+        heatmaps=heatmaps, heatmap_png=heatmap_png, postprocess=postprocess, mask_format=mask_format,
+        max_output_side=max_output_side, quality=quality, uncertainty_maps=uncertainty_maps,
+    )
+    cases = _plan_cases(run, inputs, planned, num_parts, part_id)
+    summary = PredictSummary(out_dir=out_dir, total=len(cases))
+    todo: list[_Case] = []
+    try:
+        todo = _claim_cases(run, cases, overwrite, summary)
+        if todo:
+            _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels, tqdm, torch)
+    finally:
+        run.release_all()
+    return _summarise(run, summary, len(todo), t_start)
+
+
+def _check_options(batch_size, workers, mask_format, max_output_side, quality, uncertainty_maps):
+    """Refuse bad options before anything is read; the quality mode to run."""
     if int(batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if workers is not None and int(workers) < 0:
@@ -1030,14 +930,37 @@ def run_predict(
         raise ValueError(f"--max-output-side must be >= 64, got {max_output_side}")
     if uncertainty_maps and quality == "quick":
         raise ValueError("--uncertainty-maps needs --quality full (quick mode has no augmentation)")
-    quality = quality or ("full" if uncertainty_maps else None)
-    out_dir = Path(out_dir).expanduser()
-    _check_out_dir(out_dir, inputs)
+    return quality or ("full" if uncertainty_maps else None)
+
+
+def _make_runner(predictor, out_dir: Path, regions, thresholds, log, *, max_output_side, quality,
+                 uncertainty_maps, **options) -> _Runner:
+    """The run's writer, for the regions asked for (all the model's by default) at their
+    thresholds (the model's by default)."""
+    from .predict import parse_thresholds
+
     regs = predictor.select(regions)
     th = parse_thresholds(thresholds, regs, default=predictor.thresholds)
+    run = _Runner(
+        predictor,
+        out_dir,
+        regs,
+        th,
+        max_output_side=None if max_output_side is None else int(max_output_side),
+        log=log,
+        **options,
+    )
+    run.quality, run.uncertainty_maps = quality, bool(uncertainty_maps)
+    return run
+
+
+def _plan_cases(run: _Runner, inputs, planned, num_parts: int, part_id: int) -> list[_Case]:
+    """The cases of this run (of its part): ``planned``, or found in ``inputs`` and named;
+    a part writes its own CSVs."""
     from .distributed import check_part, part_names, shard
 
     check_part(num_parts, part_id)
+    out_dir = run.out
     if planned is None:
         files = collect_inputs(inputs, exclude=out_dir)
         if not files:
@@ -1047,73 +970,69 @@ def run_predict(
             )
         planned = shard(list(zip(case_names(files), files, strict=True)), num_parts, part_id)
     cases = [_Case(n, Path(f), str(Path(f).resolve())) for n, f in planned]
-
-    def _log(msg):
-        if log is not None:
-            log(msg)
-        else:
-            tqdm.write(msg, file=sys.stderr)
-
-    run = _Runner(
-        predictor,
-        out_dir,
-        regs,
-        th,
-        heatmaps=heatmaps,
-        heatmap_png=heatmap_png,
-        postprocess=postprocess,
-        mask_format=mask_format,
-        max_output_side=None if max_output_side is None else int(max_output_side),
-        log=_log,
-    )
-    run.quality, run.uncertainty_maps = quality, bool(uncertainty_maps)
-    part_cases = None
     if num_parts > 1:
         run.csv_name, run.errors_name = part_names(num_parts, part_id)
-        part_cases = run.part_cases = [c.name for c in cases]
-    summary = PredictSummary(out_dir=out_dir, total=len(cases))
+        run.part_cases = [c.name for c in cases]
+    return cases
+
+
+def _claim_cases(run: _Runner, cases: list[_Case], overwrite: bool, summary: PredictSummary) -> list[_Case]:
+    """Prepare the output folder and claim the cases to compute (the others are done or
+    claimed by a live run: counted in ``summary``, the latter logged); returns the
+    claimed cases.
+
+    Raises
+    ------
+    OutputWriteError
+        The output folder cannot be written.
+    """
+    from .io import describe_oserror, sweep_temporary
+    from .workspace import mark_output
+
+    out_dir = run.out
     try:
-        try:
-            mark_output(out_dir, "predict")
-            sweep_temporary(out_dir)  # a killed run's temporary files, never results
-            markers = read_markers(out_dir)
-            todo = []
-            for c in cases:
-                if not overwrite and run.is_done(c, markers.get(c.name)):
-                    summary.skipped += 1
-                elif run.claim(c.name):
-                    todo.append(c)
-                else:
-                    summary.claimed_elsewhere += 1
-            # Markers of cases about to be recomputed go first (their rows would be duplicated).
-            for c in todo:
-                if c.name in markers:
-                    run.old_markers[c.name] = markers[c.name]
-                    run.marker_path(c.name).unlink(missing_ok=True)
-            if not summary.claimed_elsewhere:
-                (out_dir / run.errors_name).unlink(missing_ok=True)
-            rebuild_csv(out_dir, cases=part_cases, name=run.csv_name)
-        except OSError as exc:
-            raise OutputWriteError(
-                getattr(exc, "errno", None), f"cannot write the output: {describe_oserror(exc)}"
-            ) from exc
-        if summary.claimed_elsewhere:
-            _log(
-                f"cxrseg predict: {summary.claimed_elsewhere} case(s) are being segmented by "
-                f"another run on {out_dir}; left to it"
-            )
-        if todo:
-            _predict_cases(run, todo, predictor, regs, batch_size, workers, progress, overlap,
-                           max_pixels, tqdm, torch)
-    finally:
-        run.release_all()
+        mark_output(out_dir, "predict")
+        sweep_temporary(out_dir)  # a killed run's temporary files, never results
+        markers = read_markers(out_dir)
+        todo = []
+        for c in cases:
+            if not overwrite and run.is_done(c, markers.get(c.name)):
+                summary.skipped += 1
+            elif run.claim(c.name):
+                todo.append(c)
+            else:
+                summary.claimed_elsewhere += 1
+        # Markers of cases about to be recomputed go first (their rows would be duplicated).
+        for c in todo:
+            if c.name in markers:
+                run.old_markers[c.name] = markers[c.name]
+                run.marker_path(c.name).unlink(missing_ok=True)
+        if not summary.claimed_elsewhere:
+            (out_dir / run.errors_name).unlink(missing_ok=True)
+        rebuild_csv(out_dir, cases=run.part_cases, name=run.csv_name)
+    except OSError as exc:
+        raise OutputWriteError(
+            getattr(exc, "errno", None), f"cannot write the output: {describe_oserror(exc)}"
+        ) from exc
+    if summary.claimed_elsewhere:
+        run.log(
+            f"cxrseg predict: {summary.claimed_elsewhere} case(s) are being segmented by "
+            f"another run on {out_dir}; left to it"
+        )
+    return todo
+
+
+def _summarise(run: _Runner, summary: PredictSummary, n_todo: int, t_start: float) -> PredictSummary:
+    """Fill ``summary`` from the finished run; raise if the output became unwritable."""
+    from .io import describe_oserror
+
     summary.predicted = run.done
     summary.errors = list(run.errors)
     summary.failed = len({e[0] for e in run.errors})
     summary.seconds = time.perf_counter() - t_start
-    summary.model_loaded = bool(getattr(predictor, "loaded", True))
+    summary.model_loaded = bool(getattr(run.pred, "loaded", True))
     if run.fatal is not None:
-        left = len(todo) - run.done - summary.failed
+        left = n_todo - run.done - summary.failed
         raise OutputWriteError(
             getattr(run.fatal, "errno", None),
             f"cannot write the output: {describe_oserror(run.fatal)}; stopped after "
@@ -1122,21 +1041,19 @@ def run_predict(
     return summary
 
 
-def _predict_cases(
-    run, todo, predictor, regs, batch_size, workers, progress, overlap, max_pixels, tqdm, torch
-):
-    """Decode, forward and write ``todo`` (claimed cases); stops on a fatal output error."""
+def _make_loader(run: _Runner, todo: list[_Case], batch_size, workers, max_pixels, torch):
+    """A DataLoader decoding ``todo`` in worker processes (in this one for a run of one batch)."""
     n_workers = default_workers() if workers is None else int(workers)
     if workers is None and len(todo) <= batch_size:
         n_workers = 0
     n_workers = min(n_workers, len(todo))
     ds = DecodeDataset(
         [c.path for c in todo],
-        predictor.input_size,
+        run.pred.input_size,
         max_side=run.max_output_side,
         max_pixels=max_pixels,
     )
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         ds,
         batch_size=int(batch_size),
         shuffle=False,
@@ -1145,6 +1062,38 @@ def _predict_cases(
         worker_init_fn=_WorkerInit(os.getpid()) if n_workers else None,
         prefetch_factor=2 if n_workers else None,
     )
+
+
+def _forward(run: _Runner, todo: list[_Case], batch, bar):
+    """Report a decoded batch's failed files and run the others through the model:
+    ``(items, probabilities)``, or None when nothing is left to write."""
+    good = []
+    n_bad = 0
+    for item in batch:
+        c = todo[item["i"]]
+        if item["error"] is not None:
+            run.error(c.path, c.name, item["error"])
+            n_bad += 1
+        else:
+            if item.get("note"):
+                run.log(f"cxrseg predict: {c.path}: {item['note']}")
+            good.append((c, item))
+    bar.update(n_bad)
+    if not good:
+        return None
+    try:
+        prob = run.pred.forward(np.stack([it_["input"] for _, it_ in good]), regions=run.regions)
+    except Exception as exc:
+        for c, _ in good:
+            run.error(c.path, c.name, f"model failed: {_reason(exc)}")
+        bar.update(len(good))
+        return None
+    return good, prob
+
+
+def _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels, tqdm, torch):
+    """Decode, forward and write ``todo`` (claimed cases); stops on a fatal output error."""
+    loader = _make_loader(run, todo, batch_size, workers, max_pixels, torch)
     bar = tqdm(
         total=len(todo),
         desc="predict",
@@ -1171,31 +1120,13 @@ def _predict_cases(
         for batch in it:
             if run.fatal is not None:
                 break
-            good = []
-            n_bad = 0
-            for item in batch:
-                c = todo[item["i"]]
-                if item["error"] is not None:
-                    run.error(c.path, c.name, item["error"])
-                    n_bad += 1
-                else:
-                    if item.get("note"):
-                        run.log(f"cxrseg predict: {c.path}: {item['note']}")
-                    good.append((c, item))
-            bar.update(n_bad)
-            if not good:
-                continue
-            try:
-                prob = predictor.forward(np.stack([it_["input"] for _, it_ in good]), regions=regs)
-            except Exception as exc:
-                for c, _ in good:
-                    run.error(c.path, c.name, f"model failed: {_reason(exc)}")
-                bar.update(len(good))
+            step = _forward(run, todo, batch, bar)
+            if step is None:
                 continue
             if pool is None:
-                bar.update(run.finish(good, prob))
+                bar.update(run.finish(*step))
             else:
-                pending.append((pool.submit(run.finish, good, prob), len(good)))
+                pending.append((pool.submit(run.finish, *step), len(step[0])))
                 drain(1)
         drain(0)
     finally:
@@ -1209,74 +1140,3 @@ def _predict_cases(
             rebuild_csv(run.out, cases=run.part_cases, name=run.csv_name)
         except OSError:
             pass  # a full disk: the previous CSV stays; the next run rebuilds it
-
-
-def run_cli(args) -> int:
-    from .predict import LazyPredictor
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers is not None and args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    collect_inputs(args.inputs, exclude=args.out)  # fail fast on missing inputs
-    _check_out_dir(Path(args.out).expanduser(), args.inputs)
-    if getattr(args, "dicom_seg", None) == "fractional" and not args.heatmaps:
-        raise ValueError("--dicom-seg fractional stores the probability maps: add --heatmaps")
-    if getattr(args, "scheduler", None):
-        from .distributed import run_cli_dask
-
-        return run_cli_dask(args)
-
-    def announce(p):
-        if not args.quiet:
-            how = f" (auto: {p.autotune.describe()})" if getattr(p, "autotune", None) is not None else ""
-            print(
-                f"model {p.path.name} ({p.model_id}), device {p.device}, precision {p.precision}{how}",
-                file=sys.stderr,
-            )
-
-    # the model loads on the first batch: a rerun with every case done never loads it
-    predictor = LazyPredictor(
-        args.model,
-        device=args.device,
-        precision=args.precision,
-        compile=getattr(args, "compile", None) or None,
-        on_load=announce,
-    )
-    predictor.select(args.regions)  # a region the model lacks: before any weight is read
-    try:
-        s = run_predict(
-            args.inputs,
-            args.out,
-            predictor=predictor,
-            regions=args.regions,
-            thresholds=args.threshold,
-            heatmaps=args.heatmaps,
-            heatmap_png=args.heatmap_png,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            postprocess=args.postprocess,
-            overwrite=args.overwrite,
-            mask_format=args.mask_format,
-            progress=not args.quiet,
-            max_output_side=args.max_output_side,
-            max_pixels=args.max_pixels,
-            quality=args.quality,
-            uncertainty_maps=args.uncertainty_maps,
-            num_parts=getattr(args, "num_parts", 1),
-            part_id=getattr(args, "part_id", 0),
-        )
-        if getattr(args, "dicom_seg", None):
-            from .dicom_seg import write_predict_outputs
-
-            segs = write_predict_outputs(args.inputs, args.out, mode=args.dicom_seg, model_id=predictor.model_id)
-            print(f"{len(segs)} DICOM SEG file(s) -> {Path(args.out) / 'dicom-seg'}")
-    except OutputWriteError as exc:
-        print(f"cxrseg predict: error: {exc}", file=sys.stderr)
-        return EXIT_OUTPUT_ERROR
-    busy = f", {s.claimed_elsewhere} left to another run" if s.claimed_elsewhere else ""
-    print(
-        f"{s.total} image(s): {s.predicted} segmented, {s.skipped} already done, {s.failed} failed"
-        f"{busy} -> {s.out_dir}" + (f" (see {s.out_dir / 'errors.csv'})" if s.failed else "")
-    )
-    return 1 if s.failed else 0
