@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES
+from .io import IMAGE_SUFFIXES, is_hidden, pid_alive
 from .regions import REGIONS
 
 CSV_COLUMNS = (
@@ -87,10 +87,6 @@ DEFAULT_MAX_OUTPUT_SIDE = 4096
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
 
 
 def collect_inputs(inputs, *, exclude=None) -> list[Path]:
@@ -130,14 +126,14 @@ def collect_inputs(inputs, *, exclude=None) -> list[Path]:
         for dirpath, dirnames, filenames in os.walk(p):
             keep = []
             for d in sorted(dirnames):
-                if _is_hidden(d) or d.lower() == "masks":
+                if is_hidden(d) or d.lower() == "masks":
                     continue
                 if excl is not None and (Path(dirpath) / d).resolve() == excl:
                     continue
                 keep.append(d)
             dirnames[:] = keep
             for name in sorted(filenames):
-                if _is_hidden(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                if is_hidden(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                     continue
                 add(Path(dirpath) / name)
     if missing:
@@ -439,12 +435,6 @@ class _Case:
     source: str
 
 
-def _pid_alive(pid: int) -> bool:
-    from .io import pid_alive
-
-    return pid_alive(pid)
-
-
 class _Runner:
     quality: str | None = None  # "quick" / "full": quality columns (cxrseg.quality)
     uncertainty_maps: bool = False
@@ -580,7 +570,7 @@ class _Runner:
             return False
         if text[1] != self.host:
             return True  # another machine's run: cannot tell, leave it alone
-        return pid != os.getpid() and _pid_alive(pid)
+        return pid != os.getpid() and pid_alive(pid)
 
     def release(self, case: str) -> None:
         if case in self.claimed:
