@@ -115,7 +115,7 @@ def _add_docks(viewer, *, height: int | None = None) -> dict:
     from qtpy.QtCore import Qt, QTimer
 
     from . import _shortcuts
-    from ._widgets._common import scrollable
+    from ._widgets._scroll import scrollable
 
     qwin = viewer.window._qt_window
     height = int(height or qwin.height())

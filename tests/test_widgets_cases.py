@@ -129,7 +129,7 @@ def test_thread_pool_headroom(make_napari_viewer, qtbot):
 
     from qtpy.QtCore import QThreadPool
 
-    from napari_cxrseg._widgets._common import start_worker
+    from napari_cxrseg._widgets._workers import start_worker
 
     make_napari_viewer()
     pool = QThreadPool.globalInstance()
@@ -152,7 +152,7 @@ def test_generator_worker_errors_are_reported_and_finish(make_napari_viewer, qtb
     exception, and ``finished``."""
     from _gui_fixtures import notifications
 
-    from napari_cxrseg._widgets._common import start_worker
+    from napari_cxrseg._widgets._workers import start_worker
 
     make_napari_viewer()
     got = notifications()

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from cxrseg.regions import DISPLAY_NAMES, REGIONS
 
-from ._common import fmt_score
+from ._format import fmt_score
 from ._state import get_session
 
 __all__ = ["CasesWidget", "SHORT_NAMES"]

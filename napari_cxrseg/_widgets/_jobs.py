@@ -22,8 +22,9 @@ import numpy as np
 
 from cxrseg.regions import REGIONS, parse_regions
 
-from ._common import start_worker, torch_call
 from ._layer_helpers import paint_labels
+from ._torch_env import torch_call
+from ._workers import start_worker
 
 __all__ = ["Jobs", "compute_masks", "mask_job", "predict_job", "read_case"]
 

@@ -36,8 +36,9 @@ from superqt import QLabeledDoubleSlider
 from cxrseg.regions import DISPLAY_NAMES, REGIONS
 
 from ._cases import SHORT_NAMES
-from ._common import Debouncer, start_worker
+from ._debounce import Debouncer
 from ._state import get_session
+from ._workers import start_worker
 
 __all__ = ["PredictWidget", "available_devices", "model_summary"]
 

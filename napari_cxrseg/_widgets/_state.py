@@ -51,7 +51,6 @@ from psygnal import Signal
 from cxrseg.regions import REGIONS, canonical_region
 
 from .._colors import ground_truth_colormap
-from ._common import ensure_pool_headroom, guard_triton_import, notify_error, notify_info, sync_mode
 from ._file_cases import FileCases
 from ._jobs import Jobs, compute_masks, mask_job, predict_job, read_case
 from ._layer_helpers import (
@@ -66,6 +65,9 @@ from ._layer_helpers import (
     paint_labels,
 )
 from ._layer_pool import LayerPool, viewer_closed, watch_close
+from ._notify import notify_error, notify_info
+from ._torch_env import guard_triton_import
+from ._workers import ensure_pool_headroom, sync_mode
 
 log = logging.getLogger("napari_cxrseg")
 
