@@ -131,10 +131,10 @@ def main(argv=None) -> int:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_cxrseg._widgets._torch_env import guard_triton_import
     from napari_cxrseg._widgets._predict import PredictWidget
     from napari_cxrseg._widgets._review import ReviewWidget
     from napari_cxrseg._widgets._state import get_session
+    from napari_cxrseg._widgets._torch_env import guard_triton_import
 
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
