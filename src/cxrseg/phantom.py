@@ -41,6 +41,7 @@ from .regions import REGIONS
 __all__ = [
     "Phantom",
     "make_phantom",
+    "is_phantom_case_id",
     "phantom_case_id",
     "write_dicom",
     "write_phantom_case",
@@ -479,6 +480,15 @@ def phantom_case_id(index: int, *, prefix: str = "PHANTOM") -> str:
     if cid.upper().startswith(("JPCLN", "JPCNN")):
         raise ValueError(f"phantom case id {cid!r} must not look like a JSRT case id")
     return cid
+
+
+_DEFAULT_ID_RE = re.compile(r"^PHANTOM\d{3,}$")
+
+
+def is_phantom_case_id(case_id: str | None) -> bool:
+    """Whether ``case_id`` is a phantom's id with the default prefix (``PHANTOM001``, ...),
+    as in the bundled ``sample_data/`` and ``cxrseg samples`` output."""
+    return bool(_DEFAULT_ID_RE.match(str(case_id or "")))
 
 
 def _to_uint(image01: np.ndarray, maxval: int) -> np.ndarray:
