@@ -510,6 +510,7 @@ def write_dicom(
     rescale: tuple[float, float] = (1.0, 0.0),
     window: bool = True,
     patient_id: str = "PHANTOM",
+    patient_name: str | None = None,
 ) -> Path:
     """Write a 2-D image in [0, 1] as an uncompressed 16-bit DICOM CR file (atomic).
 
@@ -534,7 +535,9 @@ def write_dicom(
         ``0 .. 2**bits_stored - 1`` after rescale), so that readers map the stored range
         onto [0, 1] exactly; without it readers fall back to min-max scaling.
     patient_id : str, optional
-        PatientID / PatientName.
+        PatientID.
+    patient_name : str, optional
+        PatientName, a DICOM person name (``family^given``); default ``"Phantom^<patient_id>"``.
 
     Returns
     -------
@@ -566,7 +569,7 @@ def write_dicom(
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=entropy + ["series"])
     ds.Modality = "CR"
     ds.PatientID = patient_id
-    ds.PatientName = patient_id
+    ds.PatientName = patient_name if patient_name is not None else f"Phantom^{patient_id}"
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
     ds.ImageComments = "synthetic phantom (cxrseg.phantom), not patient data"
