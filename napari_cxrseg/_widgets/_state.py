@@ -145,11 +145,10 @@ class Session:
         #: Display settings applied to the layers the session creates.
         self.display: dict[str, Any] = {
             "heatmap_opacity": 0.6,
-            # heatmap layers show the maps subsampled to at most this many pixels a side (the model
-            # sees 256 px: nothing is lost; a 2048 JSRT image: every 4th pixel); None: full size
+            # heatmaps subsampled to at most this side (the model's input is smaller); None: full size
             "heatmap_max_side": 512,
             "mask_opacity": 0.45,
-            # napari recomputes contours of the whole image on each change: ~150 ms at 2048
+            # filled: napari recomputes contours of the whole image on each change (slow at 2048 px)
             "contour": 0,
             "gt_opacity": 0.7,
             "gt_contour": 2,
