@@ -1,4 +1,5 @@
-"""cxrseg-gui: docks, first case, prediction and --screenshot, in a subprocess under X."""
+"""cxrseg-gui (docks, first case, prediction, --screenshot, in a subprocess under X) and the
+plugin's Review workspace widget, which opens the same workspace inside napari."""
 
 from __future__ import annotations
 
