@@ -13,7 +13,7 @@ Two measurements, printed with their targets:
    so do the layer-list thumbnails of the heatmaps written in place. This is compared with
    a bare ``Predictor.predict`` call on the same image with the same, warmed-up predictor,
    on the same thread (the
-   docks run every forward pass on one dedicated thread, ``_common.torch_call``).
+   docks run every forward pass on one dedicated thread, ``_torch_env.torch_call``).
    Medians over ``--repeats`` cases; target overhead < 20 %. Between loading the case and
    clicking, the event loop runs idle for 0.3 s (the case is drawn first, as when a person
    looks at it before pressing Run). The first Run (model load,
@@ -131,10 +131,10 @@ def main(argv=None) -> int:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_cxrseg._widgets._common import guard_triton_import
     from napari_cxrseg._widgets._predict import PredictWidget
     from napari_cxrseg._widgets._review import ReviewWidget
     from napari_cxrseg._widgets._state import get_session
+    from napari_cxrseg._widgets._torch_env import guard_triton_import
 
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- 1. click-to-layers
     from cxrseg.predict import get_predictor
-    from napari_cxrseg._widgets._common import torch_call
+    from napari_cxrseg._widgets._torch_env import torch_call
 
     def _timed(fn, *a):
         t = time.perf_counter()

@@ -16,6 +16,11 @@ instead of forcing its full height on the window, so the window fits ``--size`` 
 the screen's available area, at most 1680 x 1020) on a 1366 x 768 screen too. The first
 case (or ``--case``) is loaded and, unless ``--no-predict`` or the model is missing,
 predicted in a worker -- which also loads and warms up the model for the next Run.
+
+The same workspace is the plugin's first widget, "Review workspace"
+(:class:`napari_cxrseg._widgets._workspace.ReviewWorkspace`):
+``napari -w napari-cxrseg`` opens every dock this way and, in a viewer without layers, the
+bundled sample's first case.
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["main", "default_data_root", "build_parser", "parse_size", "focus_region", "DOCKS"]
+__all__ = [
+    "main",
+    "default_data_root",
+    "build_parser",
+    "parse_size",
+    "focus_region",
+    "build_workspace",
+    "open_data",
+    "DOCKS",
+]
 
 
 def default_data_root() -> Path:
@@ -108,32 +122,43 @@ def parse_size(text: str | None, available: tuple[int, int] | None = None) -> tu
     return w, h
 
 
-def _add_docks(viewer, *, height: int | None = None) -> dict:
-    """Create the docks, wrapped in scroll areas, and lay them out; returns name -> widget."""
+def _make_widget(viewer, module: str, cls_name: str):
     import importlib
 
+    return getattr(importlib.import_module(f"napari_cxrseg._widgets.{module}"), cls_name)(viewer)
+
+
+def _add_docks(viewer, *, height: int | None = None, docked: dict | None = None) -> dict:
+    """Create the docks, wrapped in scroll areas, and lay them out; returns name -> widget.
+
+    ``docked`` maps a dock name to ``(widget, QDockWidget)`` for a dock already in the
+    window (the one napari made for the workspace contribution); it is laid out with the rest.
+    """
     from qtpy.QtCore import Qt, QTimer
 
     from . import _shortcuts
-    from ._widgets._common import scrollable
+    from ._widgets._scroll import scrollable
 
     qwin = viewer.window._qt_window
     height = int(height or qwin.height())
+    docked = dict(docked or {})
     widgets, docks, first_of = {}, {}, {}
     for name, module, cls_name, group in DOCKS:
         if group in ("compare", "left") and height < TALL:
             group = "edit"  # a short screen: one more tab rather than a squeezed dock
-        try:
-            cls = getattr(importlib.import_module(f"napari_cxrseg._widgets.{module}"), cls_name)
-            w = cls(viewer)
-        except Exception as exc:  # noqa: BLE001 - a broken optional dock must not stop the GUI
-            print(f"cxrseg-gui: the {name} dock failed to start ({exc})", file=sys.stderr)
-            continue
-        widgets[name] = w
         area = "left" if group == "left" else "right"
         tabify = group in first_of
-        holder = w if group == "left" else scrollable(w)  # the small left dock keeps its height
-        docks[name] = viewer.window.add_dock_widget(holder, name=name, area=area, tabify=False)
+        if name in docked:
+            w, docks[name] = docked[name]
+        else:
+            try:
+                w = _make_widget(viewer, module, cls_name)
+            except Exception as exc:  # noqa: BLE001 - a broken optional dock must not stop the GUI
+                print(f"cxrseg-gui: the {name} dock failed to start ({exc})", file=sys.stderr)
+                continue
+            holder = w if group == "left" else scrollable(w)  # the small left dock keeps its height
+            docks[name] = viewer.window.add_dock_widget(holder, name=name, area=area, tabify=False)
+        widgets[name] = w
         if tabify:
             qwin.tabifyDockWidget(docks[first_of[group]], docks[name])
         else:
@@ -190,6 +215,54 @@ def focus_region(viewer, session, region: str, *, margin: float = 0.8) -> bool:
     return True
 
 
+def build_workspace(viewer, *, model: str | None = None, device: str = "auto", predict: bool = True,
+                    postprocess: bool = False, height: int | None = None, docked: dict | None = None) -> dict:
+    """Set up the session of ``viewer`` and add every dock, laid out; returns name -> widget.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    model : str, optional
+        Checkpoint (``None``: the shipped model).
+    device : str
+    predict : bool
+        Predict each case when it is loaded (if there is a model).
+    postprocess : bool
+        Clean the predicted masks.
+    height : int, optional
+        Window height the layout is made for (default: the window's).
+    docked : dict, optional
+        Docks already in the window (see :func:`_add_docks`).
+    """
+    from cxrseg.model import default_checkpoint_path
+
+    from ._widgets._state import get_session
+
+    session = get_session(viewer)
+    session.set_model(model, device)
+    session.postprocess = bool(postprocess)
+    have_model = model is not None or default_checkpoint_path().is_file()
+    session.auto_predict = have_model and bool(predict)
+    return _add_docks(viewer, height=height, docked=docked)
+
+
+def open_data(viewer, widgets: dict, root: str | Path, case: str | None = None) -> None:
+    """Open a dataset folder or image file in the workspace and show ``case`` (default: the first)."""
+    from ._widgets._samples import show_first_case
+    from ._widgets._state import get_session
+
+    session = get_session(viewer)
+
+    def empty() -> None:
+        print(f"cxrseg-gui: {root}: no case found", file=sys.stderr)
+
+    show_first_case(session, case, on_empty=empty)
+    if "Cases" in widgets:
+        widgets["Cases"].open_root(str(root))
+    else:
+        session.open_dataset(root)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the GUI; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -200,8 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
     import napari
     from qtpy.QtCore import QTimer
-
-    from cxrseg.model import default_checkpoint_path
 
     from ._widgets._state import get_session
 
@@ -221,12 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         viewer.close()
         return 2
     viewer.window.resize(w, h)
+    widgets = build_workspace(viewer, model=args.model, device=args.device, predict=not args.no_predict,
+                              postprocess=args.postprocess, height=h)
     session = get_session(viewer)
-    session.set_model(args.model, args.device)
-    session.postprocess = bool(args.postprocess)
-    have_model = args.model is not None or default_checkpoint_path().is_file()
-    session.auto_predict = have_model and not args.no_predict
-    widgets = _add_docks(viewer, height=h)
     viewer.window.resize(w, h)  # the docks' sizes must not override --size
     if args.preset and "Display" in widgets:
         try:
@@ -259,17 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     state = {"status": 0, "shot": False}
     quality = _setup_quality(viewer, session, widgets) if args.quality else None
 
-    def first_case(_root) -> None:
-        session.dataset_changed.disconnect(first_case)
-        ids = session.case_ids
-        target = args.case or (ids[0] if ids else None)
-        if target is None:
-            print(f"cxrseg-gui: {root}: no case found", file=sys.stderr)
-            return
-        session.load_case(target)
-
-    session.dataset_changed.connect(first_case)
-
     if args.focus:
         def focus_once(*_a) -> None:
             for sig in (session.prediction_changed, session.case_changed):
@@ -288,10 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
 
     session.prediction_changed.connect(report)
-    if "Cases" in widgets:
-        widgets["Cases"].open_root(str(root))
-    else:
-        session.open_dataset(root)
+    open_data(viewer, widgets, root, args.case)
 
     if args.screenshot:
         out = Path(args.screenshot).expanduser()

@@ -36,7 +36,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     """A tiny random five-region U-Net checkpoint (64 px input)."""
     from _tiny_model import make_tiny_checkpoint
 
-    from napari_cxrseg._widgets._common import guard_triton_import
+    from napari_cxrseg._widgets._torch_env import guard_triton_import
 
     guard_triton_import()  # torch may pull in triton: fatal once Mesa's LLVM is loaded
 

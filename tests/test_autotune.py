@@ -8,6 +8,12 @@ import pytest
 from _tiny_model import make_tiny_checkpoint
 
 
+@pytest.fixture(autouse=True)
+def _empty_cache(tmp_path, monkeypatch):
+    """Each test starts from an empty autotune cache (tests of other files fill the session's)."""
+    monkeypatch.setenv("CXRSEG_CACHE", str(tmp_path / "cxrseg-cache"))
+
+
 @pytest.fixture()
 def ckpt(tmp_path):
     return make_tiny_checkpoint(tmp_path / "tiny.safetensors")

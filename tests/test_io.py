@@ -183,7 +183,8 @@ def test_palette_png_read_through_palette(tmp_path):
     pal.putdata(idx.ravel().tolist())
     p = tmp_path / "pal.png"
     pal.save(p)
-    assert Image.open(p).mode == "P"
+    with Image.open(p) as written:
+        assert written.mode == "P"
     im = read_raster(p)
     # index 1 -> white through the palette (not 1/255)
     assert im.data[0, 7] == pytest.approx(1.0)
@@ -484,9 +485,10 @@ def test_write_mask_round_trip(tmp_path, suffix):
     m = _mask()
     p = write_mask(m, tmp_path / "new" / "dir" / f"heart{suffix}")
     assert p.exists()
-    vals = np.unique(np.asarray(Image.open(p).convert("L")))
+    with Image.open(p) as written:
+        assert written.mode in ("L", "P")
+        vals = np.unique(np.asarray(written.convert("L")))
     assert set(vals.tolist()) == {0, 255}
-    assert Image.open(p).mode in ("L", "P")
     back = read_mask(p, shape=m.shape)
     assert back.dtype == bool
     np.testing.assert_array_equal(back, m)

@@ -13,6 +13,7 @@ from cxrseg.dataset import DatasetIndex
 from cxrseg.io import read_dicom, read_image
 from cxrseg.phantom import (
     Phantom,
+    is_phantom_case_id,
     make_phantom,
     phantom_case_id,
     write_dicom,
@@ -140,6 +141,9 @@ def test_phantom_case_ids():
         write_phantom_case("unused", "JPCNN001", 0, image_format="png", size=64)
     with pytest.raises(ValueError, match="image_format"):
         write_phantom_case("unused", "PHANTOM001", 0, image_format="jpeg", size=64)
+    # the default ids mark a case as synthetic (the napari workspace says so)
+    assert is_phantom_case_id(phantom_case_id(3)) and is_phantom_case_id("PHANTOM1000")
+    assert not any(is_phantom_case_id(c) for c in ("JPCLN001", "RG1_UNCR", "PHANTOM", "SYN012", None))
 
 
 @pytest.mark.parametrize("fmt", ["png", "dcm", "img"])

@@ -115,12 +115,14 @@ def test_manifest_lists_the_widgets():
 
     m = PluginManifest.from_file(str(resources.files("napari_cxrseg") / "napari.yaml"))
     names = [w.display_name for w in m.contributions.widgets]
-    assert names == ["Cases", "Predict", "Compare", "Review queue", "Training progression", "Correct",
-                     "Fine-tune", "Display"]
+    # first: `napari -w napari-cxrseg` opens the first widget, the whole workspace
+    assert names == ["Review workspace", "Cases", "Predict", "Compare", "Review queue", "Training progression",
+                     "Correct", "Fine-tune", "Display"]
     assert not any("&" in n for n in names)  # Qt would take "&" for a shortcut mnemonic
     cmds = {c.id: c.python_name for c in m.contributions.commands}
     assert cmds["napari-cxrseg.correct_widget"] == "napari_cxrseg._widgets._correct:CorrectWidget"
     assert cmds["napari-cxrseg.finetune_widget"] == "napari_cxrseg._widgets._finetune:FinetuneWidget"
+    assert cmds["napari-cxrseg.review_workspace"] == "napari_cxrseg._widgets._workspace:ReviewWorkspace"
     import importlib
 
     for python_name in cmds.values():  # every contribution imports
@@ -134,7 +136,7 @@ def test_thread_pool_headroom(make_napari_viewer, qtbot):
 
     from qtpy.QtCore import QThreadPool
 
-    from napari_cxrseg._widgets._common import start_worker
+    from napari_cxrseg._widgets._workers import start_worker
 
     make_napari_viewer()
     pool = QThreadPool.globalInstance()
@@ -157,7 +159,7 @@ def test_generator_worker_errors_are_reported_and_finish(make_napari_viewer, qtb
     exception, and ``finished``."""
     from _gui_fixtures import notifications
 
-    from napari_cxrseg._widgets._common import start_worker
+    from napari_cxrseg._widgets._workers import start_worker
 
     make_napari_viewer()
     got = notifications()

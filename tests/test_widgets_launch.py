@@ -1,10 +1,12 @@
-"""cxrseg-gui: docks, first case, prediction and --screenshot, in a subprocess under X."""
+"""cxrseg-gui (docks, first case, prediction, --screenshot, in a subprocess under X) and the
+plugin's Review workspace widget, which opens the same workspace inside napari."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +71,89 @@ def test_quality_screenshot_without_ground_truth(tmp_path, phantom_root, tiny_ck
     assert r.returncode == 0, r.stderr[-3000:]
     assert "PHANTOM001 quality checked" in r.stdout and "screenshot saved" in r.stdout
     assert out.is_file()
+
+
+def _dock_titles(viewer) -> set[str]:
+    from qtpy.QtWidgets import QDockWidget
+
+    return {d.windowTitle() for d in viewer.window._qt_window.findChildren(QDockWidget)}
+
+
+@pytest.fixture
+def _no_shipped_model(monkeypatch, tmp_path):
+    """The workspace does not predict on its own (no shipped model), so the test stays light."""
+    import cxrseg.model
+
+    monkeypatch.setattr(cxrseg.model, "default_checkpoint_path", lambda: tmp_path / "no-model.safetensors")
+
+
+def test_workspace_contribution_adds_every_dock_and_the_sample(make_napari_viewer, qtbot, monkeypatch,
+                                                              phantom_root, _no_shipped_model):
+    """`napari -w napari-cxrseg` opens the manifest's first widget: every dock of cxrseg-gui, laid
+    out the same way, and in a viewer without layers the sample's first case, with the note that
+    the phantom is a cartoon the model is not meant for."""
+    from npe2 import PluginManifest
+
+    import napari_cxrseg
+    from napari_cxrseg import _launch
+    from napari_cxrseg._widgets._cases import CasesWidget
+    from napari_cxrseg._widgets._state import get_session
+
+    manifest = PluginManifest.from_file(str(Path(napari_cxrseg.__file__).parent / "napari.yaml"))
+    assert manifest.contributions.widgets[0].display_name == "Review workspace"
+    monkeypatch.setattr(_launch, "default_data_root", lambda: phantom_root)  # small cases: a quick test
+    viewer = make_napari_viewer(show=True)
+    dock, holder = viewer.window.add_plugin_dock_widget("napari-cxrseg", "Review workspace", tabify=True)
+    s = get_session(viewer)
+    qtbot.waitUntil(lambda: s.case_id == "PHANTOM001", timeout=60_000)
+    qtbot.wait(50)
+    names = [name for name, *_ in _launch.DOCKS]
+    assert set(names) <= _dock_titles(viewer)
+    assert dock.windowTitle() == "Cases"  # napari's dock of the contribution holds the Cases dock
+    cases = holder.cases
+    assert isinstance(cases, CasesWidget) and cases.session is s
+    assert s.case_ids == ["PHANTOM001", "PHANTOM002", "PHANTOM003"]
+    assert "PHANTOM001 ground truth" in viewer.layers
+    assert not s.auto_predict  # no model here; with one, the case is predicted as by cxrseg-gui
+    assert cases.synthetic_note.shown_for_case()
+    assert "Synthetic phantom" in cases.synthetic_note.label.text()
+
+
+def test_workspace_keeps_the_layers_it_finds(make_napari_viewer, qtbot, monkeypatch, _no_shipped_model):
+    """Opened on a viewer that already shows an image (`napari FILE -w napari-cxrseg`): all docks,
+    no sample case."""
+    from napari_cxrseg import _launch
+    from napari_cxrseg._widgets._state import get_session
+
+    def no_sample():
+        raise AssertionError("the sample must not be opened over the user's layers")
+
+    monkeypatch.setattr(_launch, "default_data_root", no_sample)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="mine")
+    viewer.window.add_plugin_dock_widget("napari-cxrseg", "Review workspace")
+    names = {name for name, *_ in _launch.DOCKS}
+    qtbot.waitUntil(lambda: names <= _dock_titles(viewer), timeout=20_000)
+    qtbot.wait(50)
+    assert [ly.name for ly in viewer.layers] == ["mine"] and get_session(viewer).index is None
+
+
+def test_synthetic_note_only_on_phantoms(make_napari_viewer, qtbot, phantom_root):
+    """The note shows for a phantom case, not for a real radiograph (RG1)."""
+    pytest.importorskip("data_store", reason="pydicom-data (the RG1 sample) is not installed")
+    from _gui_fixtures import open_case, wait_worker
+
+    from napari_cxrseg._widgets._cases import CasesWidget
+    from napari_cxrseg._widgets._samples import is_synthetic_case
+
+    viewer = make_napari_viewer()
+    w = CasesWidget(viewer)
+    s = w.session
+    assert not w.synthetic_note.shown_for_case()  # nothing open
+    open_case(qtbot, s, phantom_root, "PHANTOM002")
+    assert w.synthetic_note.shown_for_case()
+    wait_worker(qtbot, w.synthetic_note.open_rg1())  # the note's button: the real chest CR
+    qtbot.waitUntil(lambda: s.case_id == "RG1_UNCR", timeout=60_000)
+    assert not w.synthetic_note.shown_for_case()
+    assert not is_synthetic_case("RG1_UNCR", s.image)
+    assert is_synthetic_case("sample", type("I", (), {"meta": {"format": "phantom"}})())

@@ -32,7 +32,7 @@ def _idle(s) -> bool:
     jobs = getattr(s, "jobs", None)
     if jobs is not None:
         return not jobs.pending()
-    from napari_cxrseg._widgets._common import _LIVE_WORKERS
+    from napari_cxrseg._widgets._workers import _LIVE_WORKERS
 
     return _LIVE_WORKERS[0] == 0
 

@@ -4,7 +4,8 @@ The table shows each case's id, whether it is a JSRT nodule case, its SCR fold, 
 review status (from the dataset's review ledger) and, once known, the IoU of each region
 (from the Compare dock or a review run). Clicking a row loads that case; PageDown /
 PageUp (bound in the viewer's keymap; napari does not use them) load the next / previous
-case from anywhere in the viewer.
+case from anywhere in the viewer. While a synthetic phantom is shown, a note above the
+table says so and offers the real RG1 sample.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from qtpy.QtWidgets import (
 from cxrseg.regions import DISPLAY_NAMES, REGIONS, SHORT_NAMES
 from cxrseg.review import STATUS_LABELS
 
-from ._common import fmt_score
+from ._format import fmt_score
+from ._samples import SyntheticNote
 from ._state import get_session
 
 __all__ = ["CasesWidget"]
@@ -124,6 +126,8 @@ class CasesWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(self.summary)
+        self.synthetic_note = SyntheticNote(self.session)  # the phantom cases are no test of the model
+        lay.addWidget(self.synthetic_note)
         lay.addWidget(self.table, 1)
         lay.addLayout(nav)
 

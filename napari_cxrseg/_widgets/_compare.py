@@ -39,9 +39,11 @@ from qtpy.QtWidgets import (
 from cxrseg.metrics import overlap
 from cxrseg.regions import DISPLAY_NAMES, REGIONS
 
-from ._common import Debouncer, fmt_score, start_worker
+from ._debounce import Debouncer
+from ._format import fmt_score
 from ._layer_helpers import is_case_layer
 from ._state import get_session
+from ._workers import start_worker
 
 __all__ = ["CompareWidget", "compare_masks"]
 

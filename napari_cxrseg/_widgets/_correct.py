@@ -52,7 +52,7 @@ from qtpy.QtWidgets import (
 
 from cxrseg.regions import DISPLAY_NAMES, LABEL_VALUES, REGIONS, canonical_region
 
-from ._common import notify_error, notify_info
+from ._notify import notify_error, notify_info
 from ._state import get_session
 
 log = logging.getLogger("napari_cxrseg")

@@ -44,8 +44,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import notify_error, notify_info, start_worker
+from ._notify import notify_error, notify_info
 from ._state import get_session
+from ._workers import start_worker
 
 log = logging.getLogger("napari_cxrseg")
 

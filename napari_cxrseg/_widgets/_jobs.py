@@ -23,7 +23,8 @@ import numpy as np
 from cxrseg.regions import REGIONS, parse_regions
 
 from .._layers import labels_from_masks
-from ._common import start_worker, torch_call
+from ._torch_env import torch_call
+from ._workers import start_worker
 
 __all__ = ["Jobs", "compute_masks", "mask_job", "predict_job", "read_case"]
 
@@ -62,10 +63,7 @@ def read_case(case) -> dict:
 
 def predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool):
     """Worker body of a prediction (torch is imported here, off the GUI thread): the maps,
-    the thresholded masks and the painted label image.
-
-    (Showing the heatmaps first, while the worker thresholds, was measured slower: the
-    canvas redraws in between, ~35 ms under software OpenGL, before the labels arrive.)"""
+    the thresholded masks and the painted label image, shown together (one redraw)."""
     from cxrseg.predict import get_predictor
 
     t0 = time.perf_counter()

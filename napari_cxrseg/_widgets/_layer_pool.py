@@ -1,8 +1,8 @@
 """Layer recycling, in-place display updates, and every use of napari's private internals.
 
-Creating a napari layer costs ~100 ms of GUI time (Qt controls, vispy visual), swapping its
-data ~10 ms. A case's layers are therefore reused for the next case: image and ground truth
-at once, prediction overlays *parked* (emptied, renamed ``"(idle) cxrseg ..."``, hidden from
+Creating a napari layer costs far more GUI time than swapping its data (figures:
+benchmarks/README.md, "GUI notes"), so a case's layers are reused for the next case: image
+and ground truth at once, prediction overlays *parked* (emptied, renamed ``"(idle) cxrseg ..."``, hidden from
 the layer list and never selected) until the next prediction claims them.
 
 napari has no public API for the few things this needs, so this module is the only place
@@ -119,7 +119,7 @@ class LayerPool:
         """Create a layer tagged ``metadata["cxrseg"] = {kind, case_id, region}`` and add it.
 
         Overlays (heatmaps, errors) do not take the selection: each selection change
-        rebuilds napari's layer controls (~30 ms)."""
+        rebuilds napari's layer controls."""
         from napari.layers import Layer
 
         v = self.viewer
@@ -149,10 +149,10 @@ class LayerPool:
         """Swap the data of several layers with one update of the viewer's dims.
 
         napari recomputes the extent of every layer and revalidates its dims after each
-        layer's ``data`` or ``scale`` change (``ViewerModel._on_layers_change``; ~5-10 ms
-        each under software OpenGL). Inside this block that callback is held back for the
-        existing layers and run once at the end -- if any of them changed its data or scale
-        (in-place writes change neither) or layers were added or removed."""
+        layer's ``data`` or ``scale`` change (``ViewerModel._on_layers_change``). Inside this
+        block that callback is held back for the existing layers and run once at the end -- if
+        any of them changed its data or scale (in-place writes change neither) or layers were
+        added or removed."""
         v = self.viewer
         cb = getattr(v, "_on_layers_change", None)
         if cb is None:
@@ -184,10 +184,7 @@ class LayerPool:
         md = _md(layer)
         md.update(parked=True, case_id=None)
         md.pop("masks", None)
-        # Emptied rather than hidden: a zero heatmap adds nothing (additive blending) and zero
-        # labels are transparent -- zeroed in the layer's own array (see own), else replaced
-        # by a 1x1 zero array; showing a hidden layer again later would cost a redraw per
-        # layer (~20 ms each).
+        # emptied, not hidden (zeros add nothing / are transparent): showing it again costs a redraw
         layer.metadata = {**layer.metadata, "cxrseg": md}
         self.forget_history(layer)
         if not self.zero_in_place(layer):
@@ -255,13 +252,8 @@ class LayerPool:
         return [str(model.data(model.index(i, 0))) for i in range(model.rowCount())]
 
     # ------------------------------------------------------------------ own buffers
-    # A heatmap or prediction layer keeps one array of its own, and the next map or label
-    # image of the same shape is copied into it. napari's ``data`` setter costs ~7 ms a
-    # layer under software OpenGL (dims, transforms, slicing, thumbnail); a layer refresh
-    # about half of that. When the canvas visual shows the layer's array itself (a 2D numpy
-    # layer: napari's slice and vispy's texture data are views of it), the in-place write
-    # only needs vispy to upload the texture again (:meth:`reupload`, ~0.1 ms). Layer-list
-    # thumbnails follow on the next event-loop turn.
+    # A heatmap or prediction layer owns one array and later data is copied into it: then only
+    # a texture upload is needed, not napari's costly ``data`` setter (benchmarks/README.md).
     def own_buffer(self, layer) -> np.ndarray | None:
         buf = self._buffers.get(layer)
         return buf if buf is not None and layer.data is buf else None

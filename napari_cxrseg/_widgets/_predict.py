@@ -35,8 +35,9 @@ from superqt import QLabeledDoubleSlider
 
 from cxrseg.regions import DISPLAY_NAMES, REGIONS, SHORT_NAMES
 
-from ._common import Debouncer, start_worker
+from ._debounce import Debouncer
 from ._state import get_session
+from ._workers import start_worker
 
 __all__ = ["PredictWidget", "available_devices", "model_summary"]
 
@@ -332,10 +333,7 @@ class PredictWidget(QWidget):
             self.status.setText(f"Still predicting {self.session.case_id} …")
             return None
         self._running = True
-        # The busy state (status text, disabled button) shows only if the run takes longer
-        # than BUSY_DELAY_MS: repainting the dock at once would take CPU from the model
-        # for a prediction that is over in a fraction of a second. Clicks in between are
-        # ignored (``_running``).
+        # busy state only after BUSY_DELAY_MS: an early repaint takes CPU from a short run
         QTimer.singleShot(self.BUSY_DELAY_MS, self._show_busy)
         w = self.session.predict(regions)
         if w is None:  # nothing to run, or run synchronously (already finished)

@@ -128,7 +128,7 @@ def _load_job(run_dir, index) -> dict:
         from cxrseg.dataset import DatasetIndex
 
         case = DatasetIndex(prog["data_root"]).get(prog["case_id"])
-    from ._common import torch_call
+    from ._torch_env import torch_call
 
     prog["truth"] = (torch_call(ground_truth_at, case, prog["regions"], prog["image"].shape[0])
                      if case is not None else {})
@@ -185,7 +185,7 @@ class ProgressionWidget(QWidget):
 
     def open_run(self, run_dir: str | Path | None = None):
         """Open a run folder (default: the line edit's); returns the worker."""
-        from ._common import start_worker
+        from ._workers import start_worker
 
         run_dir = str(run_dir) if run_dir is not None else self.run_edit.text().strip()
         if not run_dir:

@@ -44,7 +44,7 @@ def quality_job(image: np.ndarray, probs: Mapping[str, np.ndarray] | None = None
     from cxrseg.predict import get_predictor
     from cxrseg.quality import assess
 
-    from ._common import guard_triton_import, torch_call
+    from ._torch_env import guard_triton_import, torch_call
 
     guard_triton_import()  # torch may pull in triton: fatal once Mesa's LLVM is loaded
     pred = get_predictor(checkpoint, device=device)
@@ -69,7 +69,7 @@ def quality_review_job(checkpoint, device, cases, *, mode: str = "full"):
     from cxrseg.predict import get_predictor
     from cxrseg.quality import assess
 
-    from ._common import guard_triton_import, torch_call
+    from ._torch_env import guard_triton_import, torch_call
 
     guard_triton_import()
     pred = get_predictor(checkpoint, device=device)

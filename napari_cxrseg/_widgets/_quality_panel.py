@@ -31,9 +31,9 @@ from qtpy.QtWidgets import (
 
 from cxrseg.regions import DISPLAY_NAMES
 
-from ._common import start_worker
 from ._quality import add_uncertainty_layers, quality_job, remove_uncertainty_layers
 from ._state import get_session
+from ._workers import start_worker
 
 __all__ = ["QualityPanel"]
 

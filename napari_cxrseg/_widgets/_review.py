@@ -44,9 +44,11 @@ from cxrseg.regions import DISPLAY_NAMES, REGIONS
 from cxrseg.review import STATUS_LABELS, default_reviewer, remembered_reviewer
 
 from .._shortcuts import with_key
-from ._common import fmt_score, notify_info, start_worker
+from ._format import fmt_score
+from ._notify import notify_info
 from ._quality import quality_review_job
 from ._state import get_session
+from ._workers import start_worker
 
 __all__ = ["ReviewWidget", "review_job"]
 
@@ -73,7 +75,7 @@ def review_job(checkpoint, device, cases, regions, thresholds, postprocess, ledg
     from cxrseg.predict import get_predictor
     from cxrseg.review import iter_review_run
 
-    from ._common import OnTorchThread
+    from ._torch_env import OnTorchThread
 
     predictor = OnTorchThread(get_predictor(checkpoint, device=device))
     mid = str(predictor.model_id)
@@ -377,7 +379,7 @@ class ReviewWidget(QWidget):
         try:
             ledger = s.ensure_ledger()
         except (OSError, ValueError) as exc:
-            from ._common import notify_error
+            from ._notify import notify_error
 
             notify_error("Review ledger unavailable", exc)
             ledger = None
@@ -529,7 +531,7 @@ class ReviewWidget(QWidget):
             try:
                 remember_reviewer(name)
             except (ValueError, OSError) as exc:
-                from ._common import notify_error
+                from ._notify import notify_error
 
                 notify_error("Reviewer name not saved", exc)
                 return default_reviewer()

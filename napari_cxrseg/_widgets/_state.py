@@ -51,7 +51,6 @@ from psygnal import Signal
 from cxrseg.regions import REGIONS, canonical_region
 
 from .._colors import ground_truth_colormap
-from ._common import ensure_pool_headroom, guard_triton_import, notify_error, notify_info, sync_mode
 from ._file_cases import FileCases
 from ._jobs import Jobs, compute_masks, mask_job, predict_job, read_case
 from ._layer_helpers import (
@@ -65,6 +64,9 @@ from ._layer_helpers import (
     layer_name,
 )
 from ._layer_pool import LayerPool, viewer_closed, watch_close
+from ._notify import notify_error, notify_info
+from ._torch_env import guard_triton_import
+from ._workers import ensure_pool_headroom, sync_mode
 
 log = logging.getLogger("napari_cxrseg")
 
@@ -141,11 +143,10 @@ class Session:
         #: Display settings applied to the layers the session creates.
         self.display: dict[str, Any] = {
             "heatmap_opacity": 0.6,
-            # heatmap layers show the maps subsampled to at most this many pixels a side (the model
-            # sees 256 px: nothing is lost; a 2048 JSRT image: every 4th pixel); None: full size
+            # heatmaps subsampled to at most this side (the model's input is smaller); None: full size
             "heatmap_max_side": 512,
             "mask_opacity": 0.45,
-            # napari recomputes contours of the whole image on each change: ~150 ms at 2048
+            # filled: napari recomputes contours of the whole image on each change (slow at 2048 px)
             "contour": 0,
             "gt_opacity": 0.7,
             "gt_contour": 2,

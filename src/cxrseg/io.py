@@ -836,6 +836,7 @@ def _open_pil(p: Path, expected: str, *, check=None):
 
     from PIL import Image, UnidentifiedImageError
 
+    im = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -860,6 +861,8 @@ def _open_pil(p: Path, expected: str, *, check=None):
     except Image.DecompressionBombError as exc:
         raise _SizeRefused(f"{p}: image is too large ({exc}); {expected}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        if im is not None:
+            im.close()  # opened, but its data is unreadable (a truncated file)
         raise CXRSegIOError(f"{p}: cannot read ({exc}); {expected}") from exc
     return im
 
@@ -1135,7 +1138,10 @@ def read_mask(path, *, shape: tuple[int, int] | None = None) -> np.ndarray:
 
     try:
         im = _open_pil(p, expected, check=check)
-        arr, _ = _pil_to_array(im, p)
+        try:
+            arr, _ = _pil_to_array(im, p)
+        finally:
+            im.close()  # Pillow keeps a GIF's file open for its other frames
     except _SizeRefused:
         raise
     except CXRSegIOError:

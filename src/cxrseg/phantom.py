@@ -41,6 +41,7 @@ from .regions import REGIONS
 __all__ = [
     "Phantom",
     "make_phantom",
+    "is_phantom_case_id",
     "phantom_case_id",
     "write_dicom",
     "write_phantom_case",
@@ -481,6 +482,15 @@ def phantom_case_id(index: int, *, prefix: str = "PHANTOM") -> str:
     return cid
 
 
+_DEFAULT_ID_RE = re.compile(r"^PHANTOM\d{3,}$")
+
+
+def is_phantom_case_id(case_id: str | None) -> bool:
+    """Whether ``case_id`` is a phantom's id with the default prefix (``PHANTOM001``, ...),
+    as in the bundled ``sample_data/`` and ``cxrseg samples`` output."""
+    return bool(_DEFAULT_ID_RE.match(str(case_id or "")))
+
+
 def _to_uint(image01: np.ndarray, maxval: int) -> np.ndarray:
     a = np.asarray(image01, dtype=np.float64)
     if a.ndim != 2:
@@ -500,6 +510,7 @@ def write_dicom(
     rescale: tuple[float, float] = (1.0, 0.0),
     window: bool = True,
     patient_id: str = "PHANTOM",
+    patient_name: str | None = None,
 ) -> Path:
     """Write a 2-D image in [0, 1] as an uncompressed 16-bit DICOM CR file (atomic).
 
@@ -524,7 +535,9 @@ def write_dicom(
         ``0 .. 2**bits_stored - 1`` after rescale), so that readers map the stored range
         onto [0, 1] exactly; without it readers fall back to min-max scaling.
     patient_id : str, optional
-        PatientID / PatientName.
+        PatientID.
+    patient_name : str, optional
+        PatientName, a DICOM person name (``family^given``); default ``"Phantom^<patient_id>"``.
 
     Returns
     -------
@@ -556,7 +569,7 @@ def write_dicom(
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=entropy + ["series"])
     ds.Modality = "CR"
     ds.PatientID = patient_id
-    ds.PatientName = patient_id
+    ds.PatientName = patient_name if patient_name is not None else f"Phantom^{patient_id}"
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
     ds.ImageComments = "synthetic phantom (cxrseg.phantom), not patient data"
