@@ -53,20 +53,20 @@ def _cli(monkeypatch, argv):
     return cli.main(argv)
 
 
-# ------------------------------------------------------------------------ poster table
+# ------------------------------------------------- the study's per-region table
 
 
-def test_poster_defaults():
-    """The poster's table: region | optimiser | batch | learning rate (BCE + Jaccard loss,
+def test_study_per_region_defaults():
+    """The JSRT/SCR U-Net study's per-region table: region | optimiser | batch | learning rate (BCE + Jaccard loss,
     constant learning rate)."""
-    poster = {
+    study = {
         "heart": ("sgd", 1, 0.07879),
         "left_clavicle": ("sgd", 1, 0.10000),
         "left_lung": ("sgd", 1, 0.00358),
         "right_clavicle": ("rmsprop", 1, 0.00035),
         "right_lung": ("sgd", 1, 0.00139),
     }
-    for region, (opt, bs, lr) in poster.items():
+    for region, (opt, bs, lr) in study.items():
         tc = TrainConfig.for_regions(region)
         assert (tc.optimizer, tc.batch_size) == (opt, bs), region
         assert tc.lr == pytest.approx(lr), region
@@ -368,7 +368,7 @@ def test_cli_per_region_trains_one_channel_models(phantom_root, tmp_path, monkey
     for region in ("heart", "left_lung"):
         ck = load_checkpoint(out / region)
         assert ck.config.regions == (region,)
-        # the poster's optimiser and batch size for the region, with the given learning rate
+        # the study's optimiser and batch size for the region, with the given learning rate
         tc = ck.metadata["train_config"]
         assert (tc["optimizer"], tc["batch_size"], tc["lr"]) == ("sgd", 1, 1e-3)
     assert not (out / "right_lung").exists()

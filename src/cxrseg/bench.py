@@ -2,7 +2,7 @@
 
 Sections (all measured in the same process, on the same device, one after the other):
 
-1. ``models`` - all five regions of one case: the poster's approach (five per-region
+1. ``models`` - all five regions of one case: the study's per-region baseline (five per-region
    U-Nets with one output each, fp32, eager, batch 1, contiguous memory) against this
    engine (one multi-label pass; batch norm folded; channels_last; fp32 and bf16), in
    ms per case, with the speed-ups.
@@ -192,7 +192,7 @@ def _prepare_model(args, tmp: Path):
 
 
 def bench_models(pred32, pred_low, args, out, res) -> None:
-    """Section 1: the poster's five models against one multi-label pass."""
+    """Section 1: the study's five per-region models against one multi-label pass."""
     import dataclasses
 
     import torch
@@ -207,13 +207,13 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     img = torch.rand(1, s, s, generator=gen)
     x = ((img.expand(3, -1, -1) - 0.45) / 0.226).unsqueeze(0).to(dev)  # (1, 3, S, S), contiguous
     torch.manual_seed(1)
-    poster = [
+    per_region = [
         build_model(dataclasses.replace(cfg, regions=(reg,))).eval().to(dev) for reg in cfg.regions
     ]
 
-    def run_poster():
+    def run_per_region():
         with torch.inference_mode():
-            return [torch.sigmoid(m(x)) for m in poster]
+            return [torch.sigmoid(m(x)) for m in per_region]
 
     from .model import load_checkpoint
 
@@ -226,7 +226,7 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     inp1 = img.numpy()
     inpb = np.repeat(inp1, args.batch_size, axis=0)
     fns = {
-        "poster": run_poster,
+        "per_region": run_per_region,
         "onepass_fp32_contig": run_onepass_raw,
         "engine_fp32_cl": lambda: pred32.forward(inp1),
     }
@@ -236,11 +236,11 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     if pred_low is not None:
         fns["engine_low_cl_batch"] = lambda: pred_low.forward(inpb)
     t = time_interleaved(fns, dev, warmup=w, repeats=r)
-    base = t["poster"]["median_s"]
+    base = t["per_region"]["median_s"]
     n_reg = len(cfg.regions)
     low = pred_low.precision if pred_low is not None else None
     rows = [
-        ("poster", f"{n_reg} per-region U-Nets, fp32, eager, batch 1, contiguous", 1),
+        ("per_region", f"{n_reg} per-region U-Nets, fp32, eager, batch 1, contiguous", 1),
         (
             "onepass_fp32_contig",
             "one multi-label pass, fp32, batch 1, contiguous (no other change)",
@@ -275,15 +275,15 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     for key, label, per in rows:
         ms = t[key]["median_s"] * 1000 / per
         speed = base / (t[key]["median_s"] / per)
-        section[key] = {"label": label, "ms_per_case": ms, "speedup_vs_poster": speed, **t[key]}
+        section[key] = {"label": label, "ms_per_case": ms, "speedup_vs_baseline": speed, **t[key]}
         out(f"    {label:<72s} {ms:9.1f} ms/case   x{speed:5.2f}")
-    best = min((k for k in section if k != "poster"), key=lambda k: section[k]["ms_per_case"])
+    best = min((k for k in section if k != "per_region"), key=lambda k: section[k]["ms_per_case"])
     b1 = "engine_low_cl" if low else "engine_fp32_cl"
     out(
         f"    speed-up of the engine at batch 1 ({section[b1]['label'].split(': ', 1)[1]}): "
-        f"x{section[b1]['speedup_vs_poster']:.2f}  (project target >= 8x on CPU)"
+        f"x{section[b1]['speedup_vs_baseline']:.2f}  (project target >= 8x on CPU)"
     )
-    out(f"    best: x{section[best]['speedup_vs_poster']:.2f} ({section[best]['label']})")
+    out(f"    best: x{section[best]['speedup_vs_baseline']:.2f} ({section[best]['label']})")
     res["models"] = section
 
 

@@ -3,7 +3,7 @@
 * :class:`ModelConfig` — architecture, regions, input size, normalisation, thresholds.
   Saved inside every checkpoint; the CLI and the napari widgets read it from there.
 * :class:`TrainConfig` — optimiser, loss, schedule, augmentation, epochs.
-* :data:`POSTER_DEFAULTS` — the poster's per-region hyper-parameters.
+* :data:`STUDY_PER_REGION_DEFAULTS` — the per-region baseline of the JSRT/SCR U-Net study.
 
 All configs round-trip through plain dicts (JSON) with :func:`to_dict` / ``from_dict``,
 which reject unknown keys and wrong values with a message naming them.
@@ -42,7 +42,7 @@ class ModelConfig:
     """What a model is and how its input and output are interpreted.
 
     ``regions`` are the output channels in order: five for the multi-label model,
-    one for a poster-style per-region model.
+    one for a per-region model of the JSRT/SCR U-Net study.
     """
 
     arch: str = "Unet"
@@ -93,8 +93,9 @@ class ModelConfig:
         return _from_dict(cls, data, "model config")
 
 
-#: The poster's per-region hyper-parameters (optimiser, loss, batch, learning rate).
-POSTER_DEFAULTS: dict[str, dict[str, Any]] = {
+#: The per-region baseline of the JSRT/SCR U-Net study (see the README): its optimiser,
+#: batch and learning rate per region (loss: BCE + Jaccard; constant learning rate).
+STUDY_PER_REGION_DEFAULTS: dict[str, dict[str, Any]] = {
     "heart": {"optimizer": "sgd", "batch_size": 1, "lr": 0.07879},
     "left_clavicle": {"optimizer": "sgd", "batch_size": 1, "lr": 0.10000},
     "left_lung": {"optimizer": "sgd", "batch_size": 1, "lr": 0.00358},
@@ -102,7 +103,7 @@ POSTER_DEFAULTS: dict[str, dict[str, Any]] = {
     "right_lung": {"optimizer": "sgd", "batch_size": 1, "lr": 0.00139},
 }
 
-#: Defaults of the multi-label model (not in the poster): Adam + one-cycle.
+#: Defaults of the multi-label model (not in the study): Adam + one-cycle.
 MULTILABEL_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "batch_size": 8, "lr": 3e-3}
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
@@ -124,7 +125,7 @@ class TrainConfig:
     jaccard_weight: float = 1.0
     aug_strength: float = 1.0
     #: Each epoch sees every training image this many times (differently augmented);
-    #: the poster multiplied its 247 images by 5.
+    #: the JSRT/SCR U-Net study multiplied its 247 images by 5.
     aug_multiplier: int = 1
     seed: int = 0
     val_fraction: float = 0.2
@@ -157,10 +158,10 @@ class TrainConfig:
 
     @classmethod
     def for_regions(cls, regions, **overrides) -> TrainConfig:
-        """Defaults for a model of these regions: the poster's table for one region,
+        """Defaults for a model of these regions: the study's per-region table for one region,
         :data:`MULTILABEL_DEFAULTS` for several; ``overrides`` (not None) win."""
         regions = parse_regions(regions)
-        base = dict(POSTER_DEFAULTS[regions[0]]) if len(regions) == 1 else dict(MULTILABEL_DEFAULTS)
+        base = dict(STUDY_PER_REGION_DEFAULTS[regions[0]]) if len(regions) == 1 else dict(MULTILABEL_DEFAULTS)
         if len(regions) == 1:
             base["scheduler"] = "none"
         base.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,4 +1,4 @@
-"""BCE + Jaccard loss (the poster's loss), on logits, for one or several sigmoid channels."""
+"""BCE + Jaccard loss (the loss of the JSRT/SCR U-Net study), on logits, for one or several sigmoid channels."""
 
 from __future__ import annotations
 

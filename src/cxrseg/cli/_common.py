@@ -41,7 +41,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--regions", default="all",
                    help="regions to train: all, lungs, clavicles or a comma list (heart,left_clavicle,...)")
     g.add_argument("--per-region", action="store_true",
-                   help="the poster's approach: one binary model per region (in OUT/<region>/)")
+                   help="the JSRT/SCR U-Net study's baseline: one binary model per region (in OUT/<region>/)")
     g.add_argument("--input-size", type=int, default=256, help="square input size (multiple of 32)")
     g.add_argument("--encoder", default="resnet34", help="U-Net encoder (a segmentation_models_pytorch encoder name)")
     g.add_argument("--encoder-weights", default="imagenet",
@@ -50,7 +50,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (defaults: the poster's table per region, AdamW+one-cycle multi-label)")
+    g = p.add_argument_group("training (defaults: the study's per-region table, AdamW+one-cycle multi-label)")
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--optimizer", choices=["sgd", "rmsprop", "adam", "adamw"], default=None)
@@ -61,7 +61,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jaccard-weight", type=float, default=None)
     g.add_argument("--aug-strength", type=float, default=None, help="0 disables augmentation")
     g.add_argument("--aug-multiplier", type=int, default=None,
-                   help="passes over the training images per epoch (the poster used 5)")
+                   help="passes over the training images per epoch (the JSRT/SCR U-Net study used 5)")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
     g.add_argument("--early-stopping", type=int, default=None, metavar="EPOCHS",

@@ -1,4 +1,4 @@
-"""``cxrseg train``: the poster's per-region models or one multi-label model."""
+"""``cxrseg train``: the study's per-region models or one multi-label model."""
 
 from __future__ import annotations
 
