@@ -102,6 +102,24 @@ class FinetuneWidget(QWidget):
         self.plan_label = QLabel("Open a dataset and save corrections (Correct dock) to fine-tune.")
         self.plan_label.setWordWrap(True)
 
+        form = self._build_settings()
+        vrow = self._build_validation()
+        brow = self._build_run_controls()
+        self._lay_out(form, vrow, brow)
+
+        self.finetune_button.clicked.connect(lambda: self.start_finetune())
+        self.cancel_button.clicked.connect(lambda: self.cancel_finetune())
+        self.use_model_button.clicked.connect(lambda: self.use_new_model())
+
+        callbacks = (self._on_dataset_changed, self._on_model_changed)
+        s.dataset_changed.connect(callbacks[0])
+        s.model_changed.connect(callbacks[1])
+        self.destroyed.connect(lambda *_a, s=s, cb=callbacks: _disconnect(s, cb))
+        if s.dataset_root is not None:
+            self.refresh_plan()
+
+    def _build_settings(self) -> QFormLayout:
+        """Epochs, replay ratio, tolerance and force."""
         form = QFormLayout()
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 200)
@@ -122,7 +140,10 @@ class FinetuneWidget(QWidget):
         form.addRow("tolerance", self.tolerance_spin)
         self.force_check = QCheckBox("write even if validation gets worse")
         form.addRow(self.force_check)
+        return form
 
+    def _build_validation(self) -> QHBoxLayout:
+        """The list of validation cases; returns its count and Refresh row."""
         self.val_list = QListWidget()
         self.val_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.val_list.setToolTip(
@@ -138,7 +159,10 @@ class FinetuneWidget(QWidget):
         vrow = QHBoxLayout()
         vrow.addWidget(self.val_count, 1)
         vrow.addWidget(self.refresh_button)
+        return vrow
 
+    def _build_run_controls(self) -> QHBoxLayout:
+        """Fine-tune and Cancel (returned as a row), progress, status, report and "use new model"."""
         self.finetune_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -158,7 +182,10 @@ class FinetuneWidget(QWidget):
         self.report_text.setVisible(False)
         self.use_model_button = QPushButton("Use new model and re-predict")
         self.use_model_button.setVisible(False)
+        return brow
 
+    def _lay_out(self, form: QFormLayout, vrow: QHBoxLayout, brow: QHBoxLayout) -> None:
+        """The dock's layout."""
         lay = QVBoxLayout(self)
         lay.addWidget(self.plan_label)
         lay.addLayout(form)
@@ -170,17 +197,6 @@ class FinetuneWidget(QWidget):
         lay.addWidget(self.status_label)
         lay.addWidget(self.report_text)
         lay.addWidget(self.use_model_button)
-
-        self.finetune_button.clicked.connect(lambda: self.start_finetune())
-        self.cancel_button.clicked.connect(lambda: self.cancel_finetune())
-        self.use_model_button.clicked.connect(lambda: self.use_new_model())
-
-        callbacks = (self._on_dataset_changed, self._on_model_changed)
-        s.dataset_changed.connect(callbacks[0])
-        s.model_changed.connect(callbacks[1])
-        self.destroyed.connect(lambda *_a, s=s, cb=callbacks: _disconnect(s, cb))
-        if s.dataset_root is not None:
-            self.refresh_plan()
 
     # ------------------------------------------------------------------ places
     def _workdir(self) -> Path:

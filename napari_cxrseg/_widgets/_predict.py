@@ -98,7 +98,20 @@ class PredictWidget(QWidget):
         self._worker = None
         self._running = False
 
-        # -- model
+        buttons = self._build_model_controls()
+        grid = self._build_region_controls()
+        self._build_display_controls()
+        self._lay_out(buttons, grid)
+        s.model_changed.connect(self._on_model_changed)
+        s.prediction_changed.connect(self._on_prediction)
+        s.case_changed.connect(self._on_case)
+        s.thresholds_changed.connect(self._sync_slider)
+        self._detect_devices()
+        self._read_model()
+
+    def _build_model_controls(self) -> tuple:
+        """Model field, its buttons, label and device choice; returns the buttons."""
+        s = self.session
         self.model_edit = QLineEdit(s.checkpoint or "")
         self.model_edit.setPlaceholderText("shipped default model")
         self.model_edit.editingFinished.connect(self._on_model_edit)
@@ -119,8 +132,11 @@ class PredictWidget(QWidget):
         self.device_combo.addItems(["auto", "cpu"])
         self.device_combo.setCurrentText(s.device)
         self.device_combo.currentTextChanged.connect(lambda d: self.session.set_model(self.session.checkpoint, d))
+        return browse, default, fast
 
-        # -- regions
+    def _build_region_controls(self) -> QGridLayout:
+        """Region boxes and "all", auto-predict, Run and the status line; returns the regions' grid."""
+        s = self.session
         self.all_box = QCheckBox("all")
         self.all_box.setChecked(True)
         self.region_boxes: dict[str, QCheckBox] = {}
@@ -142,8 +158,11 @@ class PredictWidget(QWidget):
         self.run_btn.clicked.connect(self.run)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        return grid
 
-        # -- threshold + display
+    def _build_display_controls(self) -> None:
+        """Threshold, post-processing and display controls."""
+        s = self.session
         self.th_region = QComboBox()
         self.th_region.addItem("all regions", None)
         for r in REGIONS:
@@ -180,7 +199,9 @@ class PredictWidget(QWidget):
             "rewrites the layer from the model's masks")
         self.discard_btn.clicked.connect(self.discard_edits)
 
-        # -- layout
+    def _lay_out(self, buttons: tuple, grid: QGridLayout) -> None:
+        """The dock's layout: model, regions, run, quality estimate, masks and display."""
+        browse, default, fast = buttons
         mbox = QGroupBox("Model")
         ml = QVBoxLayout(mbox)
         row = QHBoxLayout()
@@ -213,17 +234,10 @@ class PredictWidget(QWidget):
         lay.addWidget(self.status)
         from ._quality_panel import QualityPanel  # estimated quality without ground truth
 
-        self.quality = QualityPanel(napari_viewer)
+        self.quality = QualityPanel(self.viewer)
         lay.addWidget(self.quality)
         lay.addWidget(dbox)
         lay.addStretch(1)
-
-        s.model_changed.connect(self._on_model_changed)
-        s.prediction_changed.connect(self._on_prediction)
-        s.case_changed.connect(self._on_case)
-        s.thresholds_changed.connect(self._sync_slider)
-        self._detect_devices()
-        self._read_model()
 
     # ------------------------------------------------------------------ model
     def _browse_model(self) -> None:

@@ -147,6 +147,20 @@ class ReviewWidget(QWidget):
         #: Case id -> messages of the failing plausibility checks (estimate runs).
         self.failing: dict[str, list[str]] = {}
 
+        self._build_run_controls()
+        self._build_queue_table()
+        self._build_mark_controls()
+        self._build_reviewer()
+        self._lay_out()
+
+        s.dataset_changed.connect(self._on_dataset)
+        s.review_changed.connect(self._on_review)
+        s.case_changed.connect(self._on_case)
+        if s.index is not None:
+            self._on_dataset(s.dataset_root)
+
+    def _build_run_controls(self) -> None:
+        """Region and score choice, run, cancel, progress and the info line."""
         self.score_mode = QComboBox()
         for key, text in SCORE_MODES.items():
             self.score_mode.addItem(text, key)
@@ -172,6 +186,8 @@ class ReviewWidget(QWidget):
         self.info = QLabel("Open a dataset, then run the model over it.")
         self.info.setWordWrap(True)
 
+    def _build_queue_table(self) -> None:
+        """The queue table (rows selectable, not editable)."""
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(["Case", "IoU", "Status", "Comment", "Checks"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -181,6 +197,8 @@ class ReviewWidget(QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.currentCellChanged.connect(self._on_current_cell)
 
+    def _build_mark_controls(self) -> None:
+        """Comment, approve/flag/reset, previous/next and the counts."""
         self.comment = QLineEdit()
         self.comment.setPlaceholderText("comment (e.g. 'clavicle tip missed')")
         self.approve_btn = QPushButton("✔ Approve")
@@ -201,6 +219,8 @@ class ReviewWidget(QWidget):
         self.next_btn.clicked.connect(lambda: self.step(+1))
         self.counts = QLabel("")
 
+    def _build_reviewer(self) -> None:
+        """The reviewer field and the hint that asks for a name."""
         self.reviewer_edit = QLineEdit(remembered_reviewer() or "")
         self.reviewer_edit.setToolTip("who reviews: stored with every status in the review ledger, "
                                       "remembered for the next sessions")
@@ -208,6 +228,8 @@ class ReviewWidget(QWidget):
         self.reviewer_hint = QLabel("<b>Who reviews?</b> Type your name once; it is remembered.")
         self._ask_reviewer()
 
+    def _lay_out(self) -> None:
+        """The dock's layout: run controls, marks above the queue, reviewer and options."""
         # compact controls: the queue table gets the height (at least MIN_ROWS rows)
         top = QHBoxLayout()
         top.addWidget(QLabel("rank by"))
@@ -251,12 +273,6 @@ class ReviewWidget(QWidget):
         for btn, action in ((self.approve_btn, "approve"), (self.flag_btn, "flag"),
                             (self.next_btn, "next_worst"), (self.prev_btn, "previous")):
             btn.setToolTip(with_key(btn.toolTip(), action))
-
-        s.dataset_changed.connect(self._on_dataset)
-        s.review_changed.connect(self._on_review)
-        s.case_changed.connect(self._on_case)
-        if s.index is not None:
-            self._on_dataset(s.dataset_root)
 
     # ------------------------------------------------------------------ ledger -> queue
     @property

@@ -309,6 +309,20 @@ def _looks_like_ground_truth(root: Path) -> Path | None:
     return None
 
 
+def _write_reserved_mask(m: np.ndarray, mask_path: Path) -> None:
+    """Write a mask into its reserved file; on failure remove the (still empty) reservation."""
+    try:
+        write_mask(m, mask_path)
+    except BaseException:
+        # an empty reservation is invisible (no sidecar); remove it when we can
+        try:
+            if mask_path.stat().st_size <= 32:
+                mask_path.unlink()
+        except OSError:
+            pass
+        raise
+
+
 class CorrectionStore:
     """Versioned hand-corrected masks under ``root`` (SCR layout; see the module docstring).
 
@@ -517,16 +531,7 @@ class CorrectionStore:
 
         mark_output(self.root, "corrections")
         n, mask_path, side_path = self._reserve(case, region)
-        try:
-            write_mask(m, mask_path)
-        except BaseException:
-            # an empty reservation is invisible (no sidecar); remove it when we can
-            try:
-                if mask_path.stat().st_size <= 32:
-                    mask_path.unlink()
-            except OSError:
-                pass
-            raise
+        _write_reserved_mask(m, mask_path)
         meta: dict[str, Any] = dict(extra or {})
         meta.update(
             {

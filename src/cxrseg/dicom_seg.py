@@ -207,12 +207,41 @@ def write_dicom_seg(
         Unknown regions, no masks, or values outside [0, 1] for a fractional map.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     from . import __version__
     from .io import atomic_write
 
     ds, name = _read_source(source)
+    regions, pixel_array = _seg_pixels(ds, name, masks, fractional)
+    descriptions = _segment_descriptions(regions, model_id, thresholds)
+    seg = hd.seg.Segmentation(
+        source_images=[_source_for_highdicom(ds)],
+        pixel_array=pixel_array,
+        segmentation_type=(
+            hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
+        ),
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=int(series_number),
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=manufacturer,
+        manufacturer_model_name=_ALGORITHM_NAME,
+        software_versions=str(__version__),
+        device_serial_number=str(model_id) or "unknown",
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=255,
+        content_description=series_description[:64],
+        content_label="CXRSEG",
+        omit_empty_frames=False,  # an empty region stays a segment: the round trip is exact
+    )
+    seg.SeriesDescription = series_description[:64]
+    return atomic_write(Path(path), lambda fh: seg.save_as(fh, enforce_file_format=True))
+
+
+def _seg_pixels(ds, name: str, masks: dict[str, np.ndarray], fractional: bool) -> tuple[list[str], np.ndarray]:
+    """The regions to write, in :data:`REGIONS` order, and their masks as one
+    ``(1 frame, rows, cols, segments)`` array; masks that do not fit the source are refused."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise CXRSegIOError(f"{name}: multi-frame image ({frames} frames); expected a single-frame radiograph")
@@ -238,7 +267,13 @@ def write_dicom_seg(
         else:
             m = m.astype(bool)
         planes.append(m)
-    pixel_array = np.stack(planes, axis=-1)[None]  # (1 frame, rows, cols, segments)
+    return regions, np.stack(planes, axis=-1)[None]  # (1 frame, rows, cols, segments)
+
+
+def _segment_descriptions(regions: list[str], model_id: str, thresholds: dict[str, float] | None) -> list:
+    """One segment description per region (segments 1, 2, ...), naming the algorithm."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
 
     params = {"model_id": str(model_id)}
     if thresholds:
@@ -268,30 +303,7 @@ def write_dicom_seg(
             # laterality as a type modifier (DICOM PS3.3 C.8.20.2): Clavicle + Left/Right
             d.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
         descriptions.append(d)
-
-    seg = hd.seg.Segmentation(
-        source_images=[_source_for_highdicom(ds)],
-        pixel_array=pixel_array,
-        segmentation_type=(
-            hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
-        ),
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=int(series_number),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=manufacturer,
-        manufacturer_model_name=_ALGORITHM_NAME,
-        software_versions=str(__version__),
-        device_serial_number=str(model_id) or "unknown",
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=255,
-        content_description=series_description[:64],
-        content_label="CXRSEG",
-        omit_empty_frames=False,  # an empty region stays a segment: the round trip is exact
-    )
-    seg.SeriesDescription = series_description[:64]
-    return atomic_write(Path(path), lambda fh: seg.save_as(fh, enforce_file_format=True))
+    return descriptions
 
 
 def _region_of_segment(item) -> str | None:

@@ -517,19 +517,11 @@ def evaluate_model(
     EvalResult
     """
     from .dataset import DatasetIndex
-    from .predict import get_predictor, parse_thresholds, threshold
+    from .predict import get_predictor, parse_thresholds
 
     paths = _expand_checkpoints(checkpoint)
     predictors = [get_predictor(p, device=device, precision=precision) for p in paths]
-    owner: dict[str, Any] = {}
-    for pr in predictors:
-        for r in pr.regions:
-            if r in owner:
-                raise ValueError(
-                    f"region {r} is predicted by both {owner[r].path.name} and {pr.path.name}; "
-                    "pass one checkpoint per region"
-                )
-            owner[r] = pr
+    owner = _region_owners(predictors)
     wanted = tuple(r for r in REGIONS if r in owner) if regions is None else parse_regions(regions)
     missing = [r for r in wanted if r not in owner]
     if missing:
@@ -549,6 +541,49 @@ def evaluate_model(
 
     index = DatasetIndex(data_root)
     chosen, source = select_cases(index, cases, val_cases)
+    todo, notes = _cases_with_masks(chosen, wanted, data_root)
+    spacing_src: dict[str, int] = {}
+    rows: list[dict] = []
+    group_rows: list[dict] = []
+    for i, (case, regs) in enumerate(todo, 1):
+        out, src = _evaluate_case(case, regs, predictors, owner, th, postprocess=postprocess)
+        spacing_src[src] = spacing_src.get(src, 0) + 1
+        rows += [r for r in out if r["region"] in REGIONS]
+        group_rows += [r for r in out if r["region"] not in REGIONS]
+        if progress:
+            progress(i, len(todo))
+    notes += _spacing_notes(spacing_src)
+    return EvalResult(
+        rows=rows,
+        group_rows=group_rows,
+        regions=wanted,
+        cases=[c.case_id for c, _ in todo],
+        case_source=source,
+        checkpoints=[str(p) for p in paths],
+        model_ids=[pr.model_id for pr in predictors],
+        thresholds=th,
+        postprocessed=bool(postprocess),
+        notes=notes,
+    )
+
+
+def _region_owners(predictors) -> dict[str, Any]:
+    """region -> the predictor that predicts it; a region of two checkpoints is refused."""
+    owner: dict[str, Any] = {}
+    for pr in predictors:
+        for r in pr.regions:
+            if r in owner:
+                raise ValueError(
+                    f"region {r} is predicted by both {owner[r].path.name} and {pr.path.name}; "
+                    "pass one checkpoint per region"
+                )
+            owner[r] = pr
+    return owner
+
+
+def _cases_with_masks(chosen, wanted, data_root) -> tuple[list, list[str]]:
+    """The chosen cases with masks of some wanted regions, each with those regions, and
+    notes on the cases skipped or measured on fewer regions."""
     notes: list[str] = []
     todo = []
     partial = 0
@@ -570,32 +605,34 @@ def evaluate_model(
             f"{data_root}: none of the {len(chosen)} selected case(s) "
             f"has masks for {', '.join(wanted)}"
         )
+    return todo, notes
 
-    spacing_src: dict[str, int] = {}
-    rows: list[dict] = []
-    group_rows: list[dict] = []
-    for i, (case, regs) in enumerate(todo, 1):
-        img = case.load_image()
-        truth = case.load_masks(regs)
-        shape = next(iter(truth.values())).shape
-        probs: dict[str, np.ndarray] = {}
-        for pr in predictors:
-            mine = [r for r in regs if owner[r] is pr]
-            if mine:
-                probs.update(pr.predict(img.data, regions=mine))
-        probs = {r: _to_grid(probs[r], shape, f"case {case.case_id}: {r} prediction") for r in regs}
-        masks = threshold(probs, th)
-        if postprocess:
-            from .postprocess import postprocess as clean
 
-            masks = clean(masks)
-        spacing, src = mask_spacing(img, shape, case.case_id)
-        spacing_src[src] = spacing_src.get(src, 0) + 1
-        out = evaluate_masks(masks, truth, spacing, case=case.case_id, groups=True)
-        rows += [r for r in out if r["region"] in REGIONS]
-        group_rows += [r for r in out if r["region"] not in REGIONS]
-        if progress:
-            progress(i, len(todo))
+def _evaluate_case(case, regs, predictors, owner, th, *, postprocess: bool) -> tuple[list[dict], str]:
+    """The rows of :func:`evaluate_masks` for one case, and where its pixel spacing came from."""
+    from .predict import threshold
+
+    img = case.load_image()
+    truth = case.load_masks(regs)
+    shape = next(iter(truth.values())).shape
+    probs: dict[str, np.ndarray] = {}
+    for pr in predictors:
+        mine = [r for r in regs if owner[r] is pr]
+        if mine:
+            probs.update(pr.predict(img.data, regions=mine))
+    probs = {r: _to_grid(probs[r], shape, f"case {case.case_id}: {r} prediction") for r in regs}
+    masks = threshold(probs, th)
+    if postprocess:
+        from .postprocess import postprocess as clean
+
+        masks = clean(masks)
+    spacing, src = mask_spacing(img, shape, case.case_id)
+    return evaluate_masks(masks, truth, spacing, case=case.case_id, groups=True), src
+
+
+def _spacing_notes(spacing_src: dict[str, int]) -> list[str]:
+    """Notes on the images whose contour distances rest on an assumed or no pixel spacing."""
+    notes = []
     if spacing_src.get("jsrt"):
         notes.append(
             f"{spacing_src['jsrt']} image(s) without pixel spacing: "
@@ -607,15 +644,4 @@ def evaluate_model(
             f"{spacing_src['unknown']} image(s) without pixel spacing (not JSRT 1024 x 1024): "
             "their contour distances are in pixels"
         )
-    return EvalResult(
-        rows=rows,
-        group_rows=group_rows,
-        regions=wanted,
-        cases=[c.case_id for c, _ in todo],
-        case_source=source,
-        checkpoints=[str(p) for p in paths],
-        model_ids=[pr.model_id for pr in predictors],
-        thresholds=th,
-        postprocessed=bool(postprocess),
-        notes=notes,
-    )
+    return notes

@@ -544,12 +544,7 @@ def finetune_iter(
     FinetuneError
         No usable correction, an image that cannot be found, or bad options.
     """
-    from .config import TrainConfig
-    from .data import ArrayData, build_arrays, sample_to_arrays
-    from .dataset import DatasetIndex
-    from .io import read_image
-    from .model import load_checkpoint, read_metadata, resolve_checkpoint_path, save_checkpoint
-    from .train import train_iter
+    from .model import resolve_checkpoint_path
 
     if replay_ratio < 0:
         raise FinetuneError(f"replay_ratio must be >= 0, got {replay_ratio}")
@@ -563,48 +558,89 @@ def finetune_iter(
         raise FinetuneError(
             f"--out {out_path} is the source checkpoint; the parent is never overwritten"
         )
-    rank = _rank()
-    is_main = rank == 0
-
-    yield {"kind": "stage", "stage": "load", "message": f"reading {src}"}
-    meta = read_metadata(src)
-    from .config import ModelConfig
-
-    mcfg = ModelConfig.from_dict(meta["config"])
-    parent_id = meta.get("model_id")
-    model_regions = tuple(mcfg.regions)
-    use_regions = (
-        model_regions
-        if regions is None
-        else tuple(r for r in parse_regions(regions) if r in model_regions)
+    run = _FinetuneRun(
+        src, out_path, data_root, replay_ratio=replay_ratio, repeats=repeats, tolerance=tolerance,
+        force=force, device=device, precision=precision, seed=seed, cache_dir=cache_dir,
+        max_steps=max_steps,
     )
-    if not use_regions:
-        raise FinetuneError(
-            f"none of the requested regions is predicted by {src} ({', '.join(model_regions)})"
+    yield from run.load(corrections, regions)
+    yield from run.select_cases(val_cases)
+    yield from run.prepare_data()
+    run.configure(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                  scheduler=scheduler, aug_strength=aug_strength, early_stopping=early_stopping)
+    run.start()
+    try:
+        cand = yield from run.train()
+        if cand is not None:  # None on ranks other than 0, which neither evaluate nor write
+            yield from run.evaluate(cand)
+            yield from run.write(cand)
+        yield {"kind": "done", "result": run.result}
+    finally:
+        run.close()
+
+
+class _FinetuneRun:
+    """The state of one :func:`finetune_iter` run, one method per stage it reports.
+
+    The stage generators yield the run's progress events; the driver calls them in order.
+    """
+
+    def __init__(self, src: Path, out_path: Path, data_root, *, replay_ratio, repeats, tolerance,
+                 force, device, precision, seed, cache_dir, max_steps) -> None:
+        self.src, self.out_path, self.data_root = src, out_path, data_root
+        self.replay_ratio, self.repeats, self.tolerance = replay_ratio, repeats, tolerance
+        self.force, self.device, self.precision, self.seed = force, device, precision, seed
+        self.cache_dir, self.max_steps = cache_dir, max_steps
+        self.rank = _rank()
+        self.is_main = self.rank == 0
+        self.events = None
+        self.tmp_dir: Path | None = None
+
+    # ---- the source checkpoint, the corrections and the images of the corrected cases
+    def load(self, corrections, regions) -> Iterator[Event]:
+        from .config import ModelConfig
+        from .dataset import DatasetIndex
+        from .model import read_metadata
+
+        src = self.src
+        yield {"kind": "stage", "stage": "load", "message": f"reading {src}"}
+        self.meta = read_metadata(src)
+        self.mcfg = ModelConfig.from_dict(self.meta["config"])
+        self.parent_id = self.meta.get("model_id")
+        model_regions = self.model_regions = tuple(self.mcfg.regions)
+        use_regions = (
+            model_regions
+            if regions is None
+            else tuple(r for r in parse_regions(regions) if r in model_regions)
         )
-    thresholds = dict(mcfg.thresholds)
+        if not use_regions:
+            raise FinetuneError(
+                f"none of the requested regions is predicted by {src} ({', '.join(model_regions)})"
+            )
+        self.thresholds = dict(self.mcfg.thresholds)
 
-    store = _open_store(corrections, data_root)
-    latest = [v for v in store.latest_versions() if v.region in use_regions]
-    if not latest:
-        raise FinetuneError(
-            f"{store.root}: no correction of {', '.join(use_regions)} (expected "
-            "masks/<region>/<case>.vNNN.png with its .json sidecar)"
-        )
-    by_case: dict[str, dict[str, CorrectionVersion]] = {}
-    for v in latest:
-        by_case.setdefault(v.case, {})[v.region] = v
-    corrected_ids = sorted(by_case)
+        self.store = _open_store(corrections, self.data_root)
+        self.latest = [v for v in self.store.latest_versions() if v.region in use_regions]
+        if not self.latest:
+            raise FinetuneError(
+                f"{self.store.root}: no correction of {', '.join(use_regions)} (expected "
+                "masks/<region>/<case>.vNNN.png with its .json sidecar)"
+            )
+        self.by_case: dict[str, dict[str, CorrectionVersion]] = {}
+        for v in self.latest:
+            self.by_case.setdefault(v.case, {})[v.region] = v
+        self.corrected_ids = sorted(self.by_case)
 
-    index = None
-    if data_root is not None:
-        index = DatasetIndex(data_root)
+        self.index = None
+        if self.data_root is not None:
+            self.index = DatasetIndex(self.data_root)
+        self.img_paths = {c: self._image_path_of(c) for c in self.corrected_ids}
 
-    # ---- images of the corrected cases
-    def image_path_of(case: str) -> Path:
+    def _image_path_of(self, case: str) -> Path:
+        index, data_root = self.index, self.data_root
         if index is not None and case in index:
             return Path(index[case].image_path)
-        for v in by_case[case].values():
+        for v in self.by_case[case].values():
             p = v.meta.get("image_path")
             if p and Path(p).is_file():
                 return Path(p)
@@ -614,79 +650,105 @@ def finetune_iter(
             "and the sidecar's image_path is missing or gone)"
         )
 
-    img_paths = {c: image_path_of(c) for c in corrected_ids}
-
     # ---- validation and replay cases
-    full_cases = index.with_regions(model_regions) if index is not None else []
-    by_id = {c.case_id: c for c in full_cases}
-    val_ids, dropped, replay_ids = _select_cases(
-        meta, [c.case_id for c in full_cases], corrected_ids, val_cases=val_cases,
-        replay_ratio=replay_ratio if index is not None else 0.0, data_root=data_root,
-        model_regions=model_regions,
-    )
-    if dropped:
+    def select_cases(self, val_cases) -> Iterator[Event]:
+        index, data_root = self.index, self.data_root
+        full_cases = index.with_regions(self.model_regions) if index is not None else []
+        self.by_id = {c.case_id: c for c in full_cases}
+        self.val_ids, dropped, self.replay_ids = _select_cases(
+            self.meta, [c.case_id for c in full_cases], self.corrected_ids, val_cases=val_cases,
+            replay_ratio=self.replay_ratio if index is not None else 0.0, data_root=data_root,
+            model_regions=self.model_regions,
+        )
+        if dropped:
+            yield {
+                "kind": "stage",
+                "stage": "data",
+                "message": f"corrected cases left out of validation: {', '.join(dropped)}",
+            }
+        if self.cache_dir is None and data_root is not None and not os.environ.get("CXRSEG_CACHE"):
+            # arrays of licensed images stay beside their dataset, not in the home folder
+            from .workspace import workdir
+
+            self.cache_dir = workdir(data_root) / "cache"
+
+    # ---- training (and validation) arrays
+    def prepare_data(self) -> Iterator[Event]:
+        from .data import ArrayData, build_arrays, sample_to_arrays
+        from .io import read_image
+
+        corrected_ids, replay_ids, val_ids = self.corrected_ids, self.replay_ids, self.val_ids
+        model_regions, by_id = self.model_regions, self.by_id
         yield {
             "kind": "stage",
             "stage": "data",
-            "message": f"corrected cases left out of validation: {', '.join(dropped)}",
+            "message": f"{len(self.latest)} correction(s) of {len(corrected_ids)} case(s); "
+            f"{len(replay_ids)} replay case(s); {len(val_ids)} validation case(s)",
         }
-    if cache_dir is None and data_root is not None and not os.environ.get("CXRSEG_CACHE"):
-        # arrays of licensed images stay beside their dataset, not in the home folder
-        from .workspace import workdir
+        self.pdev = self.device
+        if os.environ.get("WORLD_SIZE", "1") != "1" and self.device in ("auto", "cuda"):
+            import torch
 
-        cache_dir = workdir(data_root) / "cache"
+            if torch.cuda.is_available():
+                self.pdev = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        size = self.mcfg.input_size
+        corr_images = np.zeros((len(corrected_ids), size, size), np.float16)
+        corr_masks = np.zeros((len(corrected_ids), len(model_regions), size, size), np.float16)
+        self.label_sources: dict[str, dict[str, str]] = {}
+        self._pseudo = None
+        n_prep = len(corrected_ids) + len(replay_ids) + len(val_ids)
+        prep = {"done": 0}
 
-    # ---- training targets of the corrected cases
-    yield {
-        "kind": "stage",
-        "stage": "data",
-        "message": f"{len(latest)} correction(s) of {len(corrected_ids)} case(s); "
-        f"{len(replay_ids)} replay case(s); {len(val_ids)} validation case(s)",
-    }
-    pdev = device
-    if os.environ.get("WORLD_SIZE", "1") != "1" and device in ("auto", "cuda"):
-        import torch
+        def prepared(what: str, k: int = 1) -> Event:
+            prep["done"] += k
+            return {"kind": "prepare", "what": what, "done": prep["done"], "total": n_prep,
+                    "message": f"preparing the data: {prep['done']}/{n_prep} case(s) ({what})"}
 
-        if torch.cuda.is_available():
-            pdev = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    size = mcfg.input_size
-    corr_images = np.zeros((len(corrected_ids), size, size), np.float16)
-    corr_masks = np.zeros((len(corrected_ids), len(model_regions), size, size), np.float16)
-    label_sources: dict[str, dict[str, str]] = {}
-    pseudo = None
-    n_prep = len(corrected_ids) + len(replay_ids) + len(val_ids)
-    prep = {"done": 0}
+        for i, case in enumerate(corrected_ids):
+            image = read_image(self.img_paths[case]).data
+            targets, src_of = self._targets_of(case, image)
+            corr_images[i], corr_masks[i] = sample_to_arrays(image, targets, model_regions, size)
+            self.label_sources[case] = src_of
+            yield prepared("corrections")
+        self._pseudo = None
+        self.corr_data = ArrayData(
+            corr_images,
+            corr_masks,
+            list(corrected_ids),
+            model_regions,
+            [str(self.img_paths[c]) for c in corrected_ids],
+        )
+        parts = [self.corr_data]
+        if replay_ids:
+            yield {
+                "kind": "stage",
+                "stage": "data",
+                "message": f"preparing {len(replay_ids)} replay case(s)",
+            }
+        if replay_ids:
+            replay_data = yield from _build_with_progress(
+                build_arrays, [by_id[c] for c in replay_ids], model_regions, size, self.cache_dir,
+                lambda k: prepared("replay", k),
+            )
+            parts.append(replay_data)
+        self.train_data = ArrayData.concat(parts)
+        self.val_data = None
+        if val_ids:
+            self.val_data = yield from _build_with_progress(
+                build_arrays, [by_id[c] for c in val_ids], model_regions, size, self.cache_dir,
+                lambda k: prepared("validation", k),
+            )
 
-    def prepared(what: str, k: int = 1) -> Event:
-        prep["done"] += k
-        return {"kind": "prepare", "what": what, "done": prep["done"], "total": n_prep,
-                "message": f"preparing the data: {prep['done']}/{n_prep} case(s) ({what})"}
-
-    for i, case in enumerate(corrected_ids):
-        image = read_image(img_paths[case]).data
+    def _targets_of(self, case: str, image: np.ndarray) -> tuple[dict, dict[str, str]]:
+        """Training targets of a corrected case and where each came from."""
+        index = self.index
         targets: dict[str, np.ndarray] = {}
         src_of: dict[str, str] = {}
         need_pseudo = []
-        for r in model_regions:
-            v = by_case[case].get(r)
+        for r in self.model_regions:
+            v = self.by_case[case].get(r)
             if v is not None:
-                m = v.load_mask()
-                sha = v.meta.get("mask_sha256")
-                if sha:
-                    from .corrections import file_sha256
-
-                    if file_sha256(v.mask_path) != sha:
-                        raise CorrectionError(
-                            f"{v.mask_path}: does not match the SHA-256 in its sidecar "
-                            f"{v.sidecar_path.name}; "
-                            "the file was changed outside cxrseg"
-                        )
-                if m.shape != image.shape:  # corrections are stored at their image's size
-                    raise CorrectionError(
-                        f"{v.mask_path}: mask is {m.shape[0]}x{m.shape[1]}, its image "
-                        f"{img_paths[case]} is {image.shape[0]}x{image.shape[1]}; refused"
-                    )
-                targets[r] = m
+                targets[r] = self._checked_mask(v, image, self.img_paths[case])
                 src_of[r] = f"correction v{v.version}"
             elif index is not None and case in index and r in index[case].mask_paths:
                 targets[r] = index[case].load_masks([r])[r]
@@ -694,157 +756,174 @@ def finetune_iter(
             else:
                 need_pseudo.append(r)
         if need_pseudo:
-            if pseudo is None:
-                pseudo = _predictor(src, pdev, precision)
-            probs = pseudo.predict(image, regions=tuple(need_pseudo))
-            for r, m in _binarise(probs, thresholds).items():
+            if self._pseudo is None:
+                self._pseudo = _predictor(self.src, self.pdev, self.precision)
+            probs = self._pseudo.predict(image, regions=tuple(need_pseudo))
+            for r, m in _binarise(probs, self.thresholds).items():
                 targets[r] = m
                 src_of[r] = "pseudo-label"
-        corr_images[i], corr_masks[i] = sample_to_arrays(image, targets, model_regions, size)
-        label_sources[case] = src_of
-        yield prepared("corrections")
-    pseudo = None
-    corr_data = ArrayData(
-        corr_images,
-        corr_masks,
-        list(corrected_ids),
-        model_regions,
-        [str(img_paths[c]) for c in corrected_ids],
-    )
-    parts = [corr_data]
-    if replay_ids:
-        yield {
-            "kind": "stage",
-            "stage": "data",
-            "message": f"preparing {len(replay_ids)} replay case(s)",
-        }
-    if replay_ids:
-        replay_data = yield from _build_with_progress(
-            build_arrays, [by_id[c] for c in replay_ids], model_regions, size, cache_dir,
-            lambda k: prepared("replay", k),
-        )
-        parts.append(replay_data)
-    train_data = ArrayData.concat(parts)
-    val_data = None
-    if val_ids:
-        val_data = yield from _build_with_progress(
-            build_arrays, [by_id[c] for c in val_ids], model_regions, size, cache_dir,
-            lambda k: prepared("validation", k),
-        )
+        return targets, src_of
 
-    # ---- training configuration
-    base = meta.get("train_config")
-    try:
-        tcfg0 = (
-            TrainConfig.from_dict(base)
-            if isinstance(base, dict)
-            else TrainConfig.for_regions(model_regions)
-        )
-    except (TypeError, ValueError):
-        tcfg0 = TrainConfig.for_regions(model_regions)
-    sampler, n_replay_epoch = _replay_sampler(
-        len(corr_data), len(replay_ids), repeats=repeats, ratio=replay_ratio, seed=seed
-    )
-    per_epoch = len(corr_data) * repeats + n_replay_epoch
-    tcfg = TrainConfig(
-        **{
-            **{k: v for k, v in vars(tcfg0).items()},
-            "epochs": int(epochs),
-            "lr": float(lr) if lr is not None else tcfg0.lr / 10,
-            "batch_size": int(batch_size)
-            if batch_size is not None
-            else max(1, min(tcfg0.batch_size, per_epoch)),
-            "optimizer": optimizer or tcfg0.optimizer,
-            "scheduler": scheduler,
-            "aug_strength": tcfg0.aug_strength if aug_strength is None else float(aug_strength),
-            "aug_multiplier": 1,
-            "seed": int(seed),
-            "precision": precision,
-            "early_stopping_patience": int(early_stopping) if val_data is not None else 0,
-            "num_workers": 0,
-        }
-    )
+    @staticmethod
+    def _checked_mask(v: CorrectionVersion, image: np.ndarray, image_path: Path) -> np.ndarray:
+        """A correction's mask, refused when it changed outside cxrseg or misfits its image."""
+        m = v.load_mask()
+        sha = v.meta.get("mask_sha256")
+        if sha:
+            from .corrections import file_sha256
 
-    lineage = [
-        by_case[c][r].lineage() for c in corrected_ids for r in model_regions if r in by_case[c]
-    ]
-    date = _now()
-    settings = {
-        "source_checkpoint": str(src),
-        "corrections_root": str(store.root),
-        "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
-        "replay_ratio": float(replay_ratio),
-        "repeats": int(repeats),
-        "replay_per_epoch": int(n_replay_epoch),
-        "n_replay_cases": len(replay_ids),
-        "tolerance": float(tolerance),
-        "label_sources": label_sources,
-    }
-    train_meta = {
-        "corrections": lineage,
-        "date": date,
-        "finetune": settings,
-    }
-    if data_root is not None:
-        train_meta["data_root"] = str(Path(data_root).resolve())
+            if file_sha256(v.mask_path) != sha:
+                raise CorrectionError(
+                    f"{v.mask_path}: does not match the SHA-256 in its sidecar "
+                    f"{v.sidecar_path.name}; "
+                    "the file was changed outside cxrseg"
+                )
+        if m.shape != image.shape:  # corrections are stored at their image's size
+            raise CorrectionError(
+                f"{v.mask_path}: mask is {m.shape[0]}x{m.shape[1]}, its image "
+                f"{image_path} is {image.shape[0]}x{image.shape[1]}; refused"
+            )
+        return m
+
+    # ---- training configuration and lineage
+    def configure(self, *, epochs, lr, batch_size, optimizer, scheduler, aug_strength,
+                  early_stopping) -> None:
+        from .config import TrainConfig
+
+        model_regions = self.model_regions
+        base = self.meta.get("train_config")
+        try:
+            tcfg0 = (
+                TrainConfig.from_dict(base)
+                if isinstance(base, dict)
+                else TrainConfig.for_regions(model_regions)
+            )
+        except (TypeError, ValueError):
+            tcfg0 = TrainConfig.for_regions(model_regions)
+        self.sampler, n_replay_epoch = _replay_sampler(
+            len(self.corr_data), len(self.replay_ids), repeats=self.repeats,
+            ratio=self.replay_ratio, seed=self.seed,
+        )
+        per_epoch = self.per_epoch = len(self.corr_data) * self.repeats + n_replay_epoch
+        self.tcfg = TrainConfig(
+            **{
+                **{k: v for k, v in vars(tcfg0).items()},
+                "epochs": int(epochs),
+                "lr": float(lr) if lr is not None else tcfg0.lr / 10,
+                "batch_size": int(batch_size)
+                if batch_size is not None
+                else max(1, min(tcfg0.batch_size, per_epoch)),
+                "optimizer": optimizer or tcfg0.optimizer,
+                "scheduler": scheduler,
+                "aug_strength": tcfg0.aug_strength if aug_strength is None else float(aug_strength),
+                "aug_multiplier": 1,
+                "seed": int(self.seed),
+                "precision": self.precision,
+                "early_stopping_patience": int(early_stopping) if self.val_data is not None else 0,
+                "num_workers": 0,
+            }
+        )
+        self._lineage(n_replay_epoch)
+
+    def _lineage(self, n_replay_epoch: int) -> None:
+        data_root = self.data_root
+        self.lineage = [
+            self.by_case[c][r].lineage()
+            for c in self.corrected_ids for r in self.model_regions if r in self.by_case[c]
+        ]
+        self.date = _now()
+        self.settings = {
+            "source_checkpoint": str(self.src),
+            "corrections_root": str(self.store.root),
+            "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
+            "replay_ratio": float(self.replay_ratio),
+            "repeats": int(self.repeats),
+            "replay_per_epoch": int(n_replay_epoch),
+            "n_replay_cases": len(self.replay_ids),
+            "tolerance": float(self.tolerance),
+            "label_sources": self.label_sources,
+        }
+        self.train_meta = {
+            "corrections": self.lineage,
+            "date": self.date,
+            "finetune": self.settings,
+        }
+        if data_root is not None:
+            self.train_meta["data_root"] = str(Path(data_root).resolve())
 
     # ---- train in a temporary folder next to the output
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".cxrseg-finetune-", dir=out_path.parent))
-    events = None
-    result = FinetuneResult(
-        parent_id=parent_id,
-        corrections=lineage,
-        corrected_cases=list(corrected_ids),
-        val_cases=list(val_ids),
-        replay_cases=list(replay_ids),
-        label_sources=label_sources,
-    )
-    try:
+    def start(self) -> None:
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=".cxrseg-finetune-", dir=self.out_path.parent))
+        self.events = None
+        self.result = FinetuneResult(
+            parent_id=self.parent_id,
+            corrections=self.lineage,
+            corrected_cases=list(self.corrected_ids),
+            val_cases=list(self.val_ids),
+            replay_cases=list(self.replay_ids),
+            label_sources=self.label_sources,
+        )
+
+    def close(self) -> None:
+        """Stop the training generator and remove the temporary folder (also on cancel)."""
+        if self.events is not None:
+            self.events.close()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def train(self) -> Iterator[Event]:
+        """Yield the training events; return the candidate checkpoint (None off rank 0)."""
+        from .train import train_iter
+
+        tcfg, result = self.tcfg, self.result
         yield {
             "kind": "stage",
             "stage": "train",
-            "message": f"fine-tuning {tcfg.epochs} epoch(s) of {per_epoch} samples "
+            "message": f"fine-tuning {tcfg.epochs} epoch(s) of {self.per_epoch} samples "
             f"(lr {tcfg.lr:g}, batch {tcfg.batch_size})",
         }
-        events = train_iter(
-            mcfg,
+        self.events = train_iter(
+            self.mcfg,
             tcfg,
-            train_data,
-            val_data,
-            tmp_dir,
-            device=device,
-            init_checkpoint=src,
-            metadata=train_meta,
-            sampler=sampler,
-            max_steps=max_steps,
+            self.train_data,
+            self.val_data,
+            self.tmp_dir,
+            device=self.device,
+            init_checkpoint=self.src,
+            metadata=self.train_meta,
+            sampler=self.sampler,
+            max_steps=self.max_steps,
         )
         tres = None
-        for ev in events:
+        for ev in self.events:
             if ev["kind"] == "done":
                 tres = ev["result"]
                 break
             yield ev
-        events.close()
-        events = None
+        self.events.close()
+        self.events = None
         if tres is None:  # pragma: no cover - train_iter always ends with "done"
             raise RuntimeError("training ended without a result")
         result.history = list(tres.history)
         result.best_epoch = int(tres.best_epoch)
-        if not is_main:
-            result.reason = f"rank {rank}: only rank 0 evaluates and writes"
-            yield {"kind": "done", "result": result}
-            return
+        if not self.is_main:
+            result.reason = f"rank {self.rank}: only rank 0 evaluates and writes"
+            return None
         cand = tres.best_path or tres.last_path
         if cand is None:  # pragma: no cover
-            raise RuntimeError(f"training wrote no checkpoint into {tmp_dir}")
+            raise RuntimeError(f"training wrote no checkpoint into {self.tmp_dir}")
+        return cand
 
-        # ---- before / after at native resolution
+    # ---- before / after at native resolution
+    def evaluate(self, cand: Path) -> Iterator[Event]:
+        from .io import read_image
+
+        by_id, model_regions = self.by_id, self.model_regions
         corr_items = []
-        for case in corrected_ids:
-            vs = by_case[case]
+        for case in self.corrected_ids:
+            vs = self.by_case[case]
 
-            def _img(p=img_paths[case]):
+            def _img(p=self.img_paths[case]):
                 return read_image(p).data
 
             def _msk(vs=vs):
@@ -857,10 +936,11 @@ def finetune_iter(
                 (lambda c=c: by_id[c].load_image().data),
                 (lambda c=c: by_id[c].load_masks(model_regions)),
             )
-            for c in val_ids
+            for c in self.val_ids
         ]
         report: dict[str, dict] = {}
-        for which, ck in (("before", src), ("after", cand)):
+        device, precision, thresholds = self.device, self.precision, self.thresholds
+        for which, ck in (("before", self.src), ("after", cand)):
             yield {"kind": "stage", "stage": "evaluate", "message": f"evaluating the {which} model"}
             cache = which == "before"
             per_corr = _evaluate(
@@ -876,17 +956,21 @@ def finetune_iter(
                 "validation_cases": per_val,
             }
             yield {"kind": "evaluate", "which": which, "i": 1, "n": 1}
+        result = self.result
         result.before, result.after = report["before"], report["after"]
         table = format_report(result.before, result.after)
         yield {"kind": "report", "before": result.before, "after": result.after, "table": table}
 
-        # ---- the tolerance guard
+    # ---- the tolerance guard
+    def _guard(self) -> tuple[bool, str]:
+        """Whether the fine-tuned model may be written, and why (not)."""
+        result, tolerance = self.result, self.tolerance
         drops = {
             r: result.before["validation"][r] - result.after["validation"].get(r, float("nan"))
             for r in result.before["validation"]
         }
         bad = {r: d for r, d in drops.items() if not (d <= tolerance)}
-        if not val_ids:
+        if not self.val_ids:
             ok, reason = (
                 False,
                 (
@@ -906,6 +990,14 @@ def finetune_iter(
             )
         else:
             ok, reason = True, f"validation IoU within tolerance {tolerance:g} in every region"
+        return ok, reason
+
+    # ---- the new checkpoint, with its lineage
+    def write(self, cand: Path) -> Iterator[Event]:
+        from .model import load_checkpoint, read_metadata, save_checkpoint
+
+        result, force, out_path = self.result, self.force, self.out_path
+        ok, reason = self._guard()
         if not ok and force:
             reason = f"written with --force although {reason}"
         if ok or force:
@@ -914,11 +1006,11 @@ def finetune_iter(
             new_meta = dict(ck.metadata)
             for k in ("format", "config", "regions", "code_version", "model_id", "dtype"):
                 new_meta.pop(k, None)
-            new_meta["parent_id"] = parent_id
-            new_meta["corrections"] = lineage
-            new_meta["date"] = date
+            new_meta["parent_id"] = self.parent_id
+            new_meta["corrections"] = self.lineage
+            new_meta["date"] = self.date
             new_meta["finetune"] = dict(
-                settings,
+                self.settings,
                 before=_round(result.before),
                 after=_round(result.after),
                 forced=bool(force and not ok),
@@ -931,11 +1023,6 @@ def finetune_iter(
         else:
             reason = f"not written: {reason} (use --force to write anyway)"
         result.reason = reason
-        yield {"kind": "done", "result": result}
-    finally:
-        if events is not None:
-            events.close()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _round(report: dict) -> dict:

@@ -655,6 +655,44 @@ def read_dicom(path, *, max_pixels: int | None = None, min_side: int | None = No
         missing (the message names the syntax and the package to install).
     """
     p = _check_file(path)
+    ds = _dicom_dataset(p)
+    _check_dicom_image(p, ds, max_pixels=max_pixels, min_side=min_side)
+    ts = _transfer_syntax(ds)
+    arr = _dicom_pixels(p, ds, ts)
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip()
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    meta: dict[str, Any] = {
+        "format": "dicom",
+        "modality": str(ds.get("Modality", "")) or None,
+        "photometric": photometric,
+        "transfer_syntax": str(ts),
+    }
+    colour = spp > 1 or photometric in ("PALETTE COLOR",) or photometric.startswith(("RGB", "YBR"))
+    if n_frames > 1:
+        expected_ndim = 4 if (spp > 1) else 3
+        if arr.ndim == expected_ndim:
+            arr = arr[0]
+        meta["n_frames"] = n_frames
+        meta["note"] = f"multi-frame DICOM ({n_frames} frames): only the first frame is used"
+
+    if photometric == "PALETTE COLOR":
+        _, _, apply_color_lut = _pydicom_luts()
+        try:
+            arr = apply_color_lut(arr, ds)
+        except Exception as exc:
+            raise CXRSegIOError(f"{p}: cannot apply the DICOM palette colour LUT ({exc})") from exc
+    if colour or arr.ndim == 3:
+        return _dicom_colour(p, ds, arr, photometric, meta)
+    if arr.ndim != 2:
+        raise CXRSegIOError(f"{p}: DICOM pixel data has shape {arr.shape}, expected a 2-D image")
+    return _dicom_grayscale(p, ds, arr, photometric, meta)
+
+
+def _dicom_dataset(p: Path):
+    """The pydicom dataset of ``p``; a file without the DICM marker is read when it has
+    image attributes."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -674,7 +712,12 @@ def read_dicom(path, *, max_pixels: int | None = None, min_side: int | None = No
             ) from None
     except Exception as exc:
         raise CXRSegIOError(f"{p}: not a readable DICOM file ({exc})") from exc
+    return ds
 
+
+def _check_dicom_image(p: Path, ds, *, max_pixels: int | None, min_side: int | None) -> None:
+    """Refuse a dataset without pixel data, a Segmentation, or an image of a refused size
+    (before its pixels are decoded)."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise CXRSegIOError(
             f"{p}: DICOM file has no pixel data, expected an image "
@@ -691,9 +734,14 @@ def read_dicom(path, *, max_pixels: int | None = None, min_side: int | None = No
     except (AttributeError, TypeError, ValueError):
         raise CXRSegIOError(f"{p}: DICOM file has no valid Rows/Columns") from None
     check_image_size(p, rows, cols, frames=frames, limit=max_pixels, min_side=min_side)
+
+
+def _transfer_syntax(ds):
+    """The dataset's transfer syntax; without file meta, the one the reader found (set in it)."""
     fm = getattr(ds, "file_meta", None)
     ts = getattr(fm, "TransferSyntaxUID", None) if fm is not None else None
     if ts is None:  # no file meta: assume what the reader found
+        import pydicom
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
         if fm is None:
@@ -703,9 +751,13 @@ def read_dicom(path, *, max_pixels: int | None = None, min_side: int | None = No
             implicit = True
         ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         ds.file_meta.TransferSyntaxUID = ts
+    return ts
 
+
+def _dicom_pixels(p: Path, ds, ts) -> np.ndarray:
+    """The decoded pixel array; a missing decoder is named with the package to install."""
     try:
-        arr = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:
         msg = str(exc)
         compressed = bool(getattr(ts, "is_compressed", False))
@@ -722,49 +774,30 @@ def read_dicom(path, *, max_pixels: int | None = None, min_side: int | None = No
             f"{p}: cannot decode DICOM pixel data (transfer syntax {_ts_name(ts)}): {msg}"
         ) from exc
 
-    apply_modality_lut, apply_voi_lut, apply_color_lut = _pydicom_luts()
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip()
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    meta: dict[str, Any] = {
-        "format": "dicom",
-        "modality": str(ds.get("Modality", "")) or None,
-        "photometric": photometric,
-        "transfer_syntax": str(ts),
-    }
-    colour = spp > 1 or photometric in ("PALETTE COLOR",) or photometric.startswith(("RGB", "YBR"))
-    if n_frames > 1:
-        expected_ndim = 4 if (spp > 1) else 3
-        if arr.ndim == expected_ndim:
-            arr = arr[0]
-        meta["n_frames"] = n_frames
-        meta["note"] = f"multi-frame DICOM ({n_frames} frames): only the first frame is used"
 
-    if photometric == "PALETTE COLOR":
-        try:
-            arr = apply_color_lut(arr, ds)
-        except Exception as exc:
-            raise CXRSegIOError(f"{p}: cannot apply the DICOM palette colour LUT ({exc})") from exc
-    if colour or arr.ndim == 3:
-        if arr.ndim != 3 or arr.shape[-1] < 3:
-            raise CXRSegIOError(
-                f"{p}: colour DICOM has shape {arr.shape}, expected (rows, cols, 3)"
-            )
-        meta["note"] = (meta.get("note", "") + "; " if "note" in meta else "") + (
-            "colour DICOM converted to grayscale"
+def _dicom_colour(p: Path, ds, arr: np.ndarray, photometric: str, meta: dict) -> CXRImage:
+    """A colour DICOM as grayscale (luma) in ``[0, 1]``."""
+    if arr.ndim != 3 or arr.shape[-1] < 3:
+        raise CXRSegIOError(
+            f"{p}: colour DICOM has shape {arr.shape}, expected (rows, cols, 3)"
         )
-        bits = int(ds.get("BitsStored", 8) or 8)
-        if photometric == "PALETTE COLOR":
-            bits = 16 if arr.dtype.itemsize > 1 else 8
-        scale = float(2**bits - 1)
-        data = _luminance(arr) / scale
-        if data.max() > 1.0 or data.min() < 0.0:
-            data = _minmax(data)
-        return CXRImage(_finish(data), _spacing_of(ds)[0], p, meta)
+    meta["note"] = (meta.get("note", "") + "; " if "note" in meta else "") + (
+        "colour DICOM converted to grayscale"
+    )
+    bits = int(ds.get("BitsStored", 8) or 8)
+    if photometric == "PALETTE COLOR":
+        bits = 16 if arr.dtype.itemsize > 1 else 8
+    scale = float(2**bits - 1)
+    data = _luminance(arr) / scale
+    if data.max() > 1.0 or data.min() < 0.0:
+        data = _minmax(data)
+    return CXRImage(_finish(data), _spacing_of(ds)[0], p, meta)
 
-    if arr.ndim != 2:
-        raise CXRSegIOError(f"{p}: DICOM pixel data has shape {arr.shape}, expected a 2-D image")
 
+def _dicom_grayscale(p: Path, ds, arr: np.ndarray, photometric: str, meta: dict) -> CXRImage:
+    """A grayscale DICOM through its modality LUT and VOI LUT (or window), in ``[0, 1]``,
+    ``MONOCHROME1`` inverted."""
+    apply_modality_lut, apply_voi_lut, _ = _pydicom_luts()
     data = apply_modality_lut(arr, ds)
     if "RescaleSlope" in ds or "RescaleIntercept" in ds:
         meta["rescale"] = (

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,7 +367,6 @@ def run_checks(probs: Mapping[str, np.ndarray], *, reference: Mapping[str, Any] 
         components + holes, "failed": number of failing checks}`` (features of the estimate).
     """
     m = measure(probs, thresholds=thresholds)
-    geo = m["geometry"]
     regions = list(m["area"])
     checks: list[Check] = []
     per = {r: {"area_z": 0.0, "pieces": 0.0, "failed": 0.0} for r in regions}
@@ -375,7 +374,21 @@ def run_checks(probs: Mapping[str, np.ndarray], *, reference: Mapping[str, Any] 
     def add(name, regs, ok, msg, value=math.nan):
         checks.append(Check(name, tuple(regs), bool(ok), msg, float(value)))
 
-    for r in regions:
+    _topology_checks(m, per, add)
+    if reference:
+        _reference_checks(m, reference, per, add)
+    _layout_checks(m, add)
+    for c in checks:
+        if not c.passed:
+            for r in c.regions:
+                if r in per:
+                    per[r]["failed"] += 1
+    return checks, per
+
+
+def _topology_checks(m: Mapping[str, Any], per: dict, add: Callable) -> None:
+    """Each region present, in one piece, without holes."""
+    for r in m["area"]:
         n, h = m["components"][r], m["holes"][r]
         if n == 0:
             add("present", [r], False, f"{_label(r)}: missing", 0)
@@ -384,26 +397,34 @@ def run_checks(probs: Mapping[str, np.ndarray], *, reference: Mapping[str, Any] 
         add("components", [r], n == 1, f"{_label(r)}: {n} components", n)
         add("holes", [r], h == 0, f"{_label(r)}: {h} hole{'s' if h != 1 else ''}", h)
         per[r]["pieces"] += (n - 1) + h
-    if reference:
-        for r in regions:
-            z = _z(m["area"][r], reference.get("area", {}).get(r))
-            if np.isfinite(z):
-                per[r]["area_z"] = max(per[r]["area_z"], abs(z))
-                ratio = m["area"][r] / math.exp(reference["area"][r]["log_mean"])
-                add("area", [r], abs(z) <= Z_LIMIT,
-                    f"{_label(r)}: area {ratio:.2f} × the training mean (z = {z:+.1f})", z)
-        for name, (num, den) in RATIOS.items():
-            z = _z(m["ratios"].get(name, math.nan), reference.get("ratios", {}).get(name))
-            if np.isfinite(z):
-                for r in num + den:
-                    if r in per:
-                        per[r]["area_z"] = max(per[r]["area_z"], abs(z))
-                add("area_ratio", num + den, abs(z) <= Z_LIMIT,
-                    f"area ratio {name}: {m['ratios'][name]:.3f} (z = {z:+.1f})", z)
-        z = _z(m["lung_height_ratio"], reference.get("lung_height_ratio"))
+
+
+def _reference_checks(m: Mapping[str, Any], reference: Mapping[str, Any], per: dict, add: Callable) -> None:
+    """Areas, area ratios and the lungs' height ratio against the training distribution."""
+    for r in m["area"]:
+        z = _z(m["area"][r], reference.get("area", {}).get(r))
         if np.isfinite(z):
-            add("lung_symmetry", ["left_lung", "right_lung"], abs(z) <= Z_LIMIT,
-                f"lung heights left/right {m['lung_height_ratio']:.2f} (z = {z:+.1f})", z)
+            per[r]["area_z"] = max(per[r]["area_z"], abs(z))
+            ratio = m["area"][r] / math.exp(reference["area"][r]["log_mean"])
+            add("area", [r], abs(z) <= Z_LIMIT,
+                f"{_label(r)}: area {ratio:.2f} × the training mean (z = {z:+.1f})", z)
+    for name, (num, den) in RATIOS.items():
+        z = _z(m["ratios"].get(name, math.nan), reference.get("ratios", {}).get(name))
+        if np.isfinite(z):
+            for r in num + den:
+                if r in per:
+                    per[r]["area_z"] = max(per[r]["area_z"], abs(z))
+            add("area_ratio", num + den, abs(z) <= Z_LIMIT,
+                f"area ratio {name}: {m['ratios'][name]:.3f} (z = {z:+.1f})", z)
+    z = _z(m["lung_height_ratio"], reference.get("lung_height_ratio"))
+    if np.isfinite(z):
+        add("lung_symmetry", ["left_lung", "right_lung"], abs(z) <= Z_LIMIT,
+            f"lung heights left/right {m['lung_height_ratio']:.2f} (z = {z:+.1f})", z)
+
+
+def _layout_checks(m: Mapping[str, Any], add: Callable) -> None:
+    """Left and right in order, clavicles over the lung apices, the heart between the lungs."""
+    geo = m["geometry"]
 
     def col(r):
         return geo[r]["col"] if r in geo else math.nan
@@ -426,12 +447,6 @@ def run_checks(probs: Mapping[str, np.ndarray], *, reference: Mapping[str, Any] 
         ok = min(lc, rc) < hc < max(lc, rc)
         add("heart_between_lungs", ["heart"], ok,
             "heart centre " + ("between" if ok else "outside") + " the lungs' centres", hc)
-    for c in checks:
-        if not c.passed:
-            for r in c.regions:
-                if r in per:
-                    per[r]["failed"] += 1
-    return checks, per
 
 
 # --------------------------------------------------------------------------- TTA and entropy

@@ -254,227 +254,312 @@ def train_iter(
     "step", "steps", "loss", "lr"}``, ``{"kind": "epoch", "epoch", "loss", "val", "best",
     "seconds"}``, ``{"kind": "done", "result"}``.
     """
-    import torch
-
-    from .device import resolve_precision, select_device
-    from .losses import BCEJaccardLoss
-    from .model import build_model, load_checkpoint, load_training_state, save_checkpoint, save_training_state
-
-    out_dir = Path(out_dir)
-    world, rank, local_rank = _dist_info()
-    distributed = world > 1
-    if distributed:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-            dist.init_process_group(backend=backend)
-        use_cuda = torch.cuda.is_available() and device != "cpu"
-        dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    else:
-        dev = select_device(device)
-    is_main = rank == 0
-    precision = resolve_precision(train_config.precision, dev)
-    if precision == "fp16" and dev.type != "cuda":
-        precision = "fp32"
-    seed_everything(train_config.seed + rank)
-    if tuple(train_data.regions) != tuple(model_config.regions):
-        raise ValueError(f"training data regions {train_data.regions} != model regions {model_config.regions}")
-
-    parent_id = None
-    if init_checkpoint is not None:
-        ck = load_checkpoint(init_checkpoint, device="cpu")
-        if tuple(ck.config.regions) != tuple(model_config.regions):
-            raise ValueError(
-                f"checkpoint {init_checkpoint} predicts {ck.config.regions}, not {model_config.regions}"
-            )
-        model = ck.model.train()
-        parent_id = ck.model_id
-    else:
-        model = build_model(model_config, encoder_weights=encoder_weights)
-    model.to(dev)
-    if train_config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(model.parameters(), train_config)
-    batching = _Batching(len(train_data), train_config.batch_size, train_config.aug_multiplier, world, rank, sampler)
-    steps = batching.steps_per_epoch()
-    sched = make_scheduler(opt, train_config, steps * train_config.epochs)
-    loss_fn = BCEJaccardLoss(train_config.bce_weight, train_config.jaccard_weight)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-
-    history: list[dict] = []
-    best = -1.0
-    best_epoch = 0
-    start_epoch = 1
-    track_stack: list[np.ndarray] = []
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and (out_dir / "last_state.pt").is_file() and (out_dir / "last.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        st = load_training_state(out_dir / "last_state.pt")
-        w = load_file(str(out_dir / "last.safetensors"))
-        model.load_state_dict({k: v.to(dev) for k, v in w.items()})
-        opt.load_state_dict(st["optimizer"])
-        if sched is not None and st.get("scheduler"):
-            _restore_scheduler(sched, st["scheduler"])
-        start_epoch = int(st["epoch"]) + 1
-        best = float(st.get("best", -1.0))
-        best_epoch = int(st.get("best_epoch", 0))
-        history = json.loads((out_dir / "history.json").read_text()) if (out_dir / "history.json").is_file() else []
-        # a run interrupted between writing the state and the history must not repeat epochs
-        history = [h for h in history if int(h.get("epoch", 0)) < start_epoch]
-        if (out_dir / "progression.npz").is_file():
-            with np.load(out_dir / "progression.npz") as z:
-                track_stack = list(z["probs"])[: start_epoch - 1]
-        parent_id = st.get("parent_id", parent_id)
-    ddp_model = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    track_img = None
-    if track_case:
-        for src in (val_data, train_data):
-            if src is not None and track_case in src.case_ids:
-                track_img = src.images[src.index_of(track_case)]
-                break
-        if track_img is None:
-            raise KeyError(f"--track-case {track_case!r}: not among the training or validation cases")
-
-    base_meta = dict(metadata or {})
-    base_meta.update(
-        {
-            "train_config": to_dict(train_config),
-            "train_cases": list(train_data.case_ids) if sampler is None else sorted(set(train_data.case_ids)),
-            "val_cases": list(val_data.case_ids) if val_data is not None else [],
-            "parent_id": parent_id,
-            "precision": precision,
-        }
-    )
-    if is_main:
-        (out_dir / "split.json").write_text(
-            json.dumps({"train": base_meta["train_cases"], "val": base_meta["val_cases"]}, indent=1)
-        )
-    yield {"kind": "start", "epochs": train_config.epochs, "start_epoch": start_epoch, "steps_per_epoch": steps,
-           "device": str(dev), "precision": precision, "world_size": world}
-    gen = torch.Generator().manual_seed(train_config.seed * 7919 + rank)
-    from .device import autocast
-    from .transforms import augment_batch, normalize
-
-    stopped_early = False
-    total_steps_done = 0
-    for epoch in range(start_epoch, train_config.epochs + 1):
+    run = _TrainRun(model_config, train_config, train_data, val_data, out_dir, device=device, sampler=sampler)
+    run.build_model(encoder_weights, init_checkpoint)
+    run.build_optimisation()
+    run.restore(resume)
+    run.wrap_distributed()
+    run.find_track_case(track_case)
+    yield run.start(metadata)
+    for epoch in range(run.start_epoch, train_config.epochs + 1):
         t0 = time.perf_counter()
-        gen.manual_seed(train_config.seed * 7919 + rank + epoch * 104729)
-        ddp_model.train()
+        losses = yield from run.train_epoch(epoch, max_steps)
+        rec, val, improved = run.validate_epoch(epoch, losses, t0)
+        if run.is_main:
+            run.save_epoch(epoch, rec, val, improved)
+        yield {"kind": "epoch", "epoch": epoch, "epochs": train_config.epochs, "loss": rec["loss"],
+               "val": rec["val_iou"], "best": run.best, "best_epoch": run.best_epoch, "improved": improved,
+               "seconds": rec["seconds"]}
+        if max_steps is not None and run.total_steps_done >= max_steps:
+            break
+        if run.should_stop(epoch):
+            run.stopped_early = True
+            break
+    yield run.finish()
+
+
+class _TrainRun:
+    """The state of one :func:`train_iter` run: device, model, optimiser, history and the
+    best epoch so far, with one method per stage of the loop."""
+
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, train_data: ArrayData,
+                 val_data: ArrayData | None, out_dir, *, device: str, sampler) -> None:
+        import torch
+
+        from .device import resolve_precision, select_device
+
+        self.model_config, self.train_config = model_config, train_config
+        self.train_data, self.val_data, self.sampler = train_data, val_data, sampler
+        self.out_dir = Path(out_dir)
+        world, rank, local_rank = _dist_info()
+        self.world, self.rank = world, rank
+        self.distributed = distributed = world > 1
+        if distributed:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+                dist.init_process_group(backend=backend)
+            use_cuda = torch.cuda.is_available() and device != "cpu"
+            dev = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+        else:
+            dev = select_device(device)
+        self.dev = dev
+        self.is_main = rank == 0
+        precision = resolve_precision(train_config.precision, dev)
+        if precision == "fp16" and dev.type != "cuda":
+            precision = "fp32"
+        self.precision = precision
+        seed_everything(train_config.seed + rank)
+        if tuple(train_data.regions) != tuple(model_config.regions):
+            raise ValueError(f"training data regions {train_data.regions} != model regions {model_config.regions}")
+
+    def build_model(self, encoder_weights, init_checkpoint) -> None:
+        """The model: the initial checkpoint's, or a new one."""
+        import torch
+
+        from .model import build_model, load_checkpoint
+
+        model_config = self.model_config
+        self.parent_id = None
+        if init_checkpoint is not None:
+            ck = load_checkpoint(init_checkpoint, device="cpu")
+            if tuple(ck.config.regions) != tuple(model_config.regions):
+                raise ValueError(
+                    f"checkpoint {init_checkpoint} predicts {ck.config.regions}, not {model_config.regions}"
+                )
+            model = ck.model.train()
+            self.parent_id = ck.model_id
+        else:
+            model = build_model(model_config, encoder_weights=encoder_weights)
+        model.to(self.dev)
+        if self.train_config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = self.ddp_model = model
+
+    def build_optimisation(self) -> None:
+        """Optimiser, batches, schedule, loss and gradient scaler."""
+        import torch
+
+        from .losses import BCEJaccardLoss
+
+        train_config = self.train_config
+        self.opt = make_optimizer(self.model.parameters(), train_config)
+        self.batching = _Batching(len(self.train_data), train_config.batch_size, train_config.aug_multiplier,
+                                  self.world, self.rank, self.sampler)
+        self.steps = self.batching.steps_per_epoch()
+        self.sched = make_scheduler(self.opt, train_config, self.steps * train_config.epochs)
+        self.loss_fn = BCEJaccardLoss(train_config.bce_weight, train_config.jaccard_weight)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+
+    def restore(self, resume: bool) -> None:
+        """A fresh history, or with ``resume`` the state of the last finished epoch in ``out_dir``."""
+        out_dir = self.out_dir
+        self.history: list[dict] = []
+        self.best = -1.0
+        self.best_epoch = 0
+        self.start_epoch = 1
+        self.track_stack: list[np.ndarray] = []
+        self.stopped_early = False
+        self.total_steps_done = 0
+        if self.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (out_dir / "last_state.pt").is_file() and (out_dir / "last.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            from .model import load_training_state
+
+            st = load_training_state(out_dir / "last_state.pt")
+            w = load_file(str(out_dir / "last.safetensors"))
+            self.model.load_state_dict({k: v.to(self.dev) for k, v in w.items()})
+            self.opt.load_state_dict(st["optimizer"])
+            if self.sched is not None and st.get("scheduler"):
+                _restore_scheduler(self.sched, st["scheduler"])
+            start_epoch = self.start_epoch = int(st["epoch"]) + 1
+            self.best = float(st.get("best", -1.0))
+            self.best_epoch = int(st.get("best_epoch", 0))
+            history = json.loads((out_dir / "history.json").read_text()) if (out_dir / "history.json").is_file() else []
+            # a run interrupted between writing the state and the history must not repeat epochs
+            self.history = [h for h in history if int(h.get("epoch", 0)) < start_epoch]
+            if (out_dir / "progression.npz").is_file():
+                with np.load(out_dir / "progression.npz") as z:
+                    self.track_stack = list(z["probs"])[: start_epoch - 1]
+            self.parent_id = st.get("parent_id", self.parent_id)
+
+    def wrap_distributed(self) -> None:
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            dev = self.dev
+            self.ddp_model = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def find_track_case(self, track_case: str | None) -> None:
+        """The pre-processed image of the case whose maps are kept after every epoch."""
+        self.track_case = track_case
+        self.track_img = None
+        if track_case:
+            for src in (self.val_data, self.train_data):
+                if src is not None and track_case in src.case_ids:
+                    self.track_img = src.images[src.index_of(track_case)]
+                    break
+            if self.track_img is None:
+                raise KeyError(f"--track-case {track_case!r}: not among the training or validation cases")
+
+    def start(self, metadata: dict | None) -> Event:
+        """Write the split; return the ``start`` event."""
+        import torch
+
+        train_config, train_data, val_data = self.train_config, self.train_data, self.val_data
+        base_meta = self.base_meta = dict(metadata or {})
+        base_meta.update(
+            {
+                "train_config": to_dict(train_config),
+                "train_cases": list(train_data.case_ids) if self.sampler is None else sorted(set(train_data.case_ids)),
+                "val_cases": list(val_data.case_ids) if val_data is not None else [],
+                "parent_id": self.parent_id,
+                "precision": self.precision,
+            }
+        )
+        if self.is_main:
+            (self.out_dir / "split.json").write_text(
+                json.dumps({"train": base_meta["train_cases"], "val": base_meta["val_cases"]}, indent=1)
+            )
+        self.gen = torch.Generator().manual_seed(train_config.seed * 7919 + self.rank)
+        return {"kind": "start", "epochs": train_config.epochs, "start_epoch": self.start_epoch,
+                "steps_per_epoch": self.steps, "device": str(self.dev), "precision": self.precision,
+                "world_size": self.world}
+
+    def train_epoch(self, epoch: int, max_steps: int | None) -> Iterator[Event]:
+        """One epoch of optimiser steps; yield a ``step`` event after each; return the losses."""
+        import torch
+
+        from .device import autocast
+        from .transforms import augment_batch, normalize
+
+        train_config, model_config, dev, opt = self.train_config, self.model_config, self.dev, self.opt
+        self.gen.manual_seed(train_config.seed * 7919 + self.rank + epoch * 104729)
+        self.ddp_model.train()
         losses = []
-        batches = batching.epoch(epoch, train_config.seed)
+        batches = self.batching.epoch(epoch, train_config.seed)
         for step, idx in enumerate(batches, 1):
-            img, msk = _to_batch(train_data, idx, dev, train_config.channels_last)
-            img, msk = augment_batch(img, msk, strength=train_config.aug_strength, generator=gen)
+            img, msk = _to_batch(self.train_data, idx, dev, train_config.channels_last)
+            img, msk = augment_batch(img, msk, strength=train_config.aug_strength, generator=self.gen)
             x = normalize(img, model_config.mean, model_config.std)
             if train_config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, precision):
-                logits = ddp_model(x)
-            loss = loss_fn(logits, msk)
+            with autocast(dev, self.precision):
+                logits = self.ddp_model(x)
+            loss = self.loss_fn(logits, msk)
             opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(opt)
+                self.scaler.update()
             else:
                 loss.backward()
                 opt.step()
-            if sched is not None:
-                sched.step()
+            if self.sched is not None:
+                self.sched.step()
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch} step {step} (loss {lv}); lower the learning rate"
                 )
             losses.append(lv)
-            total_steps_done += 1
+            self.total_steps_done += 1
             yield {"kind": "step", "epoch": epoch, "step": step, "steps": len(batches), "loss": lv,
                    "lr": opt.param_groups[0]["lr"]}
-            if max_steps is not None and total_steps_done >= max_steps:
+            if max_steps is not None and self.total_steps_done >= max_steps:
                 break
-        if distributed:
+        return losses
+
+    def validate_epoch(self, epoch: int, losses: list[float], t0: float) -> tuple[dict, dict, bool]:
+        """Validate, update the best epoch and the history (and the tracked case's maps);
+        return the epoch's record, its validation and whether it improved."""
+        model, model_config, dev, precision = self.model, self.model_config, self.dev, self.precision
+        if self.distributed:
             # DDP syncs buffers only at the start of a forward pass, so after the last step
             # every rank has its own BatchNorm running statistics: use rank 0's everywhere,
             # or the ranks would validate (and decide early stopping) differently.
             _broadcast_buffers(model)
-        val = validate(model, val_data, model_config, dev, precision, channels_last=train_config.channels_last) \
+        val_data = self.val_data
+        val = validate(model, val_data, model_config, dev, precision, channels_last=self.train_config.channels_last) \
             if val_data is not None and len(val_data) else {}
         score = val.get("mean", -float(np.mean(losses)))
-        improved = score > best
+        improved = score > self.best
         if improved:
-            best, best_epoch = score, epoch
+            self.best, self.best_epoch = score, epoch
         rec = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
-            "lr": opt.param_groups[0]["lr"],
+            "lr": self.opt.param_groups[0]["lr"],
             "val_iou": {k: v for k, v in val.items() if k != "per_case"},
             "seconds": time.perf_counter() - t0,
         }
-        history.append(rec)
-        if track_img is not None:
-            track_prob = predict_arrays(model, track_img[None], model_config, dev, precision)[0]
-            track_stack.append(track_prob.astype(np.float16))
-        if is_main:
-            meta = dict(base_meta)
-            meta["metrics"] = {"epoch": epoch, "val_iou": rec["val_iou"], "best_epoch": best_epoch,
-                               "best_val_mean_iou": best if val else None}
-            save_checkpoint(model, model_config, out_dir / "last.safetensors", metadata=meta)
-            if improved:
-                meta_best = dict(meta)
-                meta_best["metrics"] = dict(meta["metrics"], best_epoch=epoch)
-                if val:
-                    meta_best["metrics"]["val_per_case"] = val["per_case"]
-                save_checkpoint(model, model_config, out_dir / "best.safetensors", metadata=meta_best)
-            save_training_state(
-                {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched else None,
-                 "epoch": epoch, "best": best, "best_epoch": best_epoch, "parent_id": parent_id},
-                out_dir / "last_state.pt",
-            )
-            tmp = out_dir / "history.json.tmp"
-            tmp.write_text(json.dumps(history, indent=1))
-            os.replace(tmp, out_dir / "history.json")
-            if track_img is not None:
-                np.savez_compressed(out_dir / "progression.tmp.npz", probs=np.stack(track_stack),
-                                    image=track_img.astype(np.float16), epochs=np.arange(1, len(track_stack) + 1),
-                                    regions=np.array(model_config.regions), case_id=np.array(track_case))
-                os.replace(out_dir / "progression.tmp.npz", out_dir / "progression.npz")
-                _montage(np.stack(track_stack), track_img, model_config.regions, out_dir / "progression.png",
-                         list(range(1, len(track_stack) + 1)))
-        yield {"kind": "epoch", "epoch": epoch, "epochs": train_config.epochs, "loss": rec["loss"],
-               "val": rec["val_iou"], "best": best, "best_epoch": best_epoch, "improved": improved,
-               "seconds": rec["seconds"]}
-        if max_steps is not None and total_steps_done >= max_steps:
-            break
-        pat = train_config.early_stopping_patience
-        stop = bool(pat and epoch - best_epoch >= pat)
-        if distributed:
-            stop = _rank0_flag(stop, dev)  # all ranks leave the loop together
-        if stop:
-            stopped_early = True
-            break
-    if distributed:
-        import torch.distributed as dist
+        self.history.append(rec)
+        if self.track_img is not None:
+            track_prob = predict_arrays(model, self.track_img[None], model_config, dev, precision)[0]
+            self.track_stack.append(track_prob.astype(np.float16))
+        return rec, val, improved
 
-        dist.barrier()
-    result = TrainResult(
-        out_dir=out_dir,
-        best_path=(out_dir / "best.safetensors") if (out_dir / "best.safetensors").exists() else None,
-        last_path=(out_dir / "last.safetensors") if (out_dir / "last.safetensors").exists() else None,
-        history=history,
-        best_val_iou=best,
-        best_epoch=best_epoch,
-        stopped_early=stopped_early,
-    )
-    yield {"kind": "done", "result": result, "model": model}
+    def save_epoch(self, epoch: int, rec: dict, val: dict, improved: bool) -> None:
+        """Checkpoints, training state, history and progression of an epoch (rank 0)."""
+        from .model import save_checkpoint, save_training_state
+
+        model, model_config, out_dir = self.model, self.model_config, self.out_dir
+        best, best_epoch = self.best, self.best_epoch
+        meta = dict(self.base_meta)
+        meta["metrics"] = {"epoch": epoch, "val_iou": rec["val_iou"], "best_epoch": best_epoch,
+                           "best_val_mean_iou": best if val else None}
+        save_checkpoint(model, model_config, out_dir / "last.safetensors", metadata=meta)
+        if improved:
+            meta_best = dict(meta)
+            meta_best["metrics"] = dict(meta["metrics"], best_epoch=epoch)
+            if val:
+                meta_best["metrics"]["val_per_case"] = val["per_case"]
+            save_checkpoint(model, model_config, out_dir / "best.safetensors", metadata=meta_best)
+        save_training_state(
+            {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict() if self.sched else None,
+             "epoch": epoch, "best": best, "best_epoch": best_epoch, "parent_id": self.parent_id},
+            out_dir / "last_state.pt",
+        )
+        tmp = out_dir / "history.json.tmp"
+        tmp.write_text(json.dumps(self.history, indent=1))
+        os.replace(tmp, out_dir / "history.json")
+        track_img, track_stack = self.track_img, self.track_stack
+        if track_img is not None:
+            np.savez_compressed(out_dir / "progression.tmp.npz", probs=np.stack(track_stack),
+                                image=track_img.astype(np.float16), epochs=np.arange(1, len(track_stack) + 1),
+                                regions=np.array(model_config.regions), case_id=np.array(self.track_case))
+            os.replace(out_dir / "progression.tmp.npz", out_dir / "progression.npz")
+            _montage(np.stack(track_stack), track_img, model_config.regions, out_dir / "progression.png",
+                     list(range(1, len(track_stack) + 1)))
+
+    def should_stop(self, epoch: int) -> bool:
+        """Early stopping, decided by rank 0 for every rank."""
+        pat = self.train_config.early_stopping_patience
+        stop = bool(pat and epoch - self.best_epoch >= pat)
+        if self.distributed:
+            stop = _rank0_flag(stop, self.dev)  # all ranks leave the loop together
+        return stop
+
+    def finish(self) -> Event:
+        """Wait for every rank; return the ``done`` event."""
+        out_dir = self.out_dir
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        result = TrainResult(
+            out_dir=out_dir,
+            best_path=(out_dir / "best.safetensors") if (out_dir / "best.safetensors").exists() else None,
+            last_path=(out_dir / "last.safetensors") if (out_dir / "last.safetensors").exists() else None,
+            history=self.history,
+            best_val_iou=self.best,
+            best_epoch=self.best_epoch,
+            stopped_early=self.stopped_early,
+        )
+        return {"kind": "done", "result": result, "model": self.model}
 
 
 def run_events(events: Iterator[Event], *, desc: str = "train", quiet: bool = False) -> TrainResult:

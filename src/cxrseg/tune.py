@@ -524,10 +524,6 @@ def tune(
     """
     import optuna
 
-    from .data import build_arrays, data_fingerprint
-    from .dataset import DatasetIndex
-    from .train import train_iter
-
     out_dir = Path(out_dir)
     regions = parse_regions(regions)
     if int(n_trials) < 1:
@@ -540,54 +536,97 @@ def tune(
 
         load_encoder_state(encoder_weights, template.encoder_name)
 
-    index = DatasetIndex(data_root)
-    all_cases = index.with_regions(regions)
-    if cases is not None:
-        wanted = set(cases)
-        unknown = sorted(wanted - {c.case_id for c in all_cases})
-        if unknown:
-            raise KeyError(
-                f"cases not found in {data_root} "
-                f"(with masks for {', '.join(regions)}): {unknown[:5]}"
-            )
-        all_cases = [c for c in all_cases if c.case_id in wanted]
-    if not all_cases:
-        raise ValueError(f"{data_root}: no case has masks for {', '.join(regions)}")
-    if str(folds).lower() == "scr":
-        fold_ids = scr_folds(all_cases)
-        fold_kind = "SCR folds"
-    else:
-        fold_ids = kfold_split([c.case_id for c in all_cases], int(folds), seed)
-        fold_kind = f"seeded {int(folds)}-fold split"
-    order = [cid for f in fold_ids for cid in f]
-    by_id = {c.case_id: c for c in all_cases}
-    arrays = build_arrays([by_id[i] for i in order], regions, input_size, cache_dir=cache_dir)
-    pos = {cid: i for i, cid in enumerate(order)}
-    if progress:
-        progress({"kind": "data", "cases": len(order), "folds": [len(f) for f in fold_ids]})
-
+    run = _TuneRun(
+        regions, space, template, n_trials=n_trials, epochs=epochs, input_size=input_size, seed=seed,
+        encoder_weights=encoder_weights, device=device, precision=precision, prune=prune,
+        progress=progress,
+    )
+    all_cases = run.prepare_data(data_root, folds, cases, cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or _default_storage(out_dir)
+    storage = run.storage = storage or _default_storage(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     jobs = [(r,) for r in regions] if per_region else [regions]
-    settings = {
-        "data_root": str(Path(data_root).resolve()),
-        "n_folds": len(fold_ids),
-        "fold_kind": fold_kind,
-        "epochs": int(epochs),
-        "input_size": int(input_size),
-        "encoder_name": template.encoder_name,
-        "encoder_weights": None
-        if encoder_weights in (None, "none", "None", "")
-        else str(encoder_weights),
-        "seed": int(seed),
-        "search_space": {k: (list(v) if isinstance(v, tuple) else v) for k, v in space.items()},
-        "data_fingerprint": data_fingerprint(all_cases, regions),
-    }
+    settings = run.settings(data_root, all_cases)
     results: list[StudyResult] = []
     for job_regions in jobs:
         name = f"{study_name}-{job_regions[0]}" if per_region else study_name
-        mcfg = replace(template, regions=job_regions, input_size=int(input_size), thresholds={})
+        results.append(run.run_study(name, job_regions, out_dir))
+
+    result = TuneResult(out_dir=out_dir, storage=storage, studies=results, settings=settings)
+    _write_best_params(result, settings, data_root)
+    return result
+
+
+class _TuneRun:
+    """The data, folds and settings of one :func:`tune` call, with one method per stage:
+    the data, a study, a trial and a fold."""
+
+    def __init__(self, regions, space, template: ModelConfig, *, n_trials, epochs, input_size, seed,
+                 encoder_weights, device, precision, prune, progress) -> None:
+        self.regions, self.space, self.template = regions, space, template
+        self.n_trials, self.epochs, self.input_size, self.seed = n_trials, epochs, input_size, seed
+        self.encoder_weights, self.device, self.precision = encoder_weights, device, precision
+        self.prune, self.progress = prune, progress
+        self.storage: str | None = None
+
+    def prepare_data(self, data_root, folds, cases, cache_dir) -> list:
+        """Select the cases, split them into folds and pre-process them once (in fold order);
+        return the cases."""
+        from .data import build_arrays
+        from .dataset import DatasetIndex
+
+        regions = self.regions
+        index = DatasetIndex(data_root)
+        all_cases = index.with_regions(regions)
+        if cases is not None:
+            wanted = set(cases)
+            unknown = sorted(wanted - {c.case_id for c in all_cases})
+            if unknown:
+                raise KeyError(
+                    f"cases not found in {data_root} "
+                    f"(with masks for {', '.join(regions)}): {unknown[:5]}"
+                )
+            all_cases = [c for c in all_cases if c.case_id in wanted]
+        if not all_cases:
+            raise ValueError(f"{data_root}: no case has masks for {', '.join(regions)}")
+        if str(folds).lower() == "scr":
+            self.fold_ids = scr_folds(all_cases)
+            self.fold_kind = "SCR folds"
+        else:
+            self.fold_ids = kfold_split([c.case_id for c in all_cases], int(folds), self.seed)
+            self.fold_kind = f"seeded {int(folds)}-fold split"
+        order = self.order = [cid for f in self.fold_ids for cid in f]
+        by_id = {c.case_id: c for c in all_cases}
+        self.arrays = build_arrays([by_id[i] for i in order], regions, self.input_size, cache_dir=cache_dir)
+        self.pos = {cid: i for i, cid in enumerate(order)}
+        if self.progress:
+            self.progress({"kind": "data", "cases": len(order), "folds": [len(f) for f in self.fold_ids]})
+        return all_cases
+
+    def settings(self, data_root, all_cases) -> dict:
+        """The settings recorded in ``best_params.json``."""
+        from .data import data_fingerprint
+
+        encoder_weights, space = self.encoder_weights, self.space
+        return {
+            "data_root": str(Path(data_root).resolve()),
+            "n_folds": len(self.fold_ids),
+            "fold_kind": self.fold_kind,
+            "epochs": int(self.epochs),
+            "input_size": int(self.input_size),
+            "encoder_name": self.template.encoder_name,
+            "encoder_weights": None
+            if encoder_weights in (None, "none", "None", "")
+            else str(encoder_weights),
+            "seed": int(self.seed),
+            "search_space": {k: (list(v) if isinstance(v, tuple) else v) for k, v in space.items()},
+            "data_fingerprint": data_fingerprint(all_cases, self.regions),
+        }
+
+    def run_study(self, name: str, job_regions, out_dir: Path) -> StudyResult:
+        """Run (or resume) the study ``name`` of a model of ``job_regions``; write its trial table."""
+        template, regions, arrays = self.template, self.regions, self.arrays
+        mcfg = replace(template, regions=job_regions, input_size=int(self.input_size), thresholds={})
         ch = [regions.index(r) for r in job_regions]
         data = (
             arrays
@@ -595,17 +634,46 @@ def tune(
             else replace(arrays, masks=arrays.masks[:, ch], regions=tuple(job_regions))
         )
         base = TrainConfig.for_regions(
-            job_regions, epochs=int(epochs), seed=int(seed), precision=precision
+            job_regions, epochs=int(self.epochs), seed=int(self.seed), precision=self.precision
         )
         attrs = {
             "regions": list(job_regions),
-            "folds": [list(f) for f in fold_ids],
-            "epochs": int(epochs),
-            "input_size": int(input_size),
+            "folds": [list(f) for f in self.fold_ids],
+            "epochs": int(self.epochs),
+            "input_size": int(self.input_size),
             "encoder_name": template.encoder_name,
             "decoder_channels": list(template.decoder_channels),
-            "cases": len(order),
+            "cases": len(self.order),
         }
+        study, n_done = self._open_study(name, attrs)
+
+        def objective(trial):
+            return self._objective(trial, name, job_regions, data, mcfg, base)
+
+        def callback(study_, trial):
+            if self.progress:
+                self.progress(
+                    {
+                        "kind": "trial_end",
+                        "study": name,
+                        "trial": trial.number,
+                        "value": trial.value,
+                        "state": trial.state.name,
+                    }
+                )
+
+        remaining = max(0, int(self.n_trials) - n_done)
+        if remaining:
+            study.optimize(objective, n_trials=remaining, callbacks=[callback], catch=())
+        _write_trials_csv(study, out_dir / f"trials-{name}.csv")
+        return _study_result(study, job_regions, base)
+
+    def _open_study(self, name: str, attrs: dict):
+        """The study ``name`` (created, or resumed when its settings match) and its number
+        of finished trials."""
+        import optuna
+
+        storage, seed, n_trials = self.storage, self.seed, self.n_trials
         probe = optuna.create_study(
             study_name=name, storage=storage, direction="maximize", load_if_exists=True
         )
@@ -628,96 +696,92 @@ def tune(
         )
         pruner = (
             optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-            if prune
+            if self.prune
             else optuna.pruners.NopPruner()
         )
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         for k, v in attrs.items():
             if k not in study.user_attrs:
                 study.set_user_attr(k, v)
+        return study, n_done
 
-        def objective(trial, _regions=job_regions, _data=data, _mcfg=mcfg, _base=base, _name=name):
-            params = suggest(trial, space)
-            trial.set_user_attr("train_params", params)
-            tcfg = _trial_train_config(_base, params)
-            if progress:
-                progress({"kind": "trial", "study": _name, "trial": trial.number, "params": params})
-            fold_ious: list[float] = []
-            region_sum = np.zeros(len(_regions))
-            for k, val_ids in enumerate(fold_ids):
-                vset = set(val_ids)
-                tr_idx = [pos[c] for c in order if c not in vset]
-                va_idx = [pos[c] for c in val_ids]
-                last_val: dict = {}
-                try:
-                    with tempfile.TemporaryDirectory(prefix="cxrseg-trial-") as tmp:
-                        for ev in train_iter(
-                            _mcfg,
-                            tcfg,
-                            _data.subset(tr_idx),
-                            _data.subset(va_idx),
-                            tmp,
-                            device=device,
-                            encoder_weights=encoder_weights,
-                        ):
-                            if ev["kind"] == "epoch":
-                                last_val = ev["val"]
-                except FloatingPointError as exc:
-                    # a diverged run is a (very) bad result, not an error of the search
-                    trial.set_user_attr("diverged", f"fold {k + 1}: {exc}")
-                    last_val = {"mean": 0.0, **{r: 0.0 for r in _regions}}
-                iou = float(last_val.get("mean", 0.0))
-                fold_ious.append(iou)
-                region_sum += [float(last_val.get(r, 0.0)) for r in _regions]
-                trial.set_user_attr("fold_ious", fold_ious)
-                if progress:
-                    progress(
-                        {
-                            "kind": "fold",
-                            "study": _name,
-                            "trial": trial.number,
-                            "fold": k + 1,
-                            "folds": len(fold_ids),
-                            "iou": iou,
-                        }
-                    )
-                trial.report(float(np.mean(fold_ious)), step=k)
-                if k + 1 < len(fold_ids) and trial.should_prune():
-                    raise optuna.TrialPruned(
-                        f"mean IoU {np.mean(fold_ious):.4f} after {k + 1} fold(s)"
-                    )
-            trial.set_user_attr(
-                "region_ious",
-                {r: float(v) for r, v in zip(_regions, region_sum / len(fold_ids), strict=True)},
-            )
-            return float(np.mean(fold_ious))
+    def _objective(self, trial, name: str, regions, data, mcfg: ModelConfig, base: TrainConfig) -> float:
+        """One trial: train and validate every fold; the mean IoU of the held-out folds."""
+        import optuna
 
-        def callback(study_, trial, _name=name):
+        progress, fold_ids = self.progress, self.fold_ids
+        params = suggest(trial, self.space)
+        trial.set_user_attr("train_params", params)
+        tcfg = _trial_train_config(base, params)
+        if progress:
+            progress({"kind": "trial", "study": name, "trial": trial.number, "params": params})
+        fold_ious: list[float] = []
+        region_sum = np.zeros(len(regions))
+        for k, val_ids in enumerate(fold_ids):
+            last_val = self._train_fold(trial, k, val_ids, tcfg, regions, data, mcfg)
+            iou = float(last_val.get("mean", 0.0))
+            fold_ious.append(iou)
+            region_sum += [float(last_val.get(r, 0.0)) for r in regions]
+            trial.set_user_attr("fold_ious", fold_ious)
             if progress:
                 progress(
                     {
-                        "kind": "trial_end",
-                        "study": _name,
+                        "kind": "fold",
+                        "study": name,
                         "trial": trial.number,
-                        "value": trial.value,
-                        "state": trial.state.name,
+                        "fold": k + 1,
+                        "folds": len(fold_ids),
+                        "iou": iou,
                     }
                 )
+            trial.report(float(np.mean(fold_ious)), step=k)
+            if k + 1 < len(fold_ids) and trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"mean IoU {np.mean(fold_ious):.4f} after {k + 1} fold(s)"
+                )
+        trial.set_user_attr(
+            "region_ious",
+            {r: float(v) for r, v in zip(regions, region_sum / len(fold_ids), strict=True)},
+        )
+        return float(np.mean(fold_ious))
 
-        remaining = max(0, int(n_trials) - n_done)
-        if remaining:
-            study.optimize(objective, n_trials=remaining, callbacks=[callback], catch=())
-        _write_trials_csv(study, out_dir / f"trials-{name}.csv")
-        results.append(_study_result(study, job_regions, base))
+    def _train_fold(self, trial, k: int, val_ids, tcfg: TrainConfig, regions, data, mcfg) -> dict:
+        """Train on the other folds; the validation IoUs of fold ``k`` after the last epoch."""
+        from .train import train_iter
 
-    result = TuneResult(out_dir=out_dir, storage=storage, studies=results, settings=settings)
+        order, pos = self.order, self.pos
+        vset = set(val_ids)
+        tr_idx = [pos[c] for c in order if c not in vset]
+        va_idx = [pos[c] for c in val_ids]
+        last_val: dict = {}
+        try:
+            with tempfile.TemporaryDirectory(prefix="cxrseg-trial-") as tmp:
+                for ev in train_iter(
+                    mcfg,
+                    tcfg,
+                    data.subset(tr_idx),
+                    data.subset(va_idx),
+                    tmp,
+                    device=self.device,
+                    encoder_weights=self.encoder_weights,
+                ):
+                    if ev["kind"] == "epoch":
+                        last_val = ev["val"]
+        except FloatingPointError as exc:
+            # a diverged run is a (very) bad result, not an error of the search
+            trial.set_user_attr("diverged", f"fold {k + 1}: {exc}")
+            last_val = {"mean": 0.0, **{r: 0.0 for r in regions}}
+        return last_val
+
+
+def _write_best_params(result: TuneResult, settings: dict, data_root) -> None:
+    """``best_params.json`` in the output folder, with a ``cxrseg train`` command per study."""
     payload = result.to_json()
-    for s, d in zip(results, payload["studies"], strict=True):
+    for s, d in zip(result.studies, payload["studies"], strict=True):
         d["command"] = train_command(s, settings, data_root)
-    tmp = out_dir / "best_params.json.tmp"
+    tmp = result.out_dir / "best_params.json.tmp"
     tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, out_dir / "best_params.json")
-    return result
+    os.replace(tmp, result.out_dir / "best_params.json")
 
 
 def train_command(s: StudyResult, settings: dict, data_root) -> str | None:
