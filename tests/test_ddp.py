@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from safetensors.torch import save_file
     from cxrseg.config import ModelConfig, TrainConfig
-    from cxrseg.data import ArrayData, sample_to_arrays
+    from cxrseg.training_arrays import ArrayData, sample_to_arrays
     from cxrseg.phantom import make_phantom
     from cxrseg.train import train_iter
 

@@ -49,8 +49,8 @@ def _tree(out: Path) -> dict[str, str]:
 
 
 def _single(ckpt, folder, out):
-    from cxrseg.predict import get_predictor
     from cxrseg.batch import run_predict
+    from cxrseg.predict import get_predictor
 
     pred = get_predictor(ckpt, device="cpu", precision="fp32")
     return run_predict([folder], out, predictor=pred, batch_size=1, workers=0, progress=False, heatmaps=True)

@@ -134,8 +134,8 @@ def test_tiny_images_are_not_segmented(tmp_path, capsys):
 def test_huge_images_are_decoded_reduced_and_written_at_the_documented_size(tmp_path):
     from _tiny_model import make_tiny_checkpoint
 
-    from cxrseg.cli import main
     from cxrseg.batch import output_shape
+    from cxrseg.cli import main
 
     a = (np.arange(600 * 300) % 251).astype(np.uint8).reshape(600, 300)
     p = tmp_path / "in" / "wide.png"

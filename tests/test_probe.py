@@ -12,7 +12,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_model import make_tiny_checkpoint  # noqa: E402
 
-from cxrseg.data import ArrayData, sample_to_arrays  # noqa: E402
 from cxrseg.phantom import make_phantom, write_phantom_dataset  # noqa: E402
 from cxrseg.probe import (  # noqa: E402
     ProbeGrid,
@@ -27,6 +26,7 @@ from cxrseg.probe import (  # noqa: E402
     write_report,
 )
 from cxrseg.regions import REGIONS  # noqa: E402
+from cxrseg.training_arrays import ArrayData, sample_to_arrays  # noqa: E402
 
 
 def _samples(seeds, size=64) -> list[ProbeSample]:

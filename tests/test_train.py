@@ -15,9 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cxrseg.config import MULTILABEL_DEFAULTS, ModelConfig, TrainConfig  # noqa: E402
-from cxrseg.data import ArrayData, sample_to_arrays  # noqa: E402
 from cxrseg.phantom import make_phantom, write_phantom_dataset  # noqa: E402
 from cxrseg.regions import REGIONS  # noqa: E402
+from cxrseg.training_arrays import ArrayData, sample_to_arrays  # noqa: E402
 
 TINY = dict(encoder_name="resnet18", decoder_channels=(16, 16, 16, 16, 16), input_size=64)
 

@@ -214,13 +214,13 @@ def test_tune_per_region_runs_one_study_per_region(root, tmp_path):
         precision="fp32",
         device="cpu",
         search_space=space,
-        study_name="poster",
+        study_name="baseline",
     )
-    assert [s.study_name for s in res.studies] == ["poster-heart", "poster-left_lung"]
+    assert [s.study_name for s in res.studies] == ["baseline-heart", "baseline-left_lung"]
     assert [s.regions for s in res.studies] == [("heart",), ("left_lung",)]
     for s in res.studies:
         assert s.best_train_config["optimizer"] == "adam" and s.best_train_config["batch_size"] == 2
-        assert s.best_train_config["scheduler"] == "none"  # the poster's constant learning rate
+        assert s.best_train_config["scheduler"] == "none"  # the study's constant learning rate
         assert set(s.best_region_ious) == set(s.regions)
     table = res.format_table()
     assert "heart" in table and "left lung (patient)" in table and "Adam" in table
@@ -230,8 +230,8 @@ def test_tune_per_region_runs_one_study_per_region(root, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "best_params.json",
         "study.db",
-        "trials-poster-heart.csv",
-        "trials-poster-left_lung.csv",
+        "trials-baseline-heart.csv",
+        "trials-baseline-left_lung.csv",
     ]
 
 

@@ -43,7 +43,7 @@ def test_output_marker_written_by_many_threads_at_once(tmp_path, monkeypatch):
         start = threading.Barrier(8)
         errors = []
 
-        def work():
+        def work(start=start, folder=folder, errors=errors):
             start.wait()
             try:
                 mark_output(folder, "corrections")

@@ -183,7 +183,7 @@ def _key_hash(key: dict) -> str:
 
 def cache_file() -> Path:
     """``$CXRSEG_CACHE/autotune.json`` (default ``~/.cache/cxrseg/autotune.json``)."""
-    from .data import default_cache_dir
+    from .training_arrays import default_cache_dir
 
     return default_cache_dir() / CACHE_NAME
 

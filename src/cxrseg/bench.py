@@ -417,9 +417,9 @@ def _cpu():
 
 def bench_folder(pred, args, out, res, tmp: Path) -> None:
     """Section 4: throughput of the ``cxrseg predict`` pipeline with and without workers."""
+    from .batch import default_workers, run_predict
     from .io import write_jsrt_img
     from .phantom import _write_png8, make_phantom
-    from .batch import default_workers, run_predict
 
     n = args.images
     folder = tmp / "folder"

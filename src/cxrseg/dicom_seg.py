@@ -422,8 +422,8 @@ def write_predict_outputs(
     import json
     import sys
 
-    from .io import read_mask
     from .batch import case_names, collect_inputs
+    from .io import read_mask
 
     if mode not in ("binary", "fractional"):
         raise ValueError(f"DICOM SEG mode must be 'binary' or 'fractional', got {mode!r}")

@@ -125,8 +125,8 @@ def _run_part(spec: dict, planned: list, num_parts: int, part_id: int) -> dict:
     per worker process and cached)."""
     import torch
 
-    from .predict import get_predictor
     from .batch import run_predict
+    from .predict import get_predictor
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -227,8 +227,8 @@ def run_on_dask(
         ``total``, ``predicted``, ``skipped``, ``failed``, ``parts``, ``rows``, ``errors``
         (lines) and ``workers`` (the process ids that ran parts).
     """
-    from .predict import resolve_checkpoint_path
     from .batch import case_names, collect_inputs
+    from .predict import resolve_checkpoint_path
 
     out_dir = Path(out_dir).expanduser()
     files = collect_inputs(inputs, exclude=out_dir)

@@ -1,6 +1,6 @@
 """``cxrseg evaluate``: Jaccard, Dice, contour distance and HD95 per case and region.
 
-A checkpoint (or several, e.g. the poster's per-region models) segments the cases of a
+A checkpoint (or several, e.g. the study's per-region models) segments the cases of a
 JSRT/SCR-layout folder with :func:`cxrseg.predict.get_predictor`; the probability maps
 are brought to the grid of the ground-truth masks (1024 x 1024 for SCR: a 2048 x 2048
 JSRT image's maps are area-averaged 2 x 2), thresholded with the checkpoint's thresholds
@@ -409,7 +409,7 @@ def _expand_checkpoints(checkpoint) -> list[Path]:
         p = Path(item).expanduser() if item is not None else None
         if p is not None and p.is_dir() and checkpoint_in_folder(p) is None:
             subs = [p / r for r in REGIONS if (p / r).is_dir()]
-            if subs:  # the poster's per-region models: OUT/<region>/best.safetensors
+            if subs:  # per-region models (the study's baseline): OUT/<region>/best.safetensors
                 out += [resolve_checkpoint_path(s) for s in subs]
                 continue
         out.append(resolve_checkpoint_path(p))

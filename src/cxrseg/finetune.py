@@ -319,7 +319,7 @@ def _select_cases(
 
 
 def _build_with_progress(build_arrays, cases, regions, size, cache_dir, event_of):
-    """Run :func:`cxrseg.data.build_arrays` in a helper thread, yielding ``event_of(k)``
+    """Run :func:`cxrseg.training_arrays.build_arrays` in a helper thread, yielding ``event_of(k)``
     as ``k`` more cases are ready (its progress callback cannot yield itself); returns
     the arrays. A cached set returns at once without events."""
     import queue
@@ -521,7 +521,7 @@ def finetune_iter(
     device, precision : str
         ``auto|cpu|cuda|mps`` and ``auto|fp32|bf16|fp16``.
     cache_dir : optional
-        Array cache of :func:`cxrseg.data.build_arrays` (False: no cache; default:
+        Array cache of :func:`cxrseg.training_arrays.build_arrays` (False: no cache; default:
         ``cache/`` in the dataset's working folder, :func:`cxrseg.workspace.workdir`, so
         the pre-processed licensed images stay with the dataset; ``$CXRSEG_CACHE`` when
         set).
@@ -674,8 +674,8 @@ class _FinetuneRun:
 
     # ---- training (and validation) arrays
     def prepare_data(self) -> Iterator[Event]:
-        from .data import ArrayData, build_arrays, sample_to_arrays
         from .io import read_image
+        from .training_arrays import ArrayData, build_arrays, sample_to_arrays
 
         corrected_ids, replay_ids, val_ids = self.corrected_ids, self.replay_ids, self.val_ids
         model_regions, by_id = self.model_regions, self.by_id

@@ -445,8 +445,8 @@ def _same_logits(a, b, in_channels: int) -> bool:
 def folded_cache_path(path: str | os.PathLike, model_id: str) -> Path:
     """Where the folded weights of the checkpoint ``path`` are cached:
     ``$CXRSEG_CACHE/folded/<model id>-<file size>-v<format>.safetensors``."""
-    from .data import default_cache_dir
     from .lean_unet import LEAN_FORMAT
+    from .training_arrays import default_cache_dir
 
     size = Path(path).stat().st_size
     return default_cache_dir() / "folded" / f"{model_id}-{size}-v{LEAN_FORMAT}.safetensors"

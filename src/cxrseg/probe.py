@@ -206,11 +206,11 @@ def load_samples(
     source : str
         How the cases were chosen.
     """
-    from .data import sample_to_arrays
     from .dataset import DatasetIndex
     from .evaluate import select_cases
     from .model import read_metadata
     from .predict import resolve_checkpoint_path
+    from .training_arrays import sample_to_arrays
 
     path = resolve_checkpoint_path(checkpoint)
     meta = read_metadata(path)

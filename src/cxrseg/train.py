@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .config import ModelConfig, TrainConfig, to_dict
-from .data import ArrayData
+from .training_arrays import ArrayData
 
 Event = dict[str, Any]
 
@@ -604,8 +604,8 @@ def train_on_dataset(
     **kwargs,
 ) -> TrainResult:
     """Index ``data_root``, split (or use ``val_cases``), cache and train; see :func:`train_iter`."""
-    from .data import build_arrays, data_fingerprint, split_cases
     from .dataset import DatasetIndex
+    from .training_arrays import build_arrays, data_fingerprint, split_cases
 
     model_config = model_config or ModelConfig(regions=regions or ModelConfig().regions)
     train_config = train_config or TrainConfig.for_regions(model_config.regions)

@@ -10,14 +10,14 @@ a median pruner may stop a poor trial after any fold.
 The study lives in an SQLite file (default ``<out>/study.db``) so a search can be
 stopped and resumed: running again with the same ``--study-name`` adds trials until
 the study holds ``--trials`` finished trials. The data are pre-processed once
-(:func:`cxrseg.data.build_arrays`, cached) and split by index; trial checkpoints go to a
+(:func:`cxrseg.training_arrays.build_arrays`, cached) and split by index; trial checkpoints go to a
 temporary folder that is deleted after each fold.
 
 Outputs in ``<out>``: ``study.db``, ``best_params.json`` (the best combination per study,
 as :class:`cxrseg.config.TrainConfig` fields and as a ``cxrseg train`` command line) and
 ``trials-<study>.csv``.
 
-The poster tuned one model per region (``--per-region``: one study per region); without
+The JSRT/SCR U-Net study tuned one model per region (``--per-region``: one study per region); without
 it a single multi-label model over ``--regions`` is tuned.
 """
 
@@ -152,7 +152,7 @@ class TuneResult:
         return self.best.best_value
 
     def format_table(self) -> str:
-        """The best combination per study, like the poster's table."""
+        """The best combination per study, like the study's table."""
         head = [
             "region",
             "optimiser",
@@ -503,7 +503,7 @@ def tune(
     study_name : str
         Name of the study in the storage (``<name>-<region>`` with ``per_region``).
     per_region : bool
-        Run one study per region (the poster's per-region models).
+        Run one study per region (the study's per-region models).
     model_config : ModelConfig, optional
         Template of the architecture (encoder, decoder channels); ``regions`` and
         ``input_size`` replace its own. Default: ResNet34 U-Net.
@@ -572,8 +572,8 @@ class _TuneRun:
     def prepare_data(self, data_root, folds, cases, cache_dir) -> list:
         """Select the cases, split them into folds and pre-process them once (in fold order);
         return the cases."""
-        from .data import build_arrays
         from .dataset import DatasetIndex
+        from .training_arrays import build_arrays
 
         regions = self.regions
         index = DatasetIndex(data_root)
@@ -605,7 +605,7 @@ class _TuneRun:
 
     def settings(self, data_root, all_cases) -> dict:
         """The settings recorded in ``best_params.json``."""
-        from .data import data_fingerprint
+        from .training_arrays import data_fingerprint
 
         encoder_weights, space = self.encoder_weights, self.space
         return {

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("cxrseg.cli.predict", "segment images and folders; write masks, heatmaps and a CSV"),
     "predict-merge": ("cxrseg.cli.predict_merge", "join the CSVs of a sharded predict run (--num-parts) into one"),
     "finetune": ("cxrseg.cli.finetune", "fine-tune a checkpoint on corrected masks with replay"),
-    "bench": ("cxrseg.cli.bench", "benchmark the prediction engine against the per-region baseline of the JSRT/SCR U-Net study"),
+    "bench": ("cxrseg.cli.bench", "benchmark the prediction engine against the study's per-region baseline"),
     "export": ("cxrseg.cli.export", "write a checkpoint for shipping (fp16, evaluation summary in metadata)"),
     "samples": ("cxrseg.cli.samples", "write synthetic phantom cases in the JSRT/SCR layout"),
     "probe": ("cxrseg.cli.probe", "position or anatomy? Jaccard under moves, structures removed or moved"),
