@@ -1,4 +1,4 @@
-"""Shared pytest fixtures (keep small; add helpers to tests/_helpers.py)."""
+"""Shared pytest fixtures (GUI ones in tests/_gui_fixtures.py, the tiny test model in tests/_tiny_model.py)."""
 
 from __future__ import annotations
 
