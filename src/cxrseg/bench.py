@@ -769,14 +769,8 @@ def _resize_to(prob: np.ndarray, shape) -> np.ndarray:
 # --------------------------------------------------------------------------- main
 
 
-def run_bench(args, out=None) -> dict:
-    """Run the selected sections; print as they finish; return the results dict."""
-    import torch
-
-    from .device import cpu_supports_bf16, select_device
-    from .predict import Predictor
-
-    out = out or _Out()
+def _bench_sections(args) -> set:
+    """Fill the unset counts of ``args`` for the mode; check them; the sections to run."""
     if getattr(args, "folder_data", None) is not None and not Path(args.folder_data, "images").is_dir():
         raise FileNotFoundError(f"--folder-data {args.folder_data}: no images/ folder")
     if args.repeats is None:
@@ -801,6 +795,126 @@ def run_bench(args, out=None) -> dict:
         only.discard("accuracy")
     elif not Path(args.accuracy_data).is_dir():
         raise FileNotFoundError(f"--accuracy-data {args.accuracy_data}: no such folder")
+    return only
+
+
+def _low_precision(dev) -> tuple[str, str]:
+    """The reduced precision to time on ``dev``, and a note on whether it is native."""
+    import torch
+
+    from .device import cpu_supports_bf16
+
+    if dev.type == "cpu":
+        low = "bf16"
+        low_note = (
+            "native (AVX512-BF16/AMX)"
+            if cpu_supports_bf16()
+            else "EMULATED: this CPU has no native bf16"
+        )
+    elif dev.type == "cuda":
+        low = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        low_note = "CUDA"
+    else:
+        low, low_note = "fp16", dev.type
+    return low, low_note
+
+
+def _bench_env(args, dev, pred32, pred_auto, low: str, low_note: str, note: str) -> dict:
+    """The ``env`` entry of the results: versions, machine, model and what auto chose."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "device": str(dev),
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_before": _load(),
+        "low_precision": low,
+        "low_precision_note": low_note,
+        "model_id": pred32.model_id,
+        "model_note": note,
+        "input_size": pred32.config.input_size,
+        "encoder": pred32.config.encoder_name,
+        "folded_batchnorm": pred32.folded_batchnorm,
+        "auto_precision": pred_auto.precision,
+        "auto_channels_last": pred_auto.channels_last,
+        "auto_source": pred_auto.autotune.source if pred_auto.autotune else None,
+        "auto_measured_ms": pred_auto.autotune.measured_ms if pred_auto.autotune else None,
+        "smoke": bool(args.smoke),
+    }
+
+
+def _print_header(args, dev, env: dict, pred32, pred_auto, out) -> None:
+    """The lines above the sections: machine, model, precisions and timing scheme."""
+    out(f"cxrseg bench{' --smoke (tiny sizes: numbers are meaningless)' if args.smoke else ''}")
+    out(
+        f"    torch {env['torch']}, device {dev} ({env['cpu'] if dev.type == 'cpu' else dev}), "
+        f"{env['threads']} torch threads, {env['cpu_count']} CPUs, "
+        f"load average {env['load_before']}"
+    )
+    out(
+        f"    model: {env['model_note']} ({pred32.model_id}): {pred32.config.encoder_name} U-Net, "
+        f"{len(pred32.regions)} regions, "
+        f"input {pred32.config.input_size}, {pred32.folded_batchnorm} batch norms folded"
+    )
+    out(
+        f"    low precision: {env['low_precision']} ({env['low_precision_note']}); "
+        f"median of {args.repeats} runs after {args.warmup} warm-up"
+    )
+    if pred_auto.autotune is not None:
+        out(f"    --precision auto chose {pred_auto.autotune.describe()}")
+    out()
+
+
+def _run_sections(only, path, dev, note, preds, args, out, res, tmp: Path) -> None:
+    """Run the sections of ``only`` in their fixed order, a blank line after each."""
+    from .device import cpu_supports_bf16
+
+    pred32, pred_low, pred_auto = preds
+    if "models" in only:
+        bench_models(pred32, pred_low, args, out, res)
+        out()
+    if "flops" in only:
+        bench_flops(pred32, pred_low, args, out, res)
+        out()
+    if "decode" in only:
+        bench_decode(args, out, res, tmp, pred32.config.input_size)
+        out()
+    if "folder" in only:
+        bench_folder(pred_auto, args, out, res, tmp)
+        out()
+    if "coldstart" in only:
+        bench_coldstart(pred_auto, args, out, res, tmp)
+        out()
+    if "throughput" in only:
+        bench_throughput(pred_auto, args, out, res, tmp)
+        out()
+    if "accuracy" in only:
+        if note.startswith(("random", "tiny")):
+            out(
+                "[7] accuracy: skipped, the model is random "
+                "(pass --model with a trained checkpoint)"
+            )
+        else:
+            bench_accuracy(path, dev, args, out, res)
+        out()
+    if "quality" in only:
+        from .quality import bench_section
+
+        bench_section(pred_low if dev.type != "cpu" or cpu_supports_bf16() else pred32, args, out, res)
+        out()
+
+
+def run_bench(args, out=None) -> dict:
+    """Run the selected sections; print as they finish; return the results dict."""
+    import torch
+
+    from .device import select_device
+    from .predict import Predictor
+
+    out = out or _Out()
+    only = _bench_sections(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError("--threads must be >= 1")
@@ -817,93 +931,15 @@ def run_bench(args, out=None) -> dict:
         tmp = Path(td)
         path, note = _prepare_model(args, tmp)
         pred32 = Predictor(path, device=str(dev), precision="fp32")
-        if dev.type == "cpu":
-            low = "bf16"
-            low_note = (
-                "native (AVX512-BF16/AMX)"
-                if cpu_supports_bf16()
-                else "EMULATED: this CPU has no native bf16"
-            )
-        elif dev.type == "cuda":
-            low = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            low_note = "CUDA"
-        else:
-            low, low_note = "fp16", dev.type
+        low, low_note = _low_precision(dev)
         pred_low = Predictor(path, device=str(dev), precision=low)
         pred_auto = Predictor(
             path, device=str(dev), precision="auto", autotune_budget=getattr(args, "autotune_budget", None)
         )
-        env = {
-            "torch": torch.__version__,
-            "device": str(dev),
-            "cpu": _cpu_name(),
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "load_before": _load(),
-            "low_precision": low,
-            "low_precision_note": low_note,
-            "model_id": pred32.model_id,
-            "model_note": note,
-            "input_size": pred32.config.input_size,
-            "encoder": pred32.config.encoder_name,
-            "folded_batchnorm": pred32.folded_batchnorm,
-            "auto_precision": pred_auto.precision,
-            "auto_channels_last": pred_auto.channels_last,
-            "auto_source": pred_auto.autotune.source if pred_auto.autotune else None,
-            "auto_measured_ms": pred_auto.autotune.measured_ms if pred_auto.autotune else None,
-            "smoke": bool(args.smoke),
-        }
+        env = _bench_env(args, dev, pred32, pred_auto, low, low_note, note)
         res["env"] = env
-        out(f"cxrseg bench{' --smoke (tiny sizes: numbers are meaningless)' if args.smoke else ''}")
-        out(
-            f"    torch {env['torch']}, device {dev} ({env['cpu'] if dev.type == 'cpu' else dev}), "
-            f"{env['threads']} torch threads, {env['cpu_count']} CPUs, "
-            f"load average {env['load_before']}"
-        )
-        out(
-            f"    model: {note} ({pred32.model_id}): {pred32.config.encoder_name} U-Net, "
-            f"{len(pred32.regions)} regions, "
-            f"input {pred32.config.input_size}, {pred32.folded_batchnorm} batch norms folded"
-        )
-        out(
-            f"    low precision: {low} ({low_note}); "
-            f"median of {args.repeats} runs after {args.warmup} warm-up"
-        )
-        if pred_auto.autotune is not None:
-            out(f"    --precision auto chose {pred_auto.autotune.describe()}")
-        out()
-        if "models" in only:
-            bench_models(pred32, pred_low, args, out, res)
-            out()
-        if "flops" in only:
-            bench_flops(pred32, pred_low, args, out, res)
-            out()
-        if "decode" in only:
-            bench_decode(args, out, res, tmp, pred32.config.input_size)
-            out()
-        if "folder" in only:
-            bench_folder(pred_auto, args, out, res, tmp)
-            out()
-        if "coldstart" in only:
-            bench_coldstart(pred_auto, args, out, res, tmp)
-            out()
-        if "throughput" in only:
-            bench_throughput(pred_auto, args, out, res, tmp)
-            out()
-        if "accuracy" in only:
-            if note.startswith(("random", "tiny")):
-                out(
-                    "[7] accuracy: skipped, the model is random "
-                    "(pass --model with a trained checkpoint)"
-                )
-            else:
-                bench_accuracy(path, dev, args, out, res)
-            out()
-        if "quality" in only:
-            from .quality import bench_section
-
-            bench_section(pred_low if dev.type != "cpu" or cpu_supports_bf16() else pred32, args, out, res)
-            out()
+        _print_header(args, dev, env, pred32, pred_auto, out)
+        _run_sections(only, path, dev, note, (pred32, pred_low, pred_auto), args, out, res, tmp)
     res["env"]["load_after"] = _load()
     out(f"load average after: {res['env']['load_after']}")
     if args.json is not None:
