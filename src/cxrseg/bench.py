@@ -191,8 +191,8 @@ def _prepare_model(args, tmp: Path):
 # --------------------------------------------------------------------------- sections
 
 
-def bench_models(pred32, pred_low, args, out, res) -> None:
-    """Section 1: the study's five per-region models against one multi-label pass."""
+def _models_fns(pred32, pred_low, batch_size: int) -> dict:
+    """The timed callables of section 1, by key, in their display order."""
     import dataclasses
 
     import torch
@@ -202,7 +202,6 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     dev = pred32.device
     cfg = pred32.config
     s = cfg.input_size
-    w, r = args.warmup, args.repeats
     gen = torch.Generator().manual_seed(0)
     img = torch.rand(1, s, s, generator=gen)
     x = ((img.expand(3, -1, -1) - 0.45) / 0.226).unsqueeze(0).to(dev)  # (1, 3, S, S), contiguous
@@ -224,7 +223,7 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
             return torch.sigmoid(pred32_raw(x))
 
     inp1 = img.numpy()
-    inpb = np.repeat(inp1, args.batch_size, axis=0)
+    inpb = np.repeat(inp1, batch_size, axis=0)
     fns = {
         "per_region": run_per_region,
         "onepass_fp32_contig": run_onepass_raw,
@@ -235,10 +234,11 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     fns["engine_fp32_cl_batch"] = lambda: pred32.forward(inpb)
     if pred_low is not None:
         fns["engine_low_cl_batch"] = lambda: pred_low.forward(inpb)
-    t = time_interleaved(fns, dev, warmup=w, repeats=r)
-    base = t["per_region"]["median_s"]
-    n_reg = len(cfg.regions)
-    low = pred_low.precision if pred_low is not None else None
+    return fns
+
+
+def _models_rows(n_reg: int, low: str | None, batch_size: int) -> list:
+    """``(key, label, cases per call)`` of each line of section 1."""
     rows = [
         ("per_region", f"{n_reg} per-region U-Nets, fp32, eager, batch 1, contiguous", 1),
         (
@@ -255,18 +255,32 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     rows.append(
         (
             "engine_fp32_cl_batch",
-            f"engine: fp32 channels_last, batch {args.batch_size}",
-            args.batch_size,
+            f"engine: fp32 channels_last, batch {batch_size}",
+            batch_size,
         )
     )
     if low:
         rows.append(
             (
                 "engine_low_cl_batch",
-                f"engine: {low} channels_last, batch {args.batch_size}",
-                args.batch_size,
+                f"engine: {low} channels_last, batch {batch_size}",
+                batch_size,
             )
         )
+    return rows
+
+
+def bench_models(pred32, pred_low, args, out, res) -> None:
+    """Section 1: the study's five per-region models against one multi-label pass."""
+    dev = pred32.device
+    cfg = pred32.config
+    s = cfg.input_size
+    fns = _models_fns(pred32, pred_low, args.batch_size)
+    t = time_interleaved(fns, dev, warmup=args.warmup, repeats=args.repeats)
+    base = t["per_region"]["median_s"]
+    n_reg = len(cfg.regions)
+    low = pred_low.precision if pred_low is not None else None
+    rows = _models_rows(n_reg, low, args.batch_size)
     out(
         f"[1] all {n_reg} regions of one {s}x{s} case "
         f"(model only: normalised input -> sigmoid maps)"
