@@ -301,6 +301,62 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     res["models"] = section
 
 
+def _flops_run(pred, b: int, img1: np.ndarray, flops1: int, dev, args, out) -> dict:
+    """One line of section 2: ``pred`` at batch ``b`` against a matmul timed beside it."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[pred.precision]
+    inp = np.repeat(img1, b, axis=0)
+
+    def fwd(pred=pred, inp=inp):
+        return pred.forward(inp)
+
+    tm = time_fn(fwd, dev, warmup=args.warmup, repeats=args.repeats)
+    f = flops1 * b
+
+    def mm_for(n, dtype=dtype):
+        a = torch.randn(n, n, device=dev).to(dtype)
+        bm = torch.randn(n, n, device=dev).to(dtype)
+
+        def mm():
+            with torch.inference_mode():
+                return a @ bm
+
+        return mm
+
+    # a square matmul that takes about as long as the forward pass: start from the
+    # same FLOP count, then rescale n by the cube root of the time ratio
+    n = max(64, int(round((f / 2) ** (1 / 3) / 64)) * 64)
+    t0 = time_fn(mm_for(n), dev, warmup=1, repeats=max(1, args.repeats // 2))["median_s"]
+    n = max(64, int(round(n * (tm["median_s"] / t0) ** (1 / 3) / 64)) * 64)
+    pair = time_interleaved(
+        {"model": fwd, "mm": mm_for(n)},
+        dev,
+        warmup=args.warmup,
+        repeats=args.repeats,
+    )
+    tm, tmm = pair["model"], pair["mm"]
+    achieved = f / tm["median_s"] / 1e9
+    mm_gf = 2 * n**3 / tmm["median_s"] / 1e9
+    ratio = mm_gf / achieved
+    out(
+        f"    {pred.precision} batch {b:<2d}: model {achieved:8.1f} GFLOP/s "
+        f"({tm['median_s'] * 1e3:8.1f} ms)  "
+        f"matmul {n}x{n} {mm_gf:8.1f} GFLOP/s ({tmm['median_s'] * 1e3:7.1f} ms)  "
+        f"matmul/model x{ratio:.2f}"
+    )
+    return {
+        "precision": pred.precision,
+        "batch": b,
+        "model_gflops": achieved,
+        "model_s": tm["median_s"],
+        "matmul_n": n,
+        "matmul_gflops": mm_gf,
+        "matmul_s": tmm["median_s"],
+        "ratio": ratio,
+    }
+
+
 def bench_flops(pred32, pred_low, args, out, res) -> None:
     """Section 2: achieved GFLOP/s of the model against a matmul of the same precision."""
     import torch
@@ -322,61 +378,8 @@ def bench_flops(pred32, pred_low, args, out, res) -> None:
     section = {"flops_per_image": flops1, "counter_unit": conv, "runs": []}
     preds = [pred32] + ([pred_low] if pred_low is not None else [])
     for pred in preds:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            pred.precision
-        ]
         for b in (1, args.batch_size):
-            inp = np.repeat(img1, b, axis=0)
-
-            def fwd(pred=pred, inp=inp):
-                return pred.forward(inp)
-
-            tm = time_fn(fwd, dev, warmup=args.warmup, repeats=args.repeats)
-            f = flops1 * b
-
-            def mm_for(n, dtype=dtype):
-                a = torch.randn(n, n, device=dev).to(dtype)
-                bm = torch.randn(n, n, device=dev).to(dtype)
-
-                def mm():
-                    with torch.inference_mode():
-                        return a @ bm
-
-                return mm
-
-            # a square matmul that takes about as long as the forward pass: start from the
-            # same FLOP count, then rescale n by the cube root of the time ratio
-            n = max(64, int(round((f / 2) ** (1 / 3) / 64)) * 64)
-            t0 = time_fn(mm_for(n), dev, warmup=1, repeats=max(1, args.repeats // 2))["median_s"]
-            n = max(64, int(round(n * (tm["median_s"] / t0) ** (1 / 3) / 64)) * 64)
-            pair = time_interleaved(
-                {"model": fwd, "mm": mm_for(n)},
-                dev,
-                warmup=args.warmup,
-                repeats=args.repeats,
-            )
-            tm, tmm = pair["model"], pair["mm"]
-            achieved = f / tm["median_s"] / 1e9
-            mm_gf = 2 * n**3 / tmm["median_s"] / 1e9
-            ratio = mm_gf / achieved
-            out(
-                f"    {pred.precision} batch {b:<2d}: model {achieved:8.1f} GFLOP/s "
-                f"({tm['median_s'] * 1e3:8.1f} ms)  "
-                f"matmul {n}x{n} {mm_gf:8.1f} GFLOP/s ({tmm['median_s'] * 1e3:7.1f} ms)  "
-                f"matmul/model x{ratio:.2f}"
-            )
-            section["runs"].append(
-                {
-                    "precision": pred.precision,
-                    "batch": b,
-                    "model_gflops": achieved,
-                    "model_s": tm["median_s"],
-                    "matmul_n": n,
-                    "matmul_gflops": mm_gf,
-                    "matmul_s": tmm["median_s"],
-                    "ratio": ratio,
-                }
-            )
+            section["runs"].append(_flops_run(pred, b, img1, flops1, dev, args, out))
     low = [x for x in section["runs"] if x["precision"] != "fp32"]
     if low:
         best = min(low, key=lambda x: x["ratio"])
