@@ -263,23 +263,10 @@ def open_data(viewer, widgets: dict, root: str | Path, case: str | None = None) 
         session.open_dataset(root)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the GUI; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.screenshot:
-        # no warning toasts (e.g. napari's PyQt5 deprecation notice) over the screenshot
-        import os
-
-        os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
+def _new_viewer(args):
+    """The napari viewer sized by ``--size``; ``(viewer, (w, h))``, or ``(None, None)`` after
+    reporting a bad ``--size`` (the viewer then closed)."""
     import napari
-    from qtpy.QtCore import QTimer
-
-    from ._widgets._state import get_session
-
-    root = Path(args.data).expanduser() if args.data else default_data_root()
-    if not root.exists():
-        print(f"cxrseg-gui: {root}: no such dataset folder or image file", file=sys.stderr)
-        return 2
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="napari-cxrseg")
@@ -290,19 +277,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"cxrseg-gui: {exc}", file=sys.stderr)
         viewer.close()
-        return 2
+        return None, None
     viewer.window.resize(w, h)
-    widgets = build_workspace(viewer, model=args.model, device=args.device, predict=not args.no_predict,
-                              postprocess=args.postprocess, height=h)
-    session = get_session(viewer)
-    viewer.window.resize(w, h)  # the docks' sizes must not override --size
+    return viewer, (w, h)
+
+
+def _apply_view_options(viewer, widgets: dict, args) -> bool:
+    """``--preset`` and ``--focus``'s region in the Compare dock; False after reporting a bad
+    value (the viewer then closed)."""
     if args.preset and "Display" in widgets:
         try:
             widgets["Display"].apply_preset(args.preset)  # later cases follow it
         except ValueError as exc:
             print(f"cxrseg-gui: --preset: {exc}", file=sys.stderr)
             viewer.close()
-            return 2
+            return False
     if args.focus and "Compare" in widgets:
         from cxrseg.regions import REGIONS, canonical_region
 
@@ -311,32 +300,39 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, ValueError) as exc:
             print(f"cxrseg-gui: --focus {args.focus!r}: {exc}", file=sys.stderr)
             viewer.close()
-            return 2
-    if args.quality and "Review queue" not in args.dock:
-        args.dock.append("Review queue")
-    if args.dock:
-        from qtpy.QtWidgets import QDockWidget
+            return False
+    return True
 
-        def raise_docks() -> None:
-            for d in viewer.window._qt_window.findChildren(QDockWidget):
-                if d.windowTitle() in args.dock or d.objectName() in args.dock:
-                    d.raise_()
 
-        QTimer.singleShot(50, raise_docks)
+def _raise_docks_later(viewer, docks: list[str]) -> None:
+    """Bring the ``--dock`` docks to the front once the window is shown."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QDockWidget
 
-    state = {"status": 0, "shot": False}
-    quality = _setup_quality(viewer, session, widgets) if args.quality else None
+    def raise_docks() -> None:
+        for d in viewer.window._qt_window.findChildren(QDockWidget):
+            if d.windowTitle() in docks or d.objectName() in docks:
+                d.raise_()
 
-    if args.focus:
-        def focus_once(*_a) -> None:
-            for sig in (session.prediction_changed, session.case_changed):
-                try:
-                    sig.disconnect(focus_once)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
-            focus_region(viewer, session, args.focus)
+    QTimer.singleShot(50, raise_docks)
 
-        (session.prediction_changed if session.auto_predict else session.case_changed).connect(focus_once)
+
+def _focus_once(viewer, session, region: str) -> None:
+    """Zoom to ``region`` when the first case is predicted (or shown, without prediction)."""
+
+    def focus_once(*_a) -> None:
+        for sig in (session.prediction_changed, session.case_changed):
+            try:
+                sig.disconnect(focus_once)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        focus_region(viewer, session, region)
+
+    (session.prediction_changed if session.auto_predict else session.case_changed).connect(focus_once)
+
+
+def _report_predictions(session) -> None:
+    """Print a line for every prediction: the case, the model and the forward-pass time."""
 
     def report(model_id) -> None:
         if model_id is not None:
@@ -345,42 +341,48 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
 
     session.prediction_changed.connect(report)
-    open_data(viewer, widgets, root, args.case)
 
-    if args.screenshot:
-        out = Path(args.screenshot).expanduser()
 
-        def shoot() -> None:
-            if state["shot"]:
-                return
-            state["shot"] = True
-            out.parent.mkdir(parents=True, exist_ok=True)
-            viewer.screenshot(str(out), canvas_only=False, flash=False)
-            print(f"cxrseg-gui: screenshot saved to {out}")
-            viewer.close()
+def _schedule_screenshot(viewer, session, quality, args, state: dict) -> None:
+    """``--screenshot``: save the window once the first case is ready (or after ``--timeout``,
+    then with exit status 1) and close the viewer."""
+    from qtpy.QtCore import QTimer
 
-        def ready(*_a) -> None:
-            # let the Compare dock's debounced metrics and the canvas settle, then shoot
-            QTimer.singleShot(2500, shoot)
+    out = Path(args.screenshot).expanduser()
 
-        if quality is not None:
-            quality.emitted.connect(ready)
-        elif session.auto_predict:
-            session.prediction_changed.connect(ready)
-            session.prediction_failed.connect(ready)
-        else:
-            session.case_changed.connect(ready)
+    def shoot() -> None:
+        if state["shot"]:
+            return
+        state["shot"] = True
+        out.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(out), canvas_only=False, flash=False)
+        print(f"cxrseg-gui: screenshot saved to {out}")
+        viewer.close()
 
-        def give_up() -> None:
-            if not state["shot"]:
-                print(f"cxrseg-gui: nothing to screenshot after {args.timeout:.0f} s; saving what is shown",
-                      file=sys.stderr)
-                state["status"] = 1
-                shoot()
+    def ready(*_a) -> None:
+        # let the Compare dock's debounced metrics and the canvas settle, then shoot
+        QTimer.singleShot(2500, shoot)
 
-        QTimer.singleShot(int(args.timeout * 1000), give_up)
+    if quality is not None:
+        quality.emitted.connect(ready)
+    elif session.auto_predict:
+        session.prediction_changed.connect(ready)
+        session.prediction_failed.connect(ready)
+    else:
+        session.case_changed.connect(ready)
 
-    napari.run()
+    def give_up() -> None:
+        if not state["shot"]:
+            print(f"cxrseg-gui: nothing to screenshot after {args.timeout:.0f} s; saving what is shown",
+                  file=sys.stderr)
+            state["status"] = 1
+            shoot()
+
+    QTimer.singleShot(int(args.timeout * 1000), give_up)
+
+
+def _wind_down(session) -> None:
+    """After the event loop: let running workers end, then close the session."""
     # let running workers (a prediction, a review run) end before the interpreter does
     from napari.qt.threading import WorkerBase
 
@@ -389,6 +391,50 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         pass
     session.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the GUI; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.screenshot:
+        # no warning toasts (e.g. napari's PyQt5 deprecation notice) over the screenshot
+        import os
+
+        os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
+    import napari
+
+    from ._widgets._state import get_session
+
+    root = Path(args.data).expanduser() if args.data else default_data_root()
+    if not root.exists():
+        print(f"cxrseg-gui: {root}: no such dataset folder or image file", file=sys.stderr)
+        return 2
+    viewer, size = _new_viewer(args)
+    if viewer is None:
+        return 2
+    w, h = size
+    widgets = build_workspace(viewer, model=args.model, device=args.device, predict=not args.no_predict,
+                              postprocess=args.postprocess, height=h)
+    session = get_session(viewer)
+    viewer.window.resize(w, h)  # the docks' sizes must not override --size
+    if not _apply_view_options(viewer, widgets, args):
+        return 2
+    if args.quality and "Review queue" not in args.dock:
+        args.dock.append("Review queue")
+    if args.dock:
+        _raise_docks_later(viewer, args.dock)
+
+    state = {"status": 0, "shot": False}
+    quality = _setup_quality(viewer, session, widgets) if args.quality else None
+    if args.focus:
+        _focus_once(viewer, session, args.focus)
+    _report_predictions(session)
+    open_data(viewer, widgets, root, args.case)
+    if args.screenshot:
+        _schedule_screenshot(viewer, session, quality, args, state)
+
+    napari.run()
+    _wind_down(session)
     return state["status"]
 
 

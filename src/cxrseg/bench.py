@@ -191,8 +191,8 @@ def _prepare_model(args, tmp: Path):
 # --------------------------------------------------------------------------- sections
 
 
-def bench_models(pred32, pred_low, args, out, res) -> None:
-    """Section 1: the study's five per-region models against one multi-label pass."""
+def _models_fns(pred32, pred_low, batch_size: int) -> dict:
+    """The timed callables of section 1, by key, in their display order."""
     import dataclasses
 
     import torch
@@ -202,7 +202,6 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     dev = pred32.device
     cfg = pred32.config
     s = cfg.input_size
-    w, r = args.warmup, args.repeats
     gen = torch.Generator().manual_seed(0)
     img = torch.rand(1, s, s, generator=gen)
     x = ((img.expand(3, -1, -1) - 0.45) / 0.226).unsqueeze(0).to(dev)  # (1, 3, S, S), contiguous
@@ -224,7 +223,7 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
             return torch.sigmoid(pred32_raw(x))
 
     inp1 = img.numpy()
-    inpb = np.repeat(inp1, args.batch_size, axis=0)
+    inpb = np.repeat(inp1, batch_size, axis=0)
     fns = {
         "per_region": run_per_region,
         "onepass_fp32_contig": run_onepass_raw,
@@ -235,10 +234,11 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     fns["engine_fp32_cl_batch"] = lambda: pred32.forward(inpb)
     if pred_low is not None:
         fns["engine_low_cl_batch"] = lambda: pred_low.forward(inpb)
-    t = time_interleaved(fns, dev, warmup=w, repeats=r)
-    base = t["per_region"]["median_s"]
-    n_reg = len(cfg.regions)
-    low = pred_low.precision if pred_low is not None else None
+    return fns
+
+
+def _models_rows(n_reg: int, low: str | None, batch_size: int) -> list:
+    """``(key, label, cases per call)`` of each line of section 1."""
     rows = [
         ("per_region", f"{n_reg} per-region U-Nets, fp32, eager, batch 1, contiguous", 1),
         (
@@ -255,18 +255,32 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     rows.append(
         (
             "engine_fp32_cl_batch",
-            f"engine: fp32 channels_last, batch {args.batch_size}",
-            args.batch_size,
+            f"engine: fp32 channels_last, batch {batch_size}",
+            batch_size,
         )
     )
     if low:
         rows.append(
             (
                 "engine_low_cl_batch",
-                f"engine: {low} channels_last, batch {args.batch_size}",
-                args.batch_size,
+                f"engine: {low} channels_last, batch {batch_size}",
+                batch_size,
             )
         )
+    return rows
+
+
+def bench_models(pred32, pred_low, args, out, res) -> None:
+    """Section 1: the study's five per-region models against one multi-label pass."""
+    dev = pred32.device
+    cfg = pred32.config
+    s = cfg.input_size
+    fns = _models_fns(pred32, pred_low, args.batch_size)
+    t = time_interleaved(fns, dev, warmup=args.warmup, repeats=args.repeats)
+    base = t["per_region"]["median_s"]
+    n_reg = len(cfg.regions)
+    low = pred_low.precision if pred_low is not None else None
+    rows = _models_rows(n_reg, low, args.batch_size)
     out(
         f"[1] all {n_reg} regions of one {s}x{s} case "
         f"(model only: normalised input -> sigmoid maps)"
@@ -285,6 +299,62 @@ def bench_models(pred32, pred_low, args, out, res) -> None:
     )
     out(f"    best: x{section[best]['speedup_vs_baseline']:.2f} ({section[best]['label']})")
     res["models"] = section
+
+
+def _flops_run(pred, b: int, img1: np.ndarray, flops1: int, dev, args, out) -> dict:
+    """One line of section 2: ``pred`` at batch ``b`` against a matmul timed beside it."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[pred.precision]
+    inp = np.repeat(img1, b, axis=0)
+
+    def fwd(pred=pred, inp=inp):
+        return pred.forward(inp)
+
+    tm = time_fn(fwd, dev, warmup=args.warmup, repeats=args.repeats)
+    f = flops1 * b
+
+    def mm_for(n, dtype=dtype):
+        a = torch.randn(n, n, device=dev).to(dtype)
+        bm = torch.randn(n, n, device=dev).to(dtype)
+
+        def mm():
+            with torch.inference_mode():
+                return a @ bm
+
+        return mm
+
+    # a square matmul that takes about as long as the forward pass: start from the
+    # same FLOP count, then rescale n by the cube root of the time ratio
+    n = max(64, int(round((f / 2) ** (1 / 3) / 64)) * 64)
+    t0 = time_fn(mm_for(n), dev, warmup=1, repeats=max(1, args.repeats // 2))["median_s"]
+    n = max(64, int(round(n * (tm["median_s"] / t0) ** (1 / 3) / 64)) * 64)
+    pair = time_interleaved(
+        {"model": fwd, "mm": mm_for(n)},
+        dev,
+        warmup=args.warmup,
+        repeats=args.repeats,
+    )
+    tm, tmm = pair["model"], pair["mm"]
+    achieved = f / tm["median_s"] / 1e9
+    mm_gf = 2 * n**3 / tmm["median_s"] / 1e9
+    ratio = mm_gf / achieved
+    out(
+        f"    {pred.precision} batch {b:<2d}: model {achieved:8.1f} GFLOP/s "
+        f"({tm['median_s'] * 1e3:8.1f} ms)  "
+        f"matmul {n}x{n} {mm_gf:8.1f} GFLOP/s ({tmm['median_s'] * 1e3:7.1f} ms)  "
+        f"matmul/model x{ratio:.2f}"
+    )
+    return {
+        "precision": pred.precision,
+        "batch": b,
+        "model_gflops": achieved,
+        "model_s": tm["median_s"],
+        "matmul_n": n,
+        "matmul_gflops": mm_gf,
+        "matmul_s": tmm["median_s"],
+        "ratio": ratio,
+    }
 
 
 def bench_flops(pred32, pred_low, args, out, res) -> None:
@@ -308,61 +378,8 @@ def bench_flops(pred32, pred_low, args, out, res) -> None:
     section = {"flops_per_image": flops1, "counter_unit": conv, "runs": []}
     preds = [pred32] + ([pred_low] if pred_low is not None else [])
     for pred in preds:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            pred.precision
-        ]
         for b in (1, args.batch_size):
-            inp = np.repeat(img1, b, axis=0)
-
-            def fwd(pred=pred, inp=inp):
-                return pred.forward(inp)
-
-            tm = time_fn(fwd, dev, warmup=args.warmup, repeats=args.repeats)
-            f = flops1 * b
-
-            def mm_for(n, dtype=dtype):
-                a = torch.randn(n, n, device=dev).to(dtype)
-                bm = torch.randn(n, n, device=dev).to(dtype)
-
-                def mm():
-                    with torch.inference_mode():
-                        return a @ bm
-
-                return mm
-
-            # a square matmul that takes about as long as the forward pass: start from the
-            # same FLOP count, then rescale n by the cube root of the time ratio
-            n = max(64, int(round((f / 2) ** (1 / 3) / 64)) * 64)
-            t0 = time_fn(mm_for(n), dev, warmup=1, repeats=max(1, args.repeats // 2))["median_s"]
-            n = max(64, int(round(n * (tm["median_s"] / t0) ** (1 / 3) / 64)) * 64)
-            pair = time_interleaved(
-                {"model": fwd, "mm": mm_for(n)},
-                dev,
-                warmup=args.warmup,
-                repeats=args.repeats,
-            )
-            tm, tmm = pair["model"], pair["mm"]
-            achieved = f / tm["median_s"] / 1e9
-            mm_gf = 2 * n**3 / tmm["median_s"] / 1e9
-            ratio = mm_gf / achieved
-            out(
-                f"    {pred.precision} batch {b:<2d}: model {achieved:8.1f} GFLOP/s "
-                f"({tm['median_s'] * 1e3:8.1f} ms)  "
-                f"matmul {n}x{n} {mm_gf:8.1f} GFLOP/s ({tmm['median_s'] * 1e3:7.1f} ms)  "
-                f"matmul/model x{ratio:.2f}"
-            )
-            section["runs"].append(
-                {
-                    "precision": pred.precision,
-                    "batch": b,
-                    "model_gflops": achieved,
-                    "model_s": tm["median_s"],
-                    "matmul_n": n,
-                    "matmul_gflops": mm_gf,
-                    "matmul_s": tmm["median_s"],
-                    "ratio": ratio,
-                }
-            )
+            section["runs"].append(_flops_run(pred, b, img1, flops1, dev, args, out))
     low = [x for x in section["runs"] if x["precision"] != "fp32"]
     if low:
         best = min(low, key=lambda x: x["ratio"])
@@ -769,14 +786,8 @@ def _resize_to(prob: np.ndarray, shape) -> np.ndarray:
 # --------------------------------------------------------------------------- main
 
 
-def run_bench(args, out=None) -> dict:
-    """Run the selected sections; print as they finish; return the results dict."""
-    import torch
-
-    from .device import cpu_supports_bf16, select_device
-    from .predict import Predictor
-
-    out = out or _Out()
+def _bench_sections(args) -> set:
+    """Fill the unset counts of ``args`` for the mode; check them; the sections to run."""
     if getattr(args, "folder_data", None) is not None and not Path(args.folder_data, "images").is_dir():
         raise FileNotFoundError(f"--folder-data {args.folder_data}: no images/ folder")
     if args.repeats is None:
@@ -801,6 +812,126 @@ def run_bench(args, out=None) -> dict:
         only.discard("accuracy")
     elif not Path(args.accuracy_data).is_dir():
         raise FileNotFoundError(f"--accuracy-data {args.accuracy_data}: no such folder")
+    return only
+
+
+def _low_precision(dev) -> tuple[str, str]:
+    """The reduced precision to time on ``dev``, and a note on whether it is native."""
+    import torch
+
+    from .device import cpu_supports_bf16
+
+    if dev.type == "cpu":
+        low = "bf16"
+        low_note = (
+            "native (AVX512-BF16/AMX)"
+            if cpu_supports_bf16()
+            else "EMULATED: this CPU has no native bf16"
+        )
+    elif dev.type == "cuda":
+        low = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        low_note = "CUDA"
+    else:
+        low, low_note = "fp16", dev.type
+    return low, low_note
+
+
+def _bench_env(args, dev, pred32, pred_auto, low: str, low_note: str, note: str) -> dict:
+    """The ``env`` entry of the results: versions, machine, model and what auto chose."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "device": str(dev),
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_before": _load(),
+        "low_precision": low,
+        "low_precision_note": low_note,
+        "model_id": pred32.model_id,
+        "model_note": note,
+        "input_size": pred32.config.input_size,
+        "encoder": pred32.config.encoder_name,
+        "folded_batchnorm": pred32.folded_batchnorm,
+        "auto_precision": pred_auto.precision,
+        "auto_channels_last": pred_auto.channels_last,
+        "auto_source": pred_auto.autotune.source if pred_auto.autotune else None,
+        "auto_measured_ms": pred_auto.autotune.measured_ms if pred_auto.autotune else None,
+        "smoke": bool(args.smoke),
+    }
+
+
+def _print_header(args, dev, env: dict, pred32, pred_auto, out) -> None:
+    """The lines above the sections: machine, model, precisions and timing scheme."""
+    out(f"cxrseg bench{' --smoke (tiny sizes: numbers are meaningless)' if args.smoke else ''}")
+    out(
+        f"    torch {env['torch']}, device {dev} ({env['cpu'] if dev.type == 'cpu' else dev}), "
+        f"{env['threads']} torch threads, {env['cpu_count']} CPUs, "
+        f"load average {env['load_before']}"
+    )
+    out(
+        f"    model: {env['model_note']} ({pred32.model_id}): {pred32.config.encoder_name} U-Net, "
+        f"{len(pred32.regions)} regions, "
+        f"input {pred32.config.input_size}, {pred32.folded_batchnorm} batch norms folded"
+    )
+    out(
+        f"    low precision: {env['low_precision']} ({env['low_precision_note']}); "
+        f"median of {args.repeats} runs after {args.warmup} warm-up"
+    )
+    if pred_auto.autotune is not None:
+        out(f"    --precision auto chose {pred_auto.autotune.describe()}")
+    out()
+
+
+def _run_sections(only, path, dev, note, preds, args, out, res, tmp: Path) -> None:
+    """Run the sections of ``only`` in their fixed order, a blank line after each."""
+    from .device import cpu_supports_bf16
+
+    pred32, pred_low, pred_auto = preds
+    if "models" in only:
+        bench_models(pred32, pred_low, args, out, res)
+        out()
+    if "flops" in only:
+        bench_flops(pred32, pred_low, args, out, res)
+        out()
+    if "decode" in only:
+        bench_decode(args, out, res, tmp, pred32.config.input_size)
+        out()
+    if "folder" in only:
+        bench_folder(pred_auto, args, out, res, tmp)
+        out()
+    if "coldstart" in only:
+        bench_coldstart(pred_auto, args, out, res, tmp)
+        out()
+    if "throughput" in only:
+        bench_throughput(pred_auto, args, out, res, tmp)
+        out()
+    if "accuracy" in only:
+        if note.startswith(("random", "tiny")):
+            out(
+                "[7] accuracy: skipped, the model is random "
+                "(pass --model with a trained checkpoint)"
+            )
+        else:
+            bench_accuracy(path, dev, args, out, res)
+        out()
+    if "quality" in only:
+        from .quality import bench_section
+
+        bench_section(pred_low if dev.type != "cpu" or cpu_supports_bf16() else pred32, args, out, res)
+        out()
+
+
+def run_bench(args, out=None) -> dict:
+    """Run the selected sections; print as they finish; return the results dict."""
+    import torch
+
+    from .device import select_device
+    from .predict import Predictor
+
+    out = out or _Out()
+    only = _bench_sections(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError("--threads must be >= 1")
@@ -817,93 +948,15 @@ def run_bench(args, out=None) -> dict:
         tmp = Path(td)
         path, note = _prepare_model(args, tmp)
         pred32 = Predictor(path, device=str(dev), precision="fp32")
-        if dev.type == "cpu":
-            low = "bf16"
-            low_note = (
-                "native (AVX512-BF16/AMX)"
-                if cpu_supports_bf16()
-                else "EMULATED: this CPU has no native bf16"
-            )
-        elif dev.type == "cuda":
-            low = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            low_note = "CUDA"
-        else:
-            low, low_note = "fp16", dev.type
+        low, low_note = _low_precision(dev)
         pred_low = Predictor(path, device=str(dev), precision=low)
         pred_auto = Predictor(
             path, device=str(dev), precision="auto", autotune_budget=getattr(args, "autotune_budget", None)
         )
-        env = {
-            "torch": torch.__version__,
-            "device": str(dev),
-            "cpu": _cpu_name(),
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "load_before": _load(),
-            "low_precision": low,
-            "low_precision_note": low_note,
-            "model_id": pred32.model_id,
-            "model_note": note,
-            "input_size": pred32.config.input_size,
-            "encoder": pred32.config.encoder_name,
-            "folded_batchnorm": pred32.folded_batchnorm,
-            "auto_precision": pred_auto.precision,
-            "auto_channels_last": pred_auto.channels_last,
-            "auto_source": pred_auto.autotune.source if pred_auto.autotune else None,
-            "auto_measured_ms": pred_auto.autotune.measured_ms if pred_auto.autotune else None,
-            "smoke": bool(args.smoke),
-        }
+        env = _bench_env(args, dev, pred32, pred_auto, low, low_note, note)
         res["env"] = env
-        out(f"cxrseg bench{' --smoke (tiny sizes: numbers are meaningless)' if args.smoke else ''}")
-        out(
-            f"    torch {env['torch']}, device {dev} ({env['cpu'] if dev.type == 'cpu' else dev}), "
-            f"{env['threads']} torch threads, {env['cpu_count']} CPUs, "
-            f"load average {env['load_before']}"
-        )
-        out(
-            f"    model: {note} ({pred32.model_id}): {pred32.config.encoder_name} U-Net, "
-            f"{len(pred32.regions)} regions, "
-            f"input {pred32.config.input_size}, {pred32.folded_batchnorm} batch norms folded"
-        )
-        out(
-            f"    low precision: {low} ({low_note}); "
-            f"median of {args.repeats} runs after {args.warmup} warm-up"
-        )
-        if pred_auto.autotune is not None:
-            out(f"    --precision auto chose {pred_auto.autotune.describe()}")
-        out()
-        if "models" in only:
-            bench_models(pred32, pred_low, args, out, res)
-            out()
-        if "flops" in only:
-            bench_flops(pred32, pred_low, args, out, res)
-            out()
-        if "decode" in only:
-            bench_decode(args, out, res, tmp, pred32.config.input_size)
-            out()
-        if "folder" in only:
-            bench_folder(pred_auto, args, out, res, tmp)
-            out()
-        if "coldstart" in only:
-            bench_coldstart(pred_auto, args, out, res, tmp)
-            out()
-        if "throughput" in only:
-            bench_throughput(pred_auto, args, out, res, tmp)
-            out()
-        if "accuracy" in only:
-            if note.startswith(("random", "tiny")):
-                out(
-                    "[7] accuracy: skipped, the model is random "
-                    "(pass --model with a trained checkpoint)"
-                )
-            else:
-                bench_accuracy(path, dev, args, out, res)
-            out()
-        if "quality" in only:
-            from .quality import bench_section
-
-            bench_section(pred_low if dev.type != "cpu" or cpu_supports_bf16() else pred32, args, out, res)
-            out()
+        _print_header(args, dev, env, pred32, pred_auto, out)
+        _run_sections(only, path, dev, note, (pred32, pred_low, pred_auto), args, out, res, tmp)
     res["env"]["load_after"] = _load()
     out(f"load average after: {res['env']['load_after']}")
     if args.json is not None:

@@ -33,26 +33,22 @@ def supports(config) -> bool:
     )
 
 
-def build_lean_unet(config, state: dict):
-    """The folded U-Net of ``config`` holding ``state`` (a folded state dict, by assignment).
-
-    Raises
-    ------
-    ValueError
-        ``config`` is not supported (:func:`supports`) or ``state`` does not fit it.
-    """
-    import torch
+def _conv_from(state: dict):
+    """``conv(name, stride)``: an empty biased Conv2d shaped like ``state``'s ``name`` weight."""
     import torch.nn as nn
-    import torch.nn.functional as F
-
-    if not supports(config):
-        raise ValueError(f"lean U-Net: unsupported encoder {config.encoder_name!r}/depth {config.encoder_depth}")
-    kind, layers = _RESNET_LAYERS[config.encoder_name]
 
     def conv(name, stride=1):
         w = state[f"{name}.weight"]
         out_c, in_c, k, _ = w.shape
         return nn.Conv2d(in_c, out_c, k, stride=stride, padding=k // 2, bias=True)
+
+    return conv
+
+
+def _encoder_class(conv, state: dict, kind: str, layers: tuple):
+    """The ResNet encoder class (stem and four stages of ``kind`` blocks) built with ``conv``."""
+    import torch.nn as nn
+    import torch.nn.functional as F
 
     class Block(nn.Module):
         def __init__(self, prefix, stride):
@@ -95,6 +91,15 @@ def build_lean_unet(config, state: dict):
                 feats.append(x)
             return feats
 
+    return Encoder
+
+
+def _decoder_class(conv):
+    """The five-block U-Net decoder class (nearest upsampling, skip concatenation)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
     class DecoderBlock(nn.Module):
         def __init__(self, prefix):
             super().__init__()
@@ -120,6 +125,27 @@ def build_lean_unet(config, state: dict):
             for i, block in enumerate(self.blocks):
                 x = block(x, shapes[i + 1], skips[i] if i < len(skips) else None)
             return x
+
+    return Decoder
+
+
+def build_lean_unet(config, state: dict):
+    """The folded U-Net of ``config`` holding ``state`` (a folded state dict, by assignment).
+
+    Raises
+    ------
+    ValueError
+        ``config`` is not supported (:func:`supports`) or ``state`` does not fit it.
+    """
+    import torch
+    import torch.nn as nn
+
+    if not supports(config):
+        raise ValueError(f"lean U-Net: unsupported encoder {config.encoder_name!r}/depth {config.encoder_depth}")
+    kind, layers = _RESNET_LAYERS[config.encoder_name]
+    conv = _conv_from(state)
+    Encoder = _encoder_class(conv, state, kind, layers)
+    Decoder = _decoder_class(conv)
 
     class LeanUnet(nn.Module):
         def __init__(self):

@@ -341,6 +341,110 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
+def _phantom_masks(p: dict[str, Any], size: int) -> tuple[np.ndarray, dict, np.ndarray, np.ndarray]:
+    """Exact polygon masks: the body, the five regions, and each lung including behind the heart."""
+    shape = (size, size)
+
+    def fill(points_xy: np.ndarray) -> np.ndarray:
+        return _fill_polygon(_transform(points_xy, p, size), shape)
+
+    body = fill(_body_points(p))
+    heart = fill(_heart_points(p))
+    lung_r_full = fill(_catmull_rom(_lung_points(_RIGHT_LUNG, p, mid=0.5)))
+    lung_l_full = fill(_catmull_rom(_lung_points(_LEFT_LUNG, p, mid=0.5)))
+    clav = {}
+    for side in ("left", "right"):
+        c = _clavicle_centreline(p, side=side)
+        clav[side] = fill(_bar_outline(c, _clavicle_widths(p, len(c))))
+    # like SCR, lung masks exclude the heart; slivers the heart cuts off are dropped
+    lung_l = _largest_component(lung_l_full & ~heart)
+    lung_r = _largest_component(lung_r_full & ~heart)
+    lung_l_full = lung_l | (lung_l_full & heart)
+    lung_r_full = lung_r | (lung_r_full & heart)
+    masks = {
+        "heart": heart,
+        "left_clavicle": clav["left"],
+        "right_clavicle": clav["right"],
+        "left_lung": lung_l,
+        "right_lung": lung_r,
+    }
+    return body, masks, lung_l_full, lung_r_full
+
+
+def _spine(x: np.ndarray, y: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Spine + mediastinum: bright vertical band, vertebrae faintly periodic."""
+    f32 = np.float32
+    return np.exp(-((dx / f32(0.028)) ** 2)) * (
+        f32(0.16) + f32(0.03) * np.cos(y * f32(2 * np.pi / 0.05))
+    )
+
+
+def _ribs(y: np.ndarray, dx: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior ribs (curved bands rising laterally from the spine then falling) and the
+    soft window of the rib cage they show in."""
+    f32 = np.float32
+    yy = y - (f32(-0.22) * dx + f32(1.25) * dx * dx)
+    yy = yy - f32(0.03)
+    phase = (yy - f32(0.2) * yy * yy) / f32(p["rib_period"]) + f32(p["rib_phase"])
+    band = f32(0.5) + f32(0.5) * np.cos(phase * f32(2 * np.pi))
+    ribs = _smoothstep((band - f32(0.5)) / f32(0.3))
+    cage = (
+        _smoothstep((dx - f32(0.035)) / f32(0.05))
+        * _smoothstep((f32(0.43) - dx) / f32(0.06))
+        * _smoothstep((y - f32(0.03)) / f32(0.05))
+        * _smoothstep((f32(0.92) - y) / f32(0.08))
+    )
+    return ribs, cage
+
+
+def _low_frequency(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Smooth low-frequency variation: a few random separable cosines."""
+    f32 = np.float32
+    lowfreq = np.zeros((size, size), dtype=f32)
+    ax = np.linspace(0.0, 1.0, size, dtype=f32)
+    for _ in range(4):
+        fx, fy = rng.uniform(0.3, 1.6, size=2)
+        ph1, ph2 = rng.uniform(0.0, 2 * np.pi, size=2)
+        amp = rng.uniform(0.008, 0.02)
+        lowfreq += f32(amp) * np.outer(
+            np.cos(f32(2 * np.pi * fy) * ax + f32(ph2)), np.cos(f32(2 * np.pi * fx) * ax + f32(ph1))
+        )
+    return lowfreq
+
+
+def _attenuation(p, size, rng, body, masks, lungs_full) -> np.ndarray:
+    """Attenuation-like map (larger = brighter in display polarity), edges softened."""
+    heart = masks["heart"]
+    x, y = _inverse_grid(p, size)
+    f32 = np.float32
+    att = body.astype(f32) * f32(0.60)
+    att -= lungs_full.astype(f32) * f32(0.36)
+    att += (lungs_full & heart).astype(f32) * f32(0.30)  # heart in front of the lung fields
+    att += (heart & ~lungs_full).astype(f32) * f32(0.05)
+    dx = np.abs(x - f32(0.5))
+    att += _spine(x, y, dx) * body
+    ribs, cage = _ribs(y, dx, p)
+    att += ribs * cage * (f32(0.035) + f32(0.05) * lungs_full) * body
+    # clavicles (bone over whatever lies behind)
+    att += (masks["left_clavicle"] | masks["right_clavicle"]).astype(f32) * f32(0.17)
+    att += _low_frequency(rng, size)
+    # soft anatomical edges
+    return ndimage.gaussian_filter(att, sigma=1.6 * size / 1024.0 + 0.4, mode="nearest")
+
+
+def _display_image(att, p, size, noise, rng) -> np.ndarray:
+    """Contrast, brightness, gamma and noise; clipped to [0, 1]."""
+    f32 = np.float32
+    img = np.clip(
+        (att - f32(0.12)) * f32(1.25 * p["contrast"]) + f32(0.1 + p["brightness"]), 0.0, 1.0
+    )
+    img = img ** f32(p["gamma"])
+    if noise > 0:
+        img += rng.standard_normal((size, size), dtype=f32) * f32(noise)
+    np.clip(img, 0.0, 1.0, out=img)
+    return img
+
+
 def make_phantom(seed: int = 0, *, size: int = 1024, noise: float = 0.02) -> Phantom:
     """Generate a synthetic PA chest radiograph with exact masks of the five regions.
 
@@ -375,83 +479,9 @@ def make_phantom(seed: int = 0, *, size: int = 1024, noise: float = 0.02) -> Pha
         raise ValueError(f"make_phantom: noise must be >= 0, got {noise}")
     rng = np.random.default_rng(seed)
     p = _draw_params(rng)
-    shape = (size, size)
-
-    def fill(points_xy: np.ndarray) -> np.ndarray:
-        return _fill_polygon(_transform(points_xy, p, size), shape)
-
-    # --- masks (exact polygons)
-    body = fill(_body_points(p))
-    heart = fill(_heart_points(p))
-    lung_r_full = fill(_catmull_rom(_lung_points(_RIGHT_LUNG, p, mid=0.5)))
-    lung_l_full = fill(_catmull_rom(_lung_points(_LEFT_LUNG, p, mid=0.5)))
-    clav = {}
-    for side in ("left", "right"):
-        c = _clavicle_centreline(p, side=side)
-        clav[side] = fill(_bar_outline(c, _clavicle_widths(p, len(c))))
-    # like SCR, lung masks exclude the heart; slivers the heart cuts off are dropped
-    lung_l = _largest_component(lung_l_full & ~heart)
-    lung_r = _largest_component(lung_r_full & ~heart)
-    lung_l_full = lung_l | (lung_l_full & heart)
-    lung_r_full = lung_r | (lung_r_full & heart)
-    masks = {
-        "heart": heart,
-        "left_clavicle": clav["left"],
-        "right_clavicle": clav["right"],
-        "left_lung": lung_l,
-        "right_lung": lung_r,
-    }
-
-    # --- attenuation-like map (larger = brighter in display polarity)
-    x, y = _inverse_grid(p, size)
-    f32 = np.float32
-    att = body.astype(f32) * f32(0.60)
-    lungs_full = lung_r_full | lung_l_full
-    att -= lungs_full.astype(f32) * f32(0.36)
-    att += (lungs_full & heart).astype(f32) * f32(0.30)  # heart in front of the lung fields
-    att += (heart & ~lungs_full).astype(f32) * f32(0.05)
-    dx = np.abs(x - f32(0.5))
-    # spine + mediastinum: bright vertical band, vertebrae faintly periodic
-    spine = np.exp(-((dx / f32(0.028)) ** 2)) * (
-        f32(0.16) + f32(0.03) * np.cos(y * f32(2 * np.pi / 0.05))
-    )
-    att += spine * body
-    # posterior ribs: curved bands rising laterally from the spine then falling
-    yy = y - (f32(-0.22) * dx + f32(1.25) * dx * dx)
-    yy = yy - f32(0.03)
-    phase = (yy - f32(0.2) * yy * yy) / f32(p["rib_period"]) + f32(p["rib_phase"])
-    band = f32(0.5) + f32(0.5) * np.cos(phase * f32(2 * np.pi))
-    ribs = _smoothstep((band - f32(0.5)) / f32(0.3))
-    cage = (
-        _smoothstep((dx - f32(0.035)) / f32(0.05))
-        * _smoothstep((f32(0.43) - dx) / f32(0.06))
-        * _smoothstep((y - f32(0.03)) / f32(0.05))
-        * _smoothstep((f32(0.92) - y) / f32(0.08))
-    )
-    att += ribs * cage * (f32(0.035) + f32(0.05) * lungs_full) * body
-    # clavicles (bone over whatever lies behind)
-    att += (masks["left_clavicle"] | masks["right_clavicle"]).astype(f32) * f32(0.17)
-    # smooth low-frequency variation: a few random separable cosines
-    lowfreq = np.zeros(shape, dtype=f32)
-    ax = np.linspace(0.0, 1.0, size, dtype=f32)
-    for _ in range(4):
-        fx, fy = rng.uniform(0.3, 1.6, size=2)
-        ph1, ph2 = rng.uniform(0.0, 2 * np.pi, size=2)
-        amp = rng.uniform(0.008, 0.02)
-        lowfreq += f32(amp) * np.outer(
-            np.cos(f32(2 * np.pi * fy) * ax + f32(ph2)), np.cos(f32(2 * np.pi * fx) * ax + f32(ph1))
-        )
-    att += lowfreq
-    # soft anatomical edges
-    att = ndimage.gaussian_filter(att, sigma=1.6 * size / 1024.0 + 0.4, mode="nearest")
-    # contrast, brightness, gamma
-    img = np.clip(
-        (att - f32(0.12)) * f32(1.25 * p["contrast"]) + f32(0.1 + p["brightness"]), 0.0, 1.0
-    )
-    img = img ** f32(p["gamma"])
-    if noise > 0:
-        img += rng.standard_normal(shape, dtype=f32) * f32(noise)
-    np.clip(img, 0.0, 1.0, out=img)
+    body, masks, lung_l_full, lung_r_full = _phantom_masks(p, size)
+    att = _attenuation(p, size, rng, body, masks, lung_r_full | lung_l_full)
+    img = _display_image(att, p, size, noise, rng)
     spacing = BASE_SPACING_MM * 1024.0 / size
     return Phantom(
         image=img.astype(np.float32, copy=False),

@@ -10,6 +10,13 @@ from ..bench import SECTIONS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    _add_run_arguments(p)
+    _add_timing_arguments(p)
+    _add_section_arguments(p)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """What to time, where, and where the results go."""
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
         "--model",
@@ -26,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON"
     )
+
+
+def _add_timing_arguments(p: argparse.ArgumentParser) -> None:
+    """How each measurement is taken."""
     p.add_argument(
         "--repeats", type=int, default=None, help="timed runs per measurement (default 7; smoke 2)"
     )
@@ -41,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=8,
         help="batch size of the batched engine runs (default 8)",
     )
+
+
+def _add_section_arguments(p: argparse.ArgumentParser) -> None:
+    """Sizes, data and budgets of the individual sections."""
     p.add_argument(
         "--images",
         type=int,

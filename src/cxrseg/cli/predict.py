@@ -22,6 +22,17 @@ from . import EXIT_OUTPUT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    _add_input_arguments(p)
+    _add_model_arguments(p)
+    _add_output_arguments(p)
+    _add_loading_arguments(p)
+    _add_mask_arguments(p)
+    _add_quality_arguments(p)
+    _add_run_arguments(p)
+
+
+def _add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """The images to segment and the output folder."""
     p.add_argument(
         "inputs",
         nargs="+",
@@ -30,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "'masks' folders and the output folder are skipped)",
     )
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, the regions it predicts, where and how it runs."""
     p.add_argument(
         "--model",
         default=None,
@@ -61,6 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="probability threshold: one value (0.4), per region (heart=0.4,left_clavicle=0.5) "
         "or both (0.45,heart=0.4); default: the model's (0.5 unless calibrated)",
     )
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """Probability maps written beside the masks."""
     p.add_argument(
         "--heatmaps",
         action="store_true",
@@ -72,6 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write 8-bit PNG previews of the probability maps "
         "(OUT/heatmaps/<region>/<case>.png)",
     )
+
+
+def _add_loading_arguments(p: argparse.ArgumentParser) -> None:
+    """Batching and decoding in worker processes."""
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument(
         "--workers",
@@ -80,6 +103,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="DataLoader processes that decode and pre-process images while the model runs "
         "(0: decode in the main process; default: min(4, CPUs/2))",
     )
+
+
+def _add_mask_arguments(p: argparse.ArgumentParser) -> None:
+    """How the masks are cleaned, stored and sized; the input size limit."""
     p.add_argument(
         "--postprocess",
         action=argparse.BooleanOptionalAction,
@@ -106,6 +133,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="refuse images with more pixels than this, before decoding them (default: "
         "$CXRSEG_MAX_PIXELS, else cxrseg.io.DEFAULT_MAX_PIXELS)",
     )
+
+
+def _add_quality_arguments(p: argparse.ArgumentParser) -> None:
+    """The quality estimate and the DICOM Segmentation output."""
     p.add_argument(
         "--quality",
         nargs="?",
@@ -126,6 +157,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write a DICOM Segmentation per DICOM input, OUT/dicom-seg/<case>.seg.dcm "
         "(binary masks; 'fractional': the probability maps, needs --heatmaps)",
     )
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Resuming, splitting the work into parts or over a cluster, progress."""
     p.add_argument("--overwrite", action="store_true", help="recompute cases that are already done")
     p.add_argument(
         "--num-parts",
