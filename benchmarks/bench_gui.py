@@ -21,6 +21,9 @@ Two measurements, printed with their targets:
 2. **Longest event-loop stall during a review run.** A 10 ms ``QTimer`` records the gaps
    between its ticks while the Review queue dock scores ``--n`` cases in its worker (the
    table growing row by row). Target: longest gap < 100 ms.
+3. **Cold start** (``--cold N`` pairs, default 2): a fresh ``cxrseg-gui --timings`` on the
+   case, from the window's first event-loop turn to the first prediction shown, against a
+   fresh process that imports torch and runs one forward pass. Target: at most 2x.
 
 Without ``--data``, ``--n`` phantom cases (1024 px PNG) are written to a temporary folder.
 The model is ``--model``, else the shipped one, else a randomly initialised full-size
@@ -108,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="checkpoint (default: shipped, else a random full-size model)")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cold", metavar="N", type=int, default=2,
+                   help="cold-start pairs (a fresh cxrseg-gui vs. a fresh torch import + forward pass); 0 skips")
     p.add_argument("--profile", metavar="N", type=int, default=0,
                    help="also profile the GUI thread during the timed clicks; print the top N functions")
     args = p.parse_args(argv)
@@ -253,7 +258,52 @@ def main(argv=None) -> int:
           f"max {gaps.max():.1f} ms (target max < 100 ms) -> {'OK' if gaps.max() < 100 else 'OVER'}")
     print(f"ratios: click/bare {mc / mb:.3f}; max stall / 100 ms budget {gaps.max() / 100:.2f}")
     viewer.close()
+    if args.cold > 0:
+        _cold_start(args, root, cid, pred, tmp)
     return 0
+
+
+def _cold_start(args, root: Path, cid: str, pred, tmp: Path) -> None:
+    """3. A fresh ``cxrseg-gui`` on the case: seconds from the window's first event-loop
+    turn to the first prediction shown, against a fresh process that imports torch and runs
+    one forward pass (the reference of ``cxrseg bench``'s cold-start section), interleaved."""
+    import json
+    import os
+    import subprocess
+
+    from cxrseg.bench import _REFERENCE_CHILD
+
+    env = dict(os.environ)
+    ref_cmd = [sys.executable, "-c", _REFERENCE_CHILD, str(pred.path), str(pred.device), pred.precision,
+               "1" if pred.channels_last else "0"]
+    gui_cmd = [sys.executable, "-m", "napari_cxrseg._launch", "--data", str(root), "--case", cid,
+               "--model", str(pred.path), "--device", str(args.device), "--timings", "--timeout", "300",
+               "--screenshot", str(tmp / "cold.png")]
+    refs, guis, starts = [], [], []
+    for _ in range(args.cold):
+        t0 = time.time()
+        r = subprocess.run(ref_cmd, env=env, capture_output=True, text=True, check=True)
+        j = json.loads(r.stdout.strip().splitlines()[-1])
+        refs.append(j["import_done"] - t0 + j["forward_s"])
+        t0 = time.time()
+        r = subprocess.run(gui_cmd, env=env, capture_output=True, text=True)
+        stamps = {}
+        for line in r.stdout.splitlines():
+            if "timings:" in line:
+                what, _, at = line.split("timings: ", 1)[1].rpartition(" at ")
+                stamps[what] = float(at)
+        if r.returncode != 0 or len(stamps) < 2:
+            print(f"cold start: cxrseg-gui did not report its timings (exit {r.returncode}): {r.stderr[-400:]}")
+            return
+        guis.append(stamps["first prediction shown"] - stamps["window shown"])
+        starts.append(stamps["window shown"] - t0)
+    ref, gui = statistics.median(refs), statistics.median(guis)
+    print(f"cold start ({args.cold} fresh processes each, interleaved):")
+    print(f"  python -c 'import torch' + one forward pass (reference): median {ref:.2f} s  "
+          f"({', '.join(f'{x:.2f}' for x in refs)})")
+    print(f"  cxrseg-gui: window shown -> first prediction shown:    median {gui:.2f} s  "
+          f"({', '.join(f'{x:.2f}' for x in guis)}); process start -> window {statistics.median(starts):.2f} s")
+    print(f"GUI first prediction: x{gui / ref:.2f} the reference (target <= 2) -> {'OK' if gui / ref <= 2 else 'OVER'}")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", action="store_true",
                    help="review without ground truth: quality check and uncertainty maps in the Predict "
                         "dock (the worst region's map shown), the Review queue ranked by estimated quality")
+    p.add_argument("--timings", action="store_true",
+                   help="print when the window first ran its event loop and when the first prediction was shown "
+                        "(wall-clock seconds since the epoch; benchmarks/bench_gui.py reads them)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="with --screenshot: give up after this many seconds (default 600)")
     return p
@@ -343,6 +346,23 @@ def _report_predictions(session) -> None:
     session.prediction_changed.connect(report)
 
 
+def _report_timings(session) -> None:
+    """``--timings``: print the wall-clock time of the window's first event-loop turn (the
+    window is on screen) and of the first prediction shown."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    def shown(model_id) -> None:
+        if model_id is None:
+            return
+        session.prediction_changed.disconnect(shown)
+        print(f"cxrseg-gui: timings: first prediction shown at {time.time():.3f}", flush=True)
+
+    session.prediction_changed.connect(shown)
+    QTimer.singleShot(0, lambda: print(f"cxrseg-gui: timings: window shown at {time.time():.3f}", flush=True))
+
+
 def _schedule_screenshot(viewer, session, quality, args, state: dict) -> None:
     """``--screenshot``: save the window once the first case is ready (or after ``--timeout``,
     then with exit status 1) and close the viewer."""
@@ -429,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.focus:
         _focus_once(viewer, session, args.focus)
     _report_predictions(session)
+    if args.timings:
+        _report_timings(session)
     open_data(viewer, widgets, root, args.case)
     if args.screenshot:
         _schedule_screenshot(viewer, session, quality, args, state)

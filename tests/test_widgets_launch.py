@@ -37,11 +37,17 @@ def test_screenshot_of_a_predicted_case(tmp_path, phantom_root, tiny_ckpt):
     env = dict(os.environ, CXRSEG_HOME=str(tmp_path / "home"))
     r = subprocess.run(
         [sys.executable, "-m", "napari_cxrseg._launch", "--data", str(phantom_root), "--case", "PHANTOM002",
-         "--model", str(tiny_ckpt), "--screenshot", str(out), "--timeout", "240", "--size", "1400x900"],
+         "--model", str(tiny_ckpt), "--screenshot", str(out), "--timeout", "240", "--size", "1400x900",
+         "--timings"],
         capture_output=True, text=True, timeout=400, env=env,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "PHANTOM002 predicted by model" in r.stdout and "screenshot saved" in r.stdout
+    # --timings: the window's first event-loop turn, then the first prediction shown (bench_gui reads them)
+    stamps = {ln.split("timings: ")[1].rpartition(" at ")[0]: float(ln.rpartition(" at ")[2])
+              for ln in r.stdout.splitlines() if "timings: " in ln}
+    assert set(stamps) == {"window shown", "first prediction shown"}
+    assert 0 <= stamps["first prediction shown"] - stamps["window shown"] < 240
     img = np.asarray(Image.open(out).convert("RGB")).astype(int)
     h, w, _ = img.shape
     assert h >= 600 and w >= 1000
