@@ -26,6 +26,7 @@ bundled sample's first case.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -246,7 +247,33 @@ def build_workspace(viewer, *, model: str | None = None, device: str = "auto", p
     session.postprocess = bool(postprocess)
     have_model = model is not None or default_checkpoint_path().is_file()
     session.auto_predict = have_model and bool(predict)
+    if session.auto_predict and os.environ.get("CXRSEG_WARM_MODEL", "1") != "0":
+        _warm_model(model, device)
     return _add_docks(viewer, height=height, docked=docked)
+
+
+def _warm_model(model: str | None, device: str) -> None:
+    """Import torch and load the model in a background thread, from the window's first
+    event-loop turn, while the first case is read and shown: the first prediction then only
+    runs the model (the loaded predictor is cached; a failure here is reported by the
+    prediction itself). ``CXRSEG_WARM_MODEL=0`` turns it off."""
+    import threading
+
+    def warm() -> None:
+        try:
+            from ._widgets._torch_env import guard_triton_import
+
+            guard_triton_import()  # the viewer's GL context exists: keep triton out
+            from cxrseg.predict import get_predictor
+
+            get_predictor(model, device=device)
+        except Exception:  # noqa: BLE001 - the prediction job reports the same error
+            pass
+
+    from qtpy.QtCore import QTimer
+
+    # after the window's first event-loop turn: the window itself appears no later
+    QTimer.singleShot(0, lambda: threading.Thread(target=warm, name="cxrseg-warm-model", daemon=True).start())
 
 
 def open_data(viewer, widgets: dict, root: str | Path, case: str | None = None) -> None:
@@ -339,8 +366,9 @@ def _report_predictions(session) -> None:
 
     def report(model_id) -> None:
         if model_id is not None:
-            t = session.last_timing.get("predict_s", float("nan"))
-            print(f"cxrseg-gui: {session.case_id} predicted by model {model_id} (forward pass {t:.2f} s)",
+            t = session.last_timing
+            print(f"cxrseg-gui: {session.case_id} predicted by model {model_id} (model load "
+                  f"{t.get('load_s', float('nan')):.2f} s, forward pass {t.get('predict_s', float('nan')):.2f} s)",
                   flush=True)
 
     session.prediction_changed.connect(report)
@@ -418,8 +446,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.screenshot:
         # no warning toasts (e.g. napari's PyQt5 deprecation notice) over the screenshot
-        import os
-
         os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
     import napari
 
