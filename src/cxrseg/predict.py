@@ -207,9 +207,10 @@ class Predictor:
     ):
         import torch
 
-        from .device import select_device
+        from .device import select_device, tune_allocator
         from .model import load_inference_model
 
+        tune_allocator()
         if str(precision).lower() not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.path: Path = resolve_checkpoint_path(checkpoint)

@@ -286,8 +286,9 @@ class _TrainRun:
                  val_data: ArrayData | None, out_dir, *, device: str, sampler) -> None:
         import torch
 
-        from .device import resolve_precision, select_device
+        from .device import resolve_precision, select_device, tune_allocator
 
+        tune_allocator()
         self.model_config, self.train_config = model_config, train_config
         self.train_data, self.val_data, self.sampler = train_data, val_data, sampler
         self.out_dir = Path(out_dir)
