@@ -684,12 +684,19 @@ class _Runner:
         else:  # a huge input: masks at the documented smaller size
             side = max(h, w)
             info = PadInfo((side - h) // 2, (side - w) // 2, h, w)
+        need_maps = bool(self.heatmaps or self.heatmap_png or self.quality)
+        native = heat = None
         with torch.inference_mode():
-            native = self.pred.to_native(prob, info)  # (R, H, W) float32
-            masks_t = native >= th
-            heat = native.half().cpu().numpy() if self.heatmaps or self.heatmap_png else None
-            masks_np = masks_t.cpu().numpy()
-            del masks_t
+            if need_maps:
+                native = self.pred.to_native(prob, info)  # (R, H, W) float32
+                masks_t = native >= th
+                heat = native.half().cpu().numpy() if self.heatmaps or self.heatmap_png else None
+                masks_np = masks_t.cpu().numpy()
+                del masks_t
+            else:  # masks only: resized around each region (same masks, less work)
+                from .transforms import output_masks
+
+                masks_np = output_masks(prob, info, [self.th[r] for r in self.regions])
         masks = {r: masks_np[j] for j, r in enumerate(self.regions)}
         if self.postprocess:
             masks = clean(masks)

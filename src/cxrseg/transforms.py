@@ -97,6 +97,69 @@ def output_to_image(prob, info: PadInfo):
     return x[0] if prob.dim() == 3 else x
 
 
+def output_masks(prob, info: PadInfo, thresholds) -> np.ndarray:
+    """Binary masks at the input's shape: ``output_to_image(prob, info) >= thresholds``.
+
+    Parameters
+    ----------
+    prob : torch.Tensor, shape (R, S, S)
+        One image's probabilities at the model's resolution.
+    info : PadInfo
+    thresholds : sequence of float
+        One per channel.
+
+    Returns
+    -------
+    ndarray of bool, shape (R, rows, cols)
+
+    Notes
+    -----
+    A bilinear value is a weighted mean of two neighbours per axis, so it can reach a
+    threshold only next to a model pixel that does. When the padded square's side is the
+    model's size times a power of two (1024 or 2048 px films and a 256 or 512 px model),
+    each region is therefore resized only around its pixels above the threshold, with a
+    margin of two model pixels: the same sampling positions and weights as the full
+    resize (exact in floating point for these factors), so the same masks, at a fraction
+    of the cost. Other sizes take the full resize.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    p = prob.float()
+    n_reg, size = int(p.shape[0]), int(p.shape[-1])
+    th = [float(t) for t in thresholds]
+    if len(th) != n_reg:
+        raise ValueError(f"{n_reg} channels but {len(th)} thresholds")
+    side = info.side
+    k = side // size
+    if side % size or k & (k - 1) or p.device.type != "cpu":
+        full = output_to_image(p, info)
+        tt = torch.tensor(th, dtype=full.dtype, device=full.device).view(-1, 1, 1)
+        return (full >= tt).cpu().numpy()
+    out = np.zeros((n_reg, info.rows, info.cols), dtype=bool)
+    for j in range(n_reg):
+        hit = p[j] >= th[j]
+        rows = torch.nonzero(hit.any(dim=1)).flatten()
+        if rows.numel() == 0:
+            continue
+        cols = torch.nonzero(hit.any(dim=0)).flatten()
+        r0, r1 = max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, size)
+        c0, c1 = max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, size)
+        crop = p[j, r0:r1, c0:c1]
+        if k > 1:
+            crop = F.interpolate(
+                crop[None, None], size=((r1 - r0) * k, (c1 - c0) * k), mode="bilinear", align_corners=False
+            )[0, 0]
+        m = (crop >= th[j]).numpy()
+        # padded-square rows/cols of the crop -> the image's, clipped to it
+        y0, x0 = r0 * k - info.top, c0 * k - info.left
+        ys, xs = max(y0, 0), max(x0, 0)
+        ye, xe = min(y0 + m.shape[0], info.rows), min(x0 + m.shape[1], info.cols)
+        if ye > ys and xe > xs:
+            out[j, ys:ye, xs:xe] = m[ys - y0 : ye - y0, xs - x0 : xe - x0]
+    return out
+
+
 # --------------------------------------------------------------------------- augmentation
 
 
