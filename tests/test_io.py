@@ -594,11 +594,10 @@ def test_write_mask_atomic_on_failure(tmp_path, monkeypatch):
     write_mask(_mask(), target)
     before = target.read_bytes()
 
-    def broken_save(self, fp, format=None, **kw):  # noqa: A002
-        fp.write(b"\x89PNG half written")
+    def broken_fsync(fd):  # the content is in the temporary file when the disk fills
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+    monkeypatch.setattr(cio.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         write_mask(~_mask(), target)
     assert target.read_bytes() == before
@@ -623,3 +622,23 @@ def test_write_jsrt_img_atomic_on_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(cio.os, "replace", real_replace)
     assert target.read_bytes() == before
     assert sorted(q.name for q in tmp_path.iterdir()) == ["keep.IMG"]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 4), (7, 300), (333, 17), (1024, 1024)])
+def test_png_masks_decode_to_the_same_pixels(tmp_path, shape):
+    import io as _io
+
+    from cxrseg.io import png_gray8
+
+    rng = np.random.default_rng(sum(shape))
+    m = rng.random(shape) > 0.6
+    m[: shape[0] // 2] = False  # runs, as in real masks
+    a = np.where(m, 255, 0).astype(np.uint8)
+    im = Image.open(_io.BytesIO(png_gray8(a)))
+    assert im.mode == "L" and im.size == (shape[1], shape[0])
+    assert np.array_equal(np.asarray(im), a)
+    p = write_mask(m, tmp_path / "m.png")
+    assert np.array_equal(np.asarray(Image.open(p)), a)
+    assert np.array_equal(read_mask(p), m)
+    with pytest.raises(ValueError, match="uint8"):
+        png_gray8(a.astype(np.uint16))

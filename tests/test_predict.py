@@ -332,3 +332,81 @@ def test_fill_holes_matches_scipy_and_keeps_border_openings():
     d = np.eye(6, dtype=bool)
     np.testing.assert_array_equal(largest_component(d), d)
     assert not fill_holes(np.zeros((5, 5), bool)).any()
+
+
+# ------------------------------------------------------------- masks resized near regions
+
+
+def _blobs(rng, size):
+    import torch
+
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    p = torch.zeros(4, size, size)
+    for j in range(3):
+        cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(2, size / 3)
+        p[j] = torch.sigmoid((r - ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()) / rng.uniform(0.5, 4))
+    p[3] = torch.rand(size, size, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30)))) ** 8
+    return p
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 8, 3])
+def test_output_masks_equal_the_full_resize(factor):
+    """Masks resized only around each region are the full resize's, bit for bit, for
+    power-of-two factors (and other factors take the full resize)."""
+    import torch
+
+    from cxrseg.transforms import PadInfo, output_masks, output_to_image
+
+    rng = np.random.default_rng(factor)
+    size = 64
+    side = size * factor
+    for rows, cols in [(side, side), (side, side * 2 // 3 + 1), (side * 3 // 4, side)]:
+        info = PadInfo((side - rows) // 2, (side - cols) // 2, rows, cols)
+        for _ in range(4):
+            p = _blobs(rng, size)
+            th = [0.5, 0.3, 0.9, 0.5]
+            got = output_masks(p, info, th)
+            want = (output_to_image(p, info) >= torch.tensor(th).view(-1, 1, 1)).numpy()
+            assert got.shape == (4, rows, cols) and got.dtype == bool
+            assert np.array_equal(got, want)
+    empty = output_masks(torch.zeros(2, size, size), PadInfo(0, 0, side, side), [0.5, 0.5])
+    assert empty.shape == (2, side, side) and not empty.any()
+    with pytest.raises(ValueError, match="thresholds"):
+        output_masks(torch.zeros(2, size, size), PadInfo(0, 0, side, side), [0.5])
+
+
+def test_batch_masks_equal_the_predict_api(ckpt, tmp_path):
+    """cxrseg predict's masks (resized near each region) equal thresholding predict()'s
+    full-size maps, on a film whose side is a power-of-two multiple of the model's."""
+    from PIL import Image
+
+    from cxrseg.batch import run_predict
+    from cxrseg.phantom import make_phantom
+    from cxrseg.predict import Predictor, threshold
+
+    pred = Predictor(ckpt, device="cpu", precision="fp32")
+    case = make_phantom(5, size=pred.input_size * 4)
+    (tmp_path / "in").mkdir()
+    Image.fromarray((case.image * 255).astype(np.uint8)).save(tmp_path / "in" / "p5.png")
+    run_predict([tmp_path / "in"], tmp_path / "out", predictor=pred, postprocess=False, progress=False)
+    from cxrseg.io import read_image
+
+    img = read_image(tmp_path / "in" / "p5.png").data
+    want = threshold(pred.predict(img), pred.thresholds)
+    for r in pred.regions:
+        got = np.asarray(Image.open(tmp_path / "out" / "masks" / r / "p5.png")) > 0
+        assert np.array_equal(got, want[r]), r
+
+
+def test_allocator_tuning_can_be_turned_off():
+    import subprocess
+    import sys
+
+    code = "from cxrseg.device import tune_allocator, allocator_tuned; print(tune_allocator(), allocator_tuned())"
+    env = dict(os.environ, CXRSEG_TUNE_ALLOCATOR="0")
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert off.stdout.split() == ["False", "False"]
+    env["CXRSEG_TUNE_ALLOCATOR"] = "1"
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
+        assert on.stdout.split() == ["True", "True"]

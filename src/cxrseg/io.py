@@ -1224,6 +1224,49 @@ def read_mask(path, *, shape: tuple[int, int] | None = None) -> np.ndarray:
 _MASK_WRITE_FORMATS = {".png": "PNG", ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
 
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def png_gray8(pixels) -> bytes:
+    """A 2-D ``uint8`` array as an 8-bit grayscale PNG file (bytes).
+
+    Masks are long runs of 0 and 255: with no row filter and zlib's run-length strategy
+    they encode about twice as fast as Pillow's PNG writer (which tries every row filter)
+    and into smaller files. Any PNG reader returns the same pixels.
+
+    Examples
+    --------
+    >>> import io, numpy as np
+    >>> from PIL import Image
+    >>> a = np.zeros((3, 4), np.uint8); a[1, 1:3] = 255
+    >>> bool((np.asarray(Image.open(io.BytesIO(png_gray8(a)))) == a).all())
+    True
+    """
+    import struct
+    import zlib
+
+    a = np.asarray(pixels)
+    if a.ndim != 2 or a.dtype != np.uint8 or a.size == 0:
+        raise ValueError(f"expected a non-empty 2-D uint8 array, got {a.dtype} {a.shape}")
+    h, w = a.shape
+    raw = np.zeros((h, w + 1), dtype=np.uint8)  # a leading 0 per row: filter type None
+    raw[:, 1:] = a
+    z = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = z.compress(raw.data) + z.flush()
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)),
+            _png_chunk(b"IDAT", idat),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
 def write_mask(mask, path) -> Path:
     """Write a 2-D binary mask as an 8-bit image with values ``{0, 255}`` (atomic).
 
@@ -1255,11 +1298,17 @@ def write_mask(mask, path) -> Path:
     m = np.asarray(mask)
     if m.ndim != 2 or m.size == 0:
         raise CXRSegIOError(f"{p}: mask has shape {m.shape}, expected a non-empty 2-D array")
-    if np.issubdtype(m.dtype, np.floating):
+    if m.dtype == bool:
+        binary = np.ascontiguousarray(m)
+    elif np.issubdtype(m.dtype, np.floating):
         binary = m > 0.5
     else:
         binary = m != 0
-    img = Image.fromarray(np.where(binary, 255, 0).astype(np.uint8))  # mode "L"
+    pixels = binary.view(np.uint8) * np.uint8(255)  # {0, 255}
+    if fmt == "PNG":
+        data = png_gray8(pixels)
+        return atomic_write(p, lambda fh: fh.write(data))
+    img = Image.fromarray(pixels)  # mode "L"
 
     def _save(fh):
         img.save(fh, format=fmt)
