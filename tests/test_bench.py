@@ -104,3 +104,17 @@ def test_process_sections_print_their_ratios(tmp_path, capsys):
     assert res["coldstart"]["reference_s"] > 0 and res["coldstart"]["ratio"] > 0
     run = res["throughput"]["runs"]["given"]
     assert run["whole_s"] > 0 and run["speedup_vs_baseline"] > 0
+
+
+@pytest.mark.slow
+def test_allocator_section_compares_fresh_processes(tmp_path, capsys):
+    """The heap section runs the engine with glibc's defaults and tuned, side by side."""
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    rc = _bench("--smoke", "--only", "allocator", "--model", ckpt, "--json", tmp_path / "b.json")
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert re.search(r"batch 1: defaults +\d+\.\d ms/image .* tuned +\d+\.\d ms/image .* x\d+\.\d\d", text)
+    res = json.loads((tmp_path / "b.json").read_text())["allocator"]
+    b1 = res["batches"]["1"] if "1" in res["batches"] else res["batches"][1]
+    assert b1["ms_off"] > 0 and b1["ms_on"] > 0
+    assert [r["tuned"] for r in b1["runs"]["off"]] == [False]

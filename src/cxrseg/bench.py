@@ -50,7 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-SECTIONS = ("models", "flops", "decode", "folder", "coldstart", "throughput", "accuracy", "quality")
+SECTIONS = (
+    "models", "flops", "decode", "folder", "coldstart", "throughput", "allocator", "accuracy", "quality"
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -611,6 +613,57 @@ def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
     res["coldstart"] = section
 
 
+_ALLOCATOR_CHILD = """
+import json, os, sys, time
+import numpy as np
+from cxrseg.device import allocator_tuned
+from cxrseg.predict import Predictor
+path, device, prec, cl = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+batch, reps, warmup = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+p = Predictor(path, device=device, precision=prec, channels_last=cl)
+x = np.random.default_rng(0).random((batch, p.input_size, p.input_size), dtype=np.float32)
+for _ in range(warmup):
+    p.forward(x).cpu()
+t0, c0 = time.perf_counter(), os.times()
+for _ in range(reps):
+    p.forward(x).cpu()
+dt, c1 = time.perf_counter() - t0, os.times()
+print(json.dumps({"tuned": allocator_tuned(), "ms": dt / (reps * batch) * 1000,
+                  "sys_s": c1.system - c0.system, "user_s": c1.user - c0.user}))
+"""
+
+
+def bench_allocator(pred, args, out, res) -> None:
+    """Section 6b: the engine with glibc's default heap against the tuned one
+    (:func:`cxrseg.device.tune_allocator`), in fresh processes, interleaved."""
+    import sys as _sys
+
+    env_on, env_off = _child_env(args), _child_env(args)
+    env_on["CXRSEG_TUNE_ALLOCATOR"], env_off["CXRSEG_TUNE_ALLOCATOR"] = "1", "0"
+    cl = "1" if pred.channels_last else "0"
+    reps = 1 if args.smoke else max(1, getattr(args, "throughput_rounds", 2))
+    out(
+        f"[6b] heap: glibc defaults vs tuned (mallopt), model only, fresh processes, "
+        f"{pred.precision}{'/cl' if pred.channels_last else ''}; median of {reps} interleaved round(s)"
+    )
+    section: dict = {"rounds": reps, "batches": {}}
+    for batch in (1, args.batch_size):
+        runs: dict = {"off": [], "on": []}
+        for _ in range(reps):
+            for tag, env in (("off", env_off), ("on", env_on)):
+                cmd = [_sys.executable, "-c", _ALLOCATOR_CHILD, str(pred.path), str(pred.device),
+                       pred.precision, cl, str(batch), str(args.repeats), str(args.warmup)]
+                runs[tag].append(json.loads(_spawn(cmd, env)[2].strip().splitlines()[-1]))
+        med = {t: statistics.median(r["ms"] for r in runs[t]) for t in runs}
+        kern = {t: statistics.median(r["sys_s"] for r in runs[t]) for t in runs}
+        section["batches"][batch] = {"runs": runs, "ms_off": med["off"], "ms_on": med["on"],
+                                     "speedup": med["off"] / med["on"], "tuned": runs["on"][0]["tuned"]}
+        out(f"    batch {batch}: defaults {med['off']:8.1f} ms/image (kernel {kern['off']:5.2f} s)   "
+            f"tuned {med['on']:8.1f} ms/image (kernel {kern['on']:5.2f} s)   x{med['off'] / med['on']:.2f}"
+            + ("" if runs["on"][0]["tuned"] else "   (not tuned: not glibc, or turned off)"))
+    res["allocator"] = section
+
+
 def bench_throughput(pred, args, out, res, tmp: Path) -> None:
     """Section 6: whole processes on a folder: per-region baseline vs cxrseg predict."""
     import sys as _sys
@@ -807,7 +860,7 @@ def _bench_sections(args) -> set:
                 f"--only: unknown sections {unknown}; expected some of {', '.join(SECTIONS)}"
             )
     if args.smoke and not args.only:
-        only -= {"coldstart", "throughput"}  # child processes: seconds each, ask for them by name
+        only -= {"coldstart", "throughput", "allocator"}  # child processes: ask for them by name
     if args.accuracy_data is None:
         only.discard("accuracy")
     elif not Path(args.accuracy_data).is_dir():
@@ -906,6 +959,9 @@ def _run_sections(only, path, dev, note, preds, args, out, res, tmp: Path) -> No
         out()
     if "throughput" in only:
         bench_throughput(pred_auto, args, out, res, tmp)
+        out()
+    if "allocator" in only:
+        bench_allocator(pred_auto, args, out, res)
         out()
     if "accuracy" in only:
         if note.startswith(("random", "tiny")):
