@@ -26,6 +26,10 @@ from pathlib import Path
 import numpy as np
 
 
+#: signals tried on top of :data:`cxrseg.quality.FEATURES` (chosen by development CV)
+CANDIDATE_EXTRAS: tuple[tuple[str, ...], ...] = ((), ("self_gap",))
+
+
 def _case_rows(pred, case, params, regions) -> list[dict]:
     from cxrseg import quality as Q
     from cxrseg.io import read_image, read_mask
@@ -98,7 +102,7 @@ def loo_on_validation(rows_val: list[dict], mode: str, regions) -> dict:
     return out
 
 
-def development_cv(rows: list[dict], mode: str, regions, *, pooled: bool, k: int = 5) -> dict:
+def development_cv(rows: list[dict], mode: str, regions, *, pooled: bool, features=None, k: int = 5) -> dict:
     """Spearman per region of a k-fold (by case) cross-validation within the out-of-fold
     rows: how the estimator is chosen without looking at the validation cases."""
     from scipy.stats import spearmanr
@@ -110,7 +114,8 @@ def development_cv(rows: list[dict], mode: str, regions, *, pooled: bool, k: int
     est = {}
     for f in range(k):
         test = {cases[i] for i in perm[f::k]}
-        p = fit_estimator([x for x in rows if x["case"] not in test], mode=mode, pooled=pooled)
+        p = fit_estimator([x for x in rows if x["case"] not in test], mode=mode, pooled=pooled,
+                          features=features)
         for x in rows:
             if x["case"] in test:
                 est[(x["case"], x["region"])] = estimate_jaccard(x, p, x["region"])
@@ -175,15 +180,23 @@ def main(argv=None) -> int:
     shipped = Predictor(args.model, device="cpu")
     val_rows = _features(args.work / "validation.json", shipped, [cases[c] for c in val_ids], params, regions)
 
-    # pooled or per-region coefficients: chosen by cross-validation within the development rows
+    # pooled or per-region coefficients, and the signals: chosen by cross-validation within
+    # the development rows (mean Spearman over the regions), never on the validation cases
     choice = {}
     for m in Q.MODES:
-        cv = {pooled: development_cv(oof, m, regions, pooled=pooled) for pooled in (True, False)}
-        choice[m] = max(cv, key=lambda p: np.mean(list(cv[p].values())))
-        print(f"{m}: development cross-validation, mean Spearman pooled "
-              f"{np.mean(list(cv[True].values())):+.3f}, per region {np.mean(list(cv[False].values())):+.3f}"
-              f" -> {'pooled' if choice[m] else 'per region'}")
-    estimators = {m: Q.fit_estimator(oof, mode=m, pooled=choice[m]) for m in Q.MODES}
+        cv = {}
+        for extra in CANDIDATE_EXTRAS:
+            feats = tuple(Q.FEATURES[m]) + extra
+            for pooled in (True, False):
+                cv[(pooled, feats)] = development_cv(oof, m, regions, pooled=pooled, features=feats)
+                print(f"{m}: development cross-validation, {'pooled' if pooled else 'per region'}, "
+                      f"{'+'.join(extra) or 'default signals'}: mean Spearman "
+                      f"{np.mean(list(cv[(pooled, feats)].values())):+.3f} ("
+                      + ", ".join(f"{r} {v:+.2f}" for r, v in cv[(pooled, feats)].items()) + ")")
+        choice[m] = max(cv, key=lambda key: np.mean(list(cv[key].values())))
+        print(f"{m}: chose {'pooled' if choice[m][0] else 'per region'} on {', '.join(choice[m][1])}")
+    estimators = {m: Q.fit_estimator(oof, mode=m, pooled=choice[m][0], features=choice[m][1])
+                  for m in Q.MODES}
     print(f"\nfitted on {len(oof) // len(regions)} out-of-fold development cases "
           f"({len(folds)} fold models); judged on {len(val_ids)} validation cases of the shipped model")
     res = {}

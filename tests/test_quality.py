@@ -123,6 +123,18 @@ def test_entropy_grows_with_uncertainty():
     assert Q.entropy_per_area(blurred) > 5 * Q.entropy_per_area(sharp)
 
 
+def test_self_gap_is_the_soft_jaccard_of_the_mask():
+    heart = chest()["heart"]
+    assert Q.self_gap(np.where(heart, 1.0, 0.0)) == pytest.approx(0.0)
+    sharp = Q.self_gap(np.where(heart, 0.99, 0.01))
+    blurred = Q.self_gap(np.where(heart, 0.7, 0.3))
+    assert 0 < sharp < blurred < 1
+    # by hand on a small map: inside p = 0.8, 0.6; outside p = 0.3, 0.1 -> 1.4 / (2 + 0.4)
+    p = np.array([[0.8, 0.6], [0.3, 0.1]], np.float32)
+    assert Q.self_gap(p) == pytest.approx(1 - 1.4 / 2.4)
+    assert Q.self_gap(np.zeros((4, 4))) == 0.0
+
+
 def test_estimator_ranks_and_clips():
     rng = np.random.default_rng(0)
     rows = []
@@ -220,7 +232,9 @@ def test_shipped_model_has_a_quality_file():
     assert params["reference"]["n_cases"] >= 100
     for mode in Q.MODES:
         est = params["estimators"][mode]
-        assert est["features"] == list(Q.FEATURES[mode])
+        # the signals it was fitted on are ones this mode measures
+        allowed = set(Q.FEATURES[mode]) | {"self_gap"}
+        assert est["features"] and set(est["features"]) <= allowed, est["features"]
         assert set(est["regions"]) == set(REGIONS)
 
 

@@ -462,6 +462,19 @@ def entropy_per_area(prob: np.ndarray, *, threshold: float = 0.5) -> float:
     return float(h.sum() / max(area, 1.0))
 
 
+def self_gap(prob: np.ndarray, *, threshold: float = 0.5) -> float:
+    """1 − the Jaccard the model expects of its own mask: the soft Jaccard between the
+    probabilities and the thresholded mask, ``Σ_in p / (|mask| + Σ_out p)``. Near 0 for a
+    confident prediction; grows with probability mass that straddles the boundary or lies
+    outside the mask (subsampled like the checks)."""
+    k = _stride_for(prob.shape)
+    p = np.asarray(prob, dtype=np.float32)[::k, ::k]
+    m = p >= threshold
+    inside = float(p[m].sum())
+    den = float(m.sum()) + float(p.sum()) - inside
+    return 1.0 - inside / den if den > 0 else 0.0
+
+
 def _affine(shift_r, shift_c, scale, deg) -> np.ndarray:
     """2x3 ``affine_grid`` matrix (output -> input, normalised coordinates)."""
     a = math.radians(deg)
@@ -582,7 +595,7 @@ def _transform(name: str, v: float) -> float:
 
 
 def fit_estimator(rows: Iterable[Mapping[str, Any]], *, mode: str, ridge: float = 1.0,
-                  pooled: bool = True) -> dict[str, Any]:
+                  pooled: bool = True, features: Iterable[str] | None = None) -> dict[str, Any]:
     """Fit the per-region Jaccard estimate.
 
     A linear model of ``log(1 − Jaccard + 0.01)`` on the log-scaled features
@@ -601,6 +614,9 @@ def fit_estimator(rows: Iterable[Mapping[str, Any]], *, mode: str, ridge: float 
         One set of coefficients for all regions, with an intercept per region (five times
         the rows per coefficient; a bad region looks alike in every structure), or one
         model per region.
+    features : iterable of str, optional
+        The signals to use (default :data:`FEATURES` of ``mode``; full-mode signals need
+        full mode). The fitted model names them, so it applies whatever the default.
 
     Returns
     -------
@@ -610,7 +626,7 @@ def fit_estimator(rows: Iterable[Mapping[str, Any]], *, mode: str, ridge: float 
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    names = FEATURES[mode]
+    names = tuple(FEATURES[mode] if features is None else features)
     rows = list(rows)
     if not rows:
         raise ValueError("fit_estimator: no rows")
@@ -757,6 +773,7 @@ def assess(
     for r in probs:
         t = 0.5 if thresholds is None else float(thresholds.get(r, 0.5))
         feats[r]["entropy"] = entropy_per_area(probs[r], threshold=t)
+        feats[r]["self_gap"] = self_gap(probs[r], threshold=t)
     unc: dict[str, np.ndarray] = {}
     if mode == "full":
         if image is None and model_input is None:
