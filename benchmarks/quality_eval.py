@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 #: signals tried on top of :data:`cxrseg.quality.FEATURES` (chosen by development CV)
 CANDIDATE_EXTRAS: tuple[tuple[str, ...], ...] = ((), ("self_gap",))
 
