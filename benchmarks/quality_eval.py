@@ -26,7 +26,10 @@ from pathlib import Path
 import numpy as np
 
 #: signals tried on top of :data:`cxrseg.quality.FEATURES` (chosen by development CV)
-CANDIDATE_EXTRAS: tuple[tuple[str, ...], ...] = ((), ("self_gap",))
+CANDIDATE_EXTRAS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "quick": ((), ("self_gap",)),
+    "full": ((), ("self_gap",), ("tta_worst",), ("self_gap", "tta_worst")),
+}
 
 
 def _case_rows(pred, case, params, regions) -> list[dict]:
@@ -184,7 +187,7 @@ def main(argv=None) -> int:
     choice = {}
     for m in Q.MODES:
         cv = {}
-        for extra in CANDIDATE_EXTRAS:
+        for extra in CANDIDATE_EXTRAS[m]:
             feats = tuple(Q.FEATURES[m]) + extra
             for pooled in (True, False):
                 cv[(pooled, feats)] = development_cv(oof, m, regions, pooled=pooled, features=feats)

@@ -188,6 +188,12 @@ def test_tta_warps_predictions_back():
     # without the inverse warp the shifted copy would be off by a few pixels
     feats = Q.tta_features(probs, valid, names)
     assert feats["heart"]["tta_disagreement"] < 0.1
+    assert feats["heart"]["tta_disagreement"] <= feats["heart"]["tta_worst"] < 0.15
+    # a copy that misses the region entirely: the worst copy says so, the mean less
+    probs2 = probs.copy()
+    probs2[1] = 0.0
+    f2 = Q.tta_features(probs2, valid, names)["heart"]
+    assert f2["tta_worst"] == 1.0 and f2["tta_disagreement"] < f2["tta_worst"]
     dmap = Q.disagreement_map(probs, valid)
     assert dmap.shape == (1, 64, 64) and dmap[0, 30, 30] < 0.05
 
@@ -233,7 +239,7 @@ def test_shipped_model_has_a_quality_file():
     for mode in Q.MODES:
         est = params["estimators"][mode]
         # the signals it was fitted on are ones this mode measures
-        allowed = set(Q.FEATURES[mode]) | {"self_gap"}
+        allowed = set(Q.FEATURES[mode]) | {"self_gap"} | ({"tta_worst"} if mode == "full" else set())
         assert est["features"] and set(est["features"]) <= allowed, est["features"]
         assert set(est["regions"]) == set(REGIONS)
 

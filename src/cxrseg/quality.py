@@ -550,8 +550,9 @@ def tta_features(probs: np.ndarray, valid: np.ndarray, names, *, thresholds=None
     """Per-region agreement of the augmented copies with the plain prediction.
 
     ``tta_disagreement`` is 1 − the mean Jaccard between each copy's mask and the plain
-    mask (where the copy saw the image); ``tta_spread`` is the mean per-pixel standard
-    deviation of the probabilities inside the union of the copies' masks.
+    mask (where the copy saw the image), ``tta_worst`` 1 − the lowest of them;
+    ``tta_spread`` is the mean per-pixel standard deviation of the probabilities inside the
+    union of the copies' masks.
     """
     both = valid.all(axis=0)
     feats = {}
@@ -568,7 +569,8 @@ def tta_features(probs: np.ndarray, valid: np.ndarray, names, *, thresholds=None
             js.append(1.0 if union == 0 else (a & b).sum() / union)
         union_all = m.any(axis=0) & both
         spread = float(p.std(axis=0)[union_all].mean()) if union_all.any() else 0.0
-        feats[r] = {"tta_disagreement": float(1 - np.mean(js)) if js else 0.0, "tta_spread": spread}
+        feats[r] = {"tta_disagreement": float(1 - np.mean(js)) if js else 0.0,
+                    "tta_worst": float(1 - np.min(js)) if js else 0.0, "tta_spread": spread}
     return feats
 
 
