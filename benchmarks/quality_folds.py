@@ -1,7 +1,7 @@
 """Train cheap k-fold models on the development cases, for out-of-fold quality features.
 
     python benchmarks/quality_folds.py MODEL.safetensors DATA_ROOT OUT \
-        [--folds 2] [--input-size 256] [--epochs 30] [--threads 1]
+        [--folds 4] [--input-size 256] [--epochs 30] [--threads 1]
 
 The shipped model trained on all development cases (the cases that are not in its
 ``val_cases``), so its predictions on them are in-sample and too good to fit a quality
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("model")
     p.add_argument("data")
     p.add_argument("out", type=Path)
-    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--folds", type=int, default=4)
     p.add_argument("--input-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
