@@ -18,6 +18,7 @@ from cxrseg.regions import REGIONS  # noqa: E402
 from cxrseg.tune import (  # noqa: E402
     DEFAULT_SEARCH_SPACE,
     TuneResult,
+    baseline_params,
     kfold_split,
     loss_label,
     resolve_search_space,
@@ -191,6 +192,67 @@ def test_tune_two_trials_two_folds_then_resume_to_three(root, tmp_path):
     # a study cannot be continued with other settings
     with pytest.raises(ValueError, match="epochs"):
         tune(root, out, n_trials=4, **{**kw, "epochs": 2})
+
+
+def test_baseline_params_are_the_study_setting_within_the_space():
+    base = TrainConfig.for_regions("left_clavicle")
+    space = resolve_search_space(None)
+    start = baseline_params(base, space)
+    assert start == {
+        "optimizer": "sgd",
+        "lr": pytest.approx(0.1),
+        "loss": "bce+jaccard",
+        "batch_size": 1,
+        "aug_strength": pytest.approx(1.0),
+    }
+    # a default outside the space is left to the sampler; fixed values are not parameters
+    narrow = resolve_search_space(
+        {"lr": {"low": 1e-4, "high": 1e-2}, "optimizer": ["adam", "rmsprop"], "batch_size": [1]}
+    )
+    assert baseline_params(base, narrow) == {"loss": "bce+jaccard", "aug_strength": pytest.approx(1.0)}
+    rms = baseline_params(TrainConfig.for_regions("right_clavicle"), space)
+    assert rms["optimizer"] == "rmsprop" and rms["lr"] == pytest.approx(0.00035)
+    assert baseline_params(TrainConfig(bce_weight=0.3, jaccard_weight=0.7), space).get("loss") is None
+
+
+def test_tune_starts_with_the_study_setting_and_reports_it(root, tmp_path):
+    kw = dict(
+        regions="left_clavicle",
+        folds=2,
+        epochs=1,
+        input_size=64,
+        model_config=TINY,
+        precision="fp32",
+        device="cpu",
+        search_space={"batch_size": [1, 2]},
+        prune=False,
+    )
+    res = tune(root, tmp_path / "a", n_trials=2, **kw)
+    trials = optuna.load_study(study_name="cxrseg", storage=res.storage).trials
+    first = trials[0]
+    assert first.user_attrs.get("baseline") is True
+    assert first.params["optimizer"] == "sgd" and first.params["lr"] == pytest.approx(0.1)
+    assert first.params["batch_size"] == 1 and first.params["loss"] == "bce+jaccard"
+    assert not trials[1].user_attrs.get("baseline")
+    s = res.best
+    assert s.baseline_value == pytest.approx(first.value)
+    assert s.baseline_fold_ious == pytest.approx(first.user_attrs["fold_ious"])
+    assert "starting point" in res.format_table()
+    assert f"{first.value:.4f}" in res.format_table()
+    data = json.loads((tmp_path / "a" / "best_params.json").read_text())
+    assert data["studies"][0]["baseline"]["mean_iou"] == pytest.approx(first.value)
+    rows = (tmp_path / "a" / "trials-cxrseg.csv").read_text().splitlines()
+    assert rows[0].endswith("note") and rows[1].endswith("starting point")
+    assert not rows[2].endswith("starting point")
+    # resuming does not enqueue it again
+    tune(root, tmp_path / "a", n_trials=3, **kw)
+    trials = optuna.load_study(study_name="cxrseg", storage=res.storage).trials
+    assert [bool(t.user_attrs.get("baseline")) for t in trials] == [True, False, False]
+    # switched off: no starting point
+    res = tune(root, tmp_path / "b", n_trials=1, baseline=False, **kw)
+    assert res.best.baseline_value is None
+    trials = optuna.load_study(study_name="cxrseg", storage=res.storage).trials
+    assert not trials[0].user_attrs.get("baseline")
 
 
 def test_tune_per_region_runs_one_study_per_region(root, tmp_path):

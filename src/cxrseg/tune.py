@@ -99,6 +99,9 @@ class StudyResult:
     best_fold_ious: list[float] = field(default_factory=list)
     best_region_ious: dict[str, float] = field(default_factory=dict)
     best_trial: int | None = None
+    #: The starting point's trial (see :func:`baseline_params`): its mean IoU and fold IoUs.
+    baseline_value: float | None = None
+    baseline_fold_ious: list[float] = field(default_factory=list)
     n_complete: int = 0
     n_pruned: int = 0
     n_failed: int = 0
@@ -121,6 +124,7 @@ class StudyResult:
             "params": self.best_params,
             "train_config": self.best_train_config,
             "best_trial": self.best_trial,
+            "baseline": {"mean_iou": self.baseline_value, "fold_ious": self.baseline_fold_ious},
             "trials": {
                 "complete": self.n_complete,
                 "pruned": self.n_pruned,
@@ -161,13 +165,16 @@ class TuneResult:
             "learning rate",
             "aug",
             "mean IoU",
+            "starting point",
             "trials",
         ]
         rows = []
         for s in self.studies:
             tc = s.best_train_config
             if not tc:
-                rows.append([s.label, "-", "-", "-", "-", "-", "no finished trial", _trials_str(s)])
+                rows.append(
+                    [s.label, "-", "-", "-", "-", "-", "no finished trial", "-", _trials_str(s)]
+                )
                 continue
             ious = s.best_fold_ious
             sd = f" ± {np.std(ious, ddof=1):.3f}" if len(ious) > 1 else ""
@@ -182,6 +189,7 @@ class TuneResult:
                     f"{tc['lr']:.5f}" if tc["lr"] >= 1e-4 else f"{tc['lr']:.2e}",
                     f"{tc['aug_strength']:.2f}",
                     f"{s.best_value:.4f}{sd}",
+                    "-" if s.baseline_value is None else f"{s.baseline_value:.4f}",
                     _trials_str(s),
                 ]
             )
@@ -359,6 +367,28 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def baseline_params(base: TrainConfig, space: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (the study's setting for the region, or the multi-label defaults) written as
+    Optuna parameters of ``space``: the first trial of a new study, so that the search's best
+    is read against the starting point under the same folds and epochs. Parameters whose
+    default lies outside the space are left to the sampler."""
+    values: dict[str, Any] = {k: getattr(base, k) for k in _TUNABLE if hasattr(base, k)}
+    for name, weights in LOSSES.items():
+        if math.isclose(base.bce_weight, weights[0]) and math.isclose(base.jaccard_weight, weights[1]):
+            values["loss"] = name
+    out: dict[str, Any] = {}
+    for k, v in space.items():
+        if k not in values:
+            continue
+        x = values[k]
+        if isinstance(v, list):
+            if len(v) > 1 and x in v:
+                out[k] = x
+        elif isinstance(v, dict) and v["low"] <= float(x) <= v["high"] and v["low"] < v["high"]:
+            out[k] = int(x) if k in _INT_PARAMS else float(x)
+    return out
+
+
 # ------------------------------------------------------------------------------- tune
 
 
@@ -404,6 +434,7 @@ def _study_result(study, regions, base: TrainConfig) -> StudyResult:
             n_failed=n_f,
         )
     bt = max(done, key=lambda t: t.value)
+    start = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
     params = dict(bt.user_attrs.get("train_params", {}))
     tc = to_dict(_trial_train_config(base, params)) if params else {}
     return StudyResult(
@@ -415,6 +446,12 @@ def _study_result(study, regions, base: TrainConfig) -> StudyResult:
         best_fold_ious=list(bt.user_attrs.get("fold_ious", [])),
         best_region_ious=dict(bt.user_attrs.get("region_ious", {})),
         best_trial=bt.number,
+        baseline_value=(
+            float(start[0].value)
+            if start and start[0].state == TrialState.COMPLETE and start[0].value is not None
+            else None
+        ),
+        baseline_fold_ious=list(start[0].user_attrs.get("fold_ious", [])) if start else [],
         n_complete=n_c,
         n_pruned=n_p,
         n_failed=n_f,
@@ -427,7 +464,7 @@ def _write_trials_csv(study, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["trial", "state", "mean_iou", "fold_ious"] + keys + ["seconds"])
+        w.writerow(["trial", "state", "mean_iou", "fold_ious"] + keys + ["seconds", "note"])
         for t in trials:
             secs = (
                 (t.datetime_complete - t.datetime_start).total_seconds()
@@ -443,6 +480,7 @@ def _write_trials_csv(study, path: Path) -> None:
                 ]
                 + [t.params.get(k, "") for k in keys]
                 + [f"{secs:.1f}" if secs != "" else ""]
+                + ["starting point" if t.user_attrs.get("baseline") else ""]
             )
     os.replace(tmp, path)
 
@@ -468,6 +506,7 @@ def tune(
     precision: str = "auto",
     prune: bool = True,
     cases: Sequence[str] | None = None,
+    baseline: bool = True,
     cache_dir=None,
 ) -> TuneResult:
     """Cross-validated Bayesian search of training hyper-parameters.
@@ -517,6 +556,10 @@ def tune(
         Restrict the search to these case ids (default: every case with the masks).
     cache_dir : optional
         Cache folder of the pre-processed arrays (``False`` disables the cache).
+    baseline : bool
+        Make the first trial of a new study the starting point (:func:`baseline_params`:
+        the study's per-region setting, or the multi-label defaults), so that the result
+        reads the best combination against it under the same folds and epochs.
 
     Returns
     -------
@@ -541,6 +584,7 @@ def tune(
         encoder_weights=encoder_weights, device=device, precision=precision, prune=prune,
         progress=progress,
     )
+    run.baseline = bool(baseline)
     all_cases = run.prepare_data(data_root, folds, cases, cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = run.storage = storage or _default_storage(out_dir)
@@ -567,6 +611,7 @@ class _TuneRun:
         self.n_trials, self.epochs, self.input_size, self.seed = n_trials, epochs, input_size, seed
         self.encoder_weights, self.device, self.precision = encoder_weights, device, precision
         self.prune, self.progress = prune, progress
+        self.baseline = True
         self.storage: str | None = None
 
     def prepare_data(self, data_root, folds, cases, cache_dir) -> list:
@@ -646,6 +691,10 @@ class _TuneRun:
             "cases": len(self.order),
         }
         study, n_done = self._open_study(name, attrs)
+        if self.baseline and not study.get_trials(deepcopy=False):
+            start = baseline_params(base, self.space)
+            if start:
+                study.enqueue_trial(start, user_attrs={"baseline": True})
 
         def objective(trial):
             return self._objective(trial, name, job_regions, data, mcfg, base)

@@ -52,6 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         '"batch_size": [2, 4]}\' (null drops a parameter)',
     )
     g.add_argument("--no-prune", action="store_true", help="never stop a trial early")
+    g.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="do not start a new study with the default setting (the study's per-region "
+        "table, or the multi-label defaults) as its first trial",
+    )
     g.add_argument("--cases", default=None, help="restrict to these case ids (comma list or file)")
     g.add_argument(
         "--precision",
@@ -136,6 +142,7 @@ def run_cli(args) -> int:
         precision=args.precision,
         prune=not args.no_prune,
         cases=parse_case_list(args.cases),
+        baseline=not args.no_baseline,
     )
     print(res.format_table())
     print(f"study: {res.storage}; best parameters: {res.out_dir / 'best_params.json'}")
