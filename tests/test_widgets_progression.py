@@ -151,3 +151,47 @@ def test_wrong_folder_is_an_inline_message_not_a_popup(make_napari_viewer, qtbot
     wait_worker(qtbot, w.open_run(bad))
     assert "Cannot open" in w.info.text() and "not a cxrseg progression file" in w.info.text()
     assert not got, [str(n.message) for n in got]
+
+
+def _region_run(run, region, n_epochs, case_id="PHANTOM002", size=S, level=0.0):
+    run.mkdir(parents=True)
+    probs = np.stack([np.full((1, size, size), level + k / 10) for k in range(1, n_epochs + 1)]).astype(np.float16)
+    np.savez_compressed(run / "progression.npz", probs=probs, image=np.zeros((size, size), np.float16),
+                        epochs=np.arange(1, n_epochs + 1), regions=np.array([region]), case_id=np.array(case_id))
+    hist = [{"epoch": k, "loss": 1.0, "lr": 0.1, "val_iou": {region: k / 10, "mean": k / 10}, "seconds": 1.0}
+            for k in range(1, n_epochs + 1)]
+    (run / "history.json").write_text(json.dumps(hist))
+
+
+def test_a_per_region_output_opens_as_one_progression(make_napari_viewer, qtbot, tmp_path):
+    """``cxrseg train --per-region`` writes one run per region, of different lengths."""
+    from napari_cxrseg._widgets._progression import ProgressionWidget, read_progression
+
+    out = tmp_path / "per_region"
+    _region_run(out / "left_clavicle", "left_clavicle", 4, level=0.0)
+    _region_run(out / "heart", "heart", 2, level=0.5)
+    prog = read_progression(out)
+    assert prog["regions"] == ["heart", "left_clavicle"] and prog["epochs"] == [1, 2, 3, 4]
+    assert prog["probs"].shape == (4, 2, S, S)
+    # the heart ended at epoch 2: its last map is held, the clavicle's keeps changing
+    np.testing.assert_allclose(prog["probs"][:, 0, 0, 0].astype(float), [0.6, 0.7, 0.7, 0.7], atol=1e-3)
+    np.testing.assert_allclose(prog["probs"][:, 1, 0, 0].astype(float), [0.1, 0.2, 0.3, 0.4], atol=1e-3)
+    assert prog["history"][3]["val_iou"] == {"heart": 0.2, "left_clavicle": 0.3}
+    assert prog["history"][3]["notes"] == ["heart ended at epoch 2"]
+
+    viewer = make_napari_viewer()
+    w = ProgressionWidget(viewer)
+    wait_worker(qtbot, w.open_run(out))
+    assert {"PHANTOM002 progression heart", "PHANTOM002 progression left_clavicle"} <= {ly.name for ly in viewer.layers}
+    viewer.dims.set_current_step(0, 3)
+    text = w.epoch_label.text()
+    assert "epoch 4 / 4" in text and "left_clavicle 0.400" in text and "heart ended at epoch 2" in text
+
+    # runs of different cases do not merge
+    other = tmp_path / "mixed"
+    _region_run(other / "heart", "heart", 2)
+    _region_run(other / "left_lung", "left_lung", 2, case_id="PHANTOM001")
+    with pytest.raises(ValueError, match="different cases"):
+        read_progression(other)
+    wait_worker(qtbot, w.open_run(other))
+    assert "Cannot open" in w.info.text() and "different cases" in w.info.text()

@@ -14,6 +14,10 @@ training added to make it square; :func:`case_geometry`), so a 64 px run covers 
 chest radiograph instead of landing as a postage stamp in its corner. The dock clears
 its layers when another case is opened, and a folder that is not a run says so in the
 dock (no error pop-up).
+
+The output folder of ``cxrseg train --per-region`` (one run folder per region) opens as
+one progression: a heatmap layer per region. Regions trained for fewer epochs keep their
+last map beyond their end, and the epoch line says so.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def read_progression(run_dir: str | Path) -> dict:
     """
     run = Path(run_dir).expanduser()
     f = run / "progression.npz" if run.is_dir() else run
+    if not f.is_file() and run.is_dir() and _region_runs(run):
+        return _merge_region_runs(run, _region_runs(run))
     if not f.is_file():
         raise FileNotFoundError(f"{run}: no progression.npz (train with --track-case CASE to record one)")
     run = f.parent
@@ -100,6 +106,44 @@ def read_progression(run_dir: str | Path) -> dict:
                 break
     return {"run": run, "probs": probs, "image": image, "epochs": epochs, "regions": regions,
             "case_id": case_id, "history": history, "data_root": data_root}
+
+
+def _region_runs(folder: Path) -> list[Path]:
+    """The per-region run folders of a ``cxrseg train --per-region`` output, in region order."""
+    return [folder / r for r in REGIONS if (folder / r / "progression.npz").is_file()]
+
+
+def _merge_region_runs(folder: Path, runs: list[Path]) -> dict:
+    """One progression of the per-region runs in ``folder`` (see the module docstring)."""
+    parts = [read_progression(r) for r in runs]
+    first = parts[0]
+    for p in parts[1:]:
+        if p["case_id"] != first["case_id"] or p["image"].shape != first["image"].shape:
+            raise ValueError(
+                f"{folder}: the per-region runs tracked different cases or sizes "
+                f"({first['run'].name}: {first['case_id']} {first['image'].shape[0]} px, "
+                f"{p['run'].name}: {p['case_id']} {p['image'].shape[0]} px)"
+            )
+    epochs = sorted({e for p in parts for e in p["epochs"]})
+    probs = np.zeros((len(epochs), len(parts)) + first["image"].shape, dtype=first["probs"].dtype)
+    history: dict[int, dict] = {}
+    for j, p in enumerate(parts):
+        (region,) = p["regions"]
+        for k, e in enumerate(epochs):
+            i = int(np.searchsorted(p["epochs"], e, side="right")) - 1  # its last epoch <= e
+            if i < 0:
+                continue
+            probs[k, j] = p["probs"][i, 0]
+            h = p["history"].get(p["epochs"][i], {})
+            iou = (h.get("val_iou") or {}).get(region)
+            entry = history.setdefault(e, {"val_iou": {}, "notes": []})
+            if iou is not None:
+                entry["val_iou"][region] = float(iou)
+            if p["epochs"][i] != e:
+                entry["notes"].append(f"{region} ended at epoch {p['epochs'][i]}")
+    return {"run": folder, "probs": probs, "image": first["image"], "epochs": epochs,
+            "regions": [p["regions"][0] for p in parts], "case_id": first["case_id"],
+            "history": history, "data_root": next((p["data_root"] for p in parts if p["data_root"]), None)}
 
 
 def ground_truth_at(case, regions, size: int) -> dict[str, np.ndarray]:
@@ -193,7 +237,7 @@ class ProgressionWidget(QWidget):
         self.run_edit.setText(run_dir)
         p = Path(run_dir).expanduser()
         f = p / "progression.npz" if p.is_dir() else p
-        if not f.is_file():
+        if not f.is_file() and not (p.is_dir() and _region_runs(p)):
             self.info.setText(
                 f"<span style='color:#E69F00'>Cannot open {run_dir}:</span> "
                 + ("no such folder." if not p.exists() else
@@ -305,6 +349,8 @@ class ProgressionWidget(QWidget):
             parts.append(f"loss {h['loss']:.4f}")
         if val:
             parts.append("val IoU " + ", ".join(f"{k} {v:.3f}" for k, v in val.items() if isinstance(v, (int, float))))
+        if h.get("notes"):
+            parts.append("; ".join(h["notes"]))
         self.epoch_label.setText(" · ".join(parts))
 
 
