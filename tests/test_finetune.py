@@ -297,3 +297,97 @@ def test_plan_explains_the_validation_set(weak, tmp_path):
     assert "Tick validation cases" in none.message
     nodata = plan_finetune(store.root, ck)
     assert nodata.val_cases == [] and "no dataset" in nodata.message
+
+
+# ----------------------------------------------------------------------- settings search
+
+
+def test_candidate_settings_search_only_when_the_recipe_is_left_open():
+    from cxrseg.finetune import SEARCH_CANDIDATES, candidate_settings
+
+    auto = candidate_settings(lr=None, epochs=None, replay_ratio=None)
+    assert auto == [dict(c) for c in SEARCH_CANDIDATES] and len(auto) >= 4
+    assert auto[0] == {"lr_factor": 0.1, "epochs": 5, "replay_ratio": 2.0}  # the single run's default
+    # any of the three given: that one setting
+    assert candidate_settings(lr=None, epochs=3, replay_ratio=None) == [
+        {"lr_factor": 0.1, "epochs": 3, "replay_ratio": 2.0}
+    ]
+    assert candidate_settings(lr=1e-4, epochs=None, replay_ratio=None) == [
+        {"lr": 1e-4, "epochs": 5, "replay_ratio": 2.0}
+    ]
+    assert len(candidate_settings(lr=None, epochs=None, replay_ratio=None, search=False)) == 1
+    # forced search with a fixed value: duplicates collapse
+    fixed = candidate_settings(lr=None, epochs=None, replay_ratio=3.0, search=True)
+    assert all(c["replay_ratio"] == 3.0 for c in fixed)
+    assert len(fixed) == len({tuple(sorted(c.items())) for c in fixed}) < len(SEARCH_CANDIDATES)
+
+
+SEARCH = dict(FAST, max_steps=3, search_budget=3600.0)
+
+
+def test_search_tries_the_settings_and_writes_the_best_that_passes(weak, tmp_path):
+    ds, ck = weak
+    store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
+    _correct(store, ds, read_metadata(ck)["train_cases"][:2])
+    events = []
+    res = finetune(store, ck, tmp_path / "new.safetensors", data_root=ds, tolerance=1.0,
+                   progress=events.append, **SEARCH)
+    rows = res.candidates
+    from cxrseg.finetune import SEARCH_CANDIDATES
+
+    assert len(rows) == len(SEARCH_CANDIDATES) and all(r["passed"] for r in rows)
+    starts = [e for e in events if e["kind"] == "candidate_start"]
+    done = [e for e in events if e["kind"] == "candidate"]
+    assert [e["i"] for e in starts] == [e["i"] for e in done] == list(range(1, len(rows) + 1))
+    src_lr = read_metadata(ck)["train_config"]["lr"]
+    assert [r["settings"]["lr"] for r in rows] == pytest.approx([src_lr * c["lr_factor"] for c in SEARCH_CANDIDATES])
+    assert [r["settings"]["epochs"] for r in rows] == [c["epochs"] for c in SEARCH_CANDIDATES]
+    # the one written raised the corrected cases most, and the report is its own
+    best = max(range(len(rows)), key=lambda k: rows[k]["gain"])
+    assert [r["chosen"] for r in rows] == [k == best for k in range(len(rows))]
+    assert res.written and f"setting {best + 1} of {len(rows)}" in res.reason
+    assert res.after["corrected"] == rows[best]["corrected"]
+    assert res.after["corrected"][REGION] - res.before["corrected"][REGION] == pytest.approx(rows[best]["gain"])
+    meta = read_metadata(res.path)
+    assert len(meta["finetune"]["search"]) == len(rows)
+    assert meta["finetune"]["lr"] == pytest.approx(rows[best]["settings"]["lr"])
+    assert meta["finetune"]["replay_ratio"] == rows[best]["settings"]["replay_ratio"]
+    assert "<- written" in done[-1]["table"] or rows[-1]["chosen"] is False
+    # one before-evaluation for all the candidates
+    assert sum(1 for e in events if e["kind"] == "evaluate" and e["which"] == "before") == 1
+    assert sum(1 for e in events if e["kind"] == "evaluate" and e["which"] == "after") == len(rows)
+    # candidates' checkpoints are not left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrections", "new.safetensors"]
+
+
+def test_search_budget_and_no_setting_passing(weak, tmp_path, monkeypatch):
+    from cxrseg import finetune as ft
+
+    ds, ck = weak
+    store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
+    _correct(store, ds, read_metadata(ck)["train_cases"][:1])
+    # a spent budget: the first setting runs, the others are reported as not tried
+    res = finetune(store, ck, tmp_path / "a.safetensors", data_root=ds, tolerance=1.0,
+                   **{**SEARCH, "search_budget": 0.0})
+    assert res.written and res.candidates[0]["passed"]
+    assert [r.get("skipped") for r in res.candidates[1:]] == ["time budget"] * (len(res.candidates) - 1)
+    assert "not tried (time budget)" in ft.format_candidates(res.before, res.candidates)
+
+    # no setting passes the guard: nothing written, and the reason says so
+    monkeypatch.setattr(ft._FinetuneRun, "_guard_of", lambda self, b, a: (False, "validation fell (test)"))
+    res = finetune(store, ck, tmp_path / "b.safetensors", data_root=ds, **{**SEARCH, "search_budget": 3600.0})
+    assert not res.written and res.refused and not (tmp_path / "b.safetensors").exists()
+    assert f"none of the {len(ft.SEARCH_CANDIDATES)} settings tried" in res.reason
+    assert not any(r["chosen"] for r in res.candidates)
+    # --force writes the one best for the corrected cases
+    res = finetune(store, ck, tmp_path / "c.safetensors", data_root=ds, force=True, **SEARCH)
+    best = max(range(len(res.candidates)), key=lambda k: res.candidates[k]["gain"])
+    assert res.written and res.candidates[best]["chosen"] and "--force" in res.reason
+
+
+def test_search_needs_validation_cases(weak, tmp_path):
+    ds, ck = weak
+    store = CorrectionStore(tmp_path / "corrections")
+    _correct(store, ds, ["PHANTOM002"])
+    res = finetune(store, ck, tmp_path / "a.safetensors", force=True, **SEARCH)
+    assert len(res.candidates) == 1 and res.written

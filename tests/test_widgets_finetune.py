@@ -139,3 +139,33 @@ def test_cancel_stops_finetuning_and_writes_nothing(make_napari_viewer, qtbot, w
     assert w.finetune_button.isEnabled() and w.use_model_button.isHidden()
     assert "cancelled" in w.status_label.text()
     assert not errors, errors
+
+
+def test_search_is_the_default_and_reports_every_setting(make_napari_viewer, qtbot, weak, errors):
+    from cxrseg.finetune import SEARCH_CANDIDATES
+
+    ds, ck = weak
+    viewer, w, s = _setup(make_napari_viewer, ds, ck)
+    _correct(ds, read_metadata(ck)["train_cases"][:1])
+    w.refresh_plan()
+    assert w.search_check.isChecked() and not w.epochs_spin.isEnabled() and not w.replay_spin.isEnabled()
+    p = w.finetune_params()
+    assert p["epochs"] is None and p["replay_ratio"] is None and p["search"] == "auto"
+    statuses = []
+    s.synchronous = False
+    fast = {k: v for k, v in FAST.items() if k != "lr"}  # a given lr would fix the recipe
+    worker = w.start_finetune(tolerance=1.0, max_steps=2, **fast)
+    worker.yielded.connect(lambda ev: statuses.append(w.status_label.text()))
+    with qtbot.waitSignal(worker.finished, timeout=600_000):
+        pass
+    res = w.last_result
+    assert not errors, errors
+    assert res is not None and res.written and len(res.candidates) == len(SEARCH_CANDIDATES)
+    assert any(t.startswith(f"setting 2/{len(SEARCH_CANDIDATES)}: lr") for t in statuses)
+    text = w.report_text.toPlainText()
+    assert "settings tried" in text and "<- written" in text and REGION in text
+    # unchecked: one setting with the spin boxes' values
+    w.search_check.setChecked(False)
+    assert w.epochs_spin.isEnabled() and w.replay_spin.isEnabled()
+    p = w.finetune_params()
+    assert p["epochs"] == w.epochs_spin.value() and p["search"] is False

@@ -119,8 +119,16 @@ class FinetuneWidget(QWidget):
             self.refresh_plan()
 
     def _build_settings(self) -> QFormLayout:
-        """Epochs, replay ratio, tolerance and force."""
+        """Settings search, epochs, replay ratio, tolerance and force."""
         form = QFormLayout()
+        self.search_check = QCheckBox("try several settings, keep the best (15 min at most)")
+        self.search_check.setChecked(True)
+        self.search_check.setToolTip(
+            "train a few learning rates, lengths and replay ratios in turn and write the one that "
+            "raises the corrected cases most while no validation region falls by more than the "
+            "tolerance; uncheck to train once with the epochs and replay ratio below"
+        )
+        form.addRow(self.search_check)
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 200)
         self.epochs_spin.setValue(5)
@@ -140,7 +148,13 @@ class FinetuneWidget(QWidget):
         form.addRow("tolerance", self.tolerance_spin)
         self.force_check = QCheckBox("write even if validation gets worse")
         form.addRow(self.force_check)
+        self.search_check.toggled.connect(self._on_search_toggled)
+        self._on_search_toggled(self.search_check.isChecked())
         return form
+
+    def _on_search_toggled(self, on: bool) -> None:
+        self.epochs_spin.setEnabled(not on)
+        self.replay_spin.setEnabled(not on)
 
     def _build_validation(self) -> QHBoxLayout:
         """The list of validation cases; returns its count and Refresh row."""
@@ -240,7 +254,8 @@ class FinetuneWidget(QWidget):
             dataset = hasattr(s.index, "with_regions")  # a dataset folder, not loose files
             plan = plan_finetune(
                 self.store_root(), s.checkpoint, data_root=s.dataset_root if dataset else None,
-                replay_ratio=float(self.replay_spin.value()), index=s.index if dataset else None,
+                replay_ratio=2.0 if self.search_check.isChecked() else float(self.replay_spin.value()),
+                index=s.index if dataset else None,
             )
         except (ValueError, OSError) as exc:
             self.plan = None
@@ -304,14 +319,16 @@ class FinetuneWidget(QWidget):
         import datetime as _dt
 
         s = self.session
+        searching = self.search_check.isChecked()
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         params: dict[str, Any] = {
             "corrections": self.store_root(),
             "checkpoint": s.checkpoint,
             "out": self.models_dir() / f"finetuned-{stamp}.safetensors",
             "data_root": s.dataset_root,
-            "replay_ratio": float(self.replay_spin.value()),
-            "epochs": int(self.epochs_spin.value()),
+            "replay_ratio": None if searching else float(self.replay_spin.value()),
+            "epochs": None if searching else int(self.epochs_spin.value()),
+            "search": "auto" if searching else False,
             "tolerance": float(self.tolerance_spin.value()),
             "force": bool(self.force_check.isChecked()),
             "device": s.device or "auto",
@@ -414,6 +431,14 @@ class FinetuneWidget(QWidget):
                 if val
                 else f"epoch {ev['epoch']}/{ev['epochs']}: loss {ev['loss']:.4f}"
             )
+        elif kind == "candidate_start":
+            st = ev["settings"]
+            self._set_status(f"setting {ev['i']}/{ev['n']}: lr {st['lr']:g}, {st['epochs']} epoch(s), "
+                             f"replay ratio {st['replay_ratio']:g} …")
+        elif kind == "candidate":
+            self.report_text.setPlainText("settings tried (corrected: mean IoU change of the corrected "
+                                          "cases; worst val: largest validation change)\n" + ev["table"])
+            self.report_text.setVisible(True)
         elif kind == "report":
             self.report_text.setPlainText(ev["table"])
             self.report_text.setVisible(True)
@@ -424,7 +449,12 @@ class FinetuneWidget(QWidget):
             return
         self.progress.setValue(100)
         if result.before:
-            self.report_text.setPlainText(result.table())
+            text = result.table()
+            if len(result.candidates) > 1:
+                from cxrseg.finetune import format_candidates
+
+                text += "\n\nsettings tried:\n" + format_candidates(result.before, result.candidates)
+            self.report_text.setPlainText(text)
             self.report_text.setVisible(True)
         if result.written:
             self.new_model = Path(result.path)

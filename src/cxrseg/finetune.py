@@ -31,6 +31,15 @@ Validation and the tolerance guard
     0.005), nothing is written, unless ``--force``. Without validation cases (no
     ``--data``) there is no evidence against forgetting and writing needs ``--force``.
 
+Settings search
+    When the learning rate, the epochs and the replay ratio are all left to their defaults,
+    a small set of settings (:data:`SEARCH_CANDIDATES`: learning rate, epochs, replay
+    ratio) is tried in turn within a time budget (``search_budget``, 15 minutes by
+    default); every candidate is evaluated like above, and the one that raises the
+    corrected cases' IoU most *among those that pass the tolerance guard* is written.
+    Every candidate's figures are reported; when none passes, nothing is written and the
+    reason says so. Under ``torchrun`` one setting is trained (no search).
+
 Lineage
     The new checkpoint's metadata has ``parent_id`` (the source's ``model_id``),
     ``corrections`` (case, region, version, SHA-256 of the sidecar and of the mask),
@@ -64,6 +73,8 @@ from .metrics import jaccard
 from .regions import REGIONS, parse_regions
 
 __all__ = [
+    "SEARCH_CANDIDATES",
+    "candidate_settings",
     "FinetuneError",
     "FinetuneResult",
     "finetune_iter",
@@ -74,6 +85,58 @@ __all__ = [
 ]
 
 Event = dict[str, Any]
+
+#: Default replay ratio and epochs of one fine-tuning run (the first search candidate).
+DEFAULT_REPLAY_RATIO = 2.0
+DEFAULT_EPOCHS = 5
+
+#: The settings tried, in this order, when the recipe is left to the tool: the learning
+#: rate as a factor of the source's, the epochs (most; early stopping may end sooner) and
+#: the replay ratio. The first is the single run's default; the others learn more gently
+#: or replay more of the original data, the two remedies for forgetting.
+SEARCH_CANDIDATES: tuple[dict[str, float], ...] = (
+    {"lr_factor": 0.1, "epochs": 5, "replay_ratio": 2.0},
+    {"lr_factor": 0.03, "epochs": 5, "replay_ratio": 2.0},
+    {"lr_factor": 0.1, "epochs": 5, "replay_ratio": 4.0},
+    {"lr_factor": 0.03, "epochs": 8, "replay_ratio": 4.0},
+    {"lr_factor": 0.01, "epochs": 8, "replay_ratio": 2.0},
+)
+
+
+def candidate_settings(
+    *, lr: float | None, epochs: int | None, replay_ratio: float | None, search: bool | str = "auto"
+) -> list[dict[str, Any]]:
+    """The settings a fine-tuning run tries: ``[{"lr" or "lr_factor", "epochs",
+    "replay_ratio"}]``.
+
+    ``search="auto"`` searches only when ``lr``, ``epochs`` and ``replay_ratio`` are all
+    None (the recipe is left to the tool); ``True`` searches with the given values fixed
+    in every candidate; ``False`` runs one setting.
+
+    >>> candidate_settings(lr=None, epochs=3, replay_ratio=None)
+    [{'lr_factor': 0.1, 'epochs': 3, 'replay_ratio': 2.0}]
+    >>> [c["lr_factor"] for c in candidate_settings(lr=None, epochs=None, replay_ratio=None)]
+    [0.1, 0.03, 0.1, 0.03, 0.01]
+    >>> candidate_settings(lr=1e-4, epochs=None, replay_ratio=None, search=True)[:2]
+    [{'epochs': 5, 'replay_ratio': 2.0, 'lr': 0.0001}, {'epochs': 5, 'replay_ratio': 4.0, 'lr': 0.0001}]
+    """
+    given = {"lr": lr, "epochs": epochs, "replay_ratio": replay_ratio}
+    do_search = all(v is None for v in given.values()) if search == "auto" else bool(search)
+    pool = SEARCH_CANDIDATES if do_search else SEARCH_CANDIDATES[:1]
+    out: list[dict[str, Any]] = []
+    for c in pool:
+        d = dict(c)
+        if lr is not None:
+            d.pop("lr_factor")
+            d["lr"] = float(lr)
+        if epochs is not None:
+            d["epochs"] = int(epochs)
+        if replay_ratio is not None:
+            d["replay_ratio"] = float(replay_ratio)
+        d["epochs"] = int(d["epochs"])
+        if d not in out:
+            out.append(d)
+    return out
 
 
 class FinetuneError(ValueError):
@@ -109,6 +172,12 @@ class FinetuneResult:
         Per-epoch training record (loss, validation IoU at training resolution).
     best_epoch : int
     cancelled : bool
+    candidates : list of dict
+        Every setting tried (one without a search): ``settings`` (lr, epochs,
+        replay_ratio), ``corrected`` and ``validation`` (region -> IoU after), ``gain``
+        (mean change on the corrected regions), ``passed`` (the tolerance guard),
+        ``reason``, ``best_epoch``, ``seconds`` and ``chosen``; a setting left out by the
+        time budget has ``skipped``.
     """
 
     before: dict = field(default_factory=dict)
@@ -126,6 +195,7 @@ class FinetuneResult:
     history: list = field(default_factory=list)
     best_epoch: int = 0
     cancelled: bool = False
+    candidates: list = field(default_factory=list)
 
     @property
     def refused(self) -> bool:
@@ -256,6 +326,43 @@ def format_report(before: dict, after: dict) -> str:
 
     for r in regions:
         lines.append(f"{r:<16} {cols('corrected', r)} | {cols('validation', r)}")
+    return "\n".join(lines)
+
+
+def _mean_change(before: dict, after: dict) -> float:
+    """Mean change of the regions in ``before`` (NaN when there are none)."""
+    d = [after[r] - before[r] for r in before if r in after]
+    return float(np.mean(d)) if d else float("nan")
+
+
+def format_candidates(before: dict, rows: list[dict]) -> str:
+    """One line per setting tried: its settings, the corrected cases' change, the largest
+    validation fall and whether it passed the guard.
+
+    >>> b = {"corrected": {"heart": 0.5}, "validation": {"heart": 0.8}}
+    >>> rows = [{"settings": {"lr": 3e-4, "epochs": 5, "replay_ratio": 2.0},
+    ...          "corrected": {"heart": 0.6}, "validation": {"heart": 0.79}, "gain": 0.1,
+    ...          "passed": False, "best_epoch": 3, "seconds": 60.0, "chosen": False},
+    ...         {"settings": {"lr_factor": 0.01, "epochs": 8, "replay_ratio": 2.0}, "skipped": "time budget"}]
+    >>> print(format_candidates(b, rows))  # doctest: +NORMALIZE_WHITESPACE
+      #        lr  epochs  replay  corrected  worst val  guard    time
+      1  0.0003       5       2     +0.100     -0.010  fails     60 s
+      2       -       8       2          -          -  not tried (time budget)
+    """
+    lines = [f"{'#':>3} {'lr':>9} {'epochs':>7} {'replay':>7} {'corrected':>10} {'worst val':>10} "
+             f"{'guard':<6} {'time':>6}"]
+    for i, r in enumerate(rows, 1):
+        st = r["settings"]
+        lr = f"{st['lr']:9.2g}" if "lr" in st else f"{'-':>9}"
+        head = f"{i:>3} {lr} {st['epochs']:>7} {st['replay_ratio']:>7g}"
+        if r.get("skipped"):
+            lines.append(f"{head} {'-':>10} {'-':>10}  not tried ({r['skipped']})")
+            continue
+        worst = min((r["validation"][k] - v for k, v in before["validation"].items() if k in r["validation"]),
+                    default=float("nan"))
+        guard = "passes" if r["passed"] else "fails"
+        mark = "  <- written" if r.get("chosen") else ""
+        lines.append(f"{head} {r['gain']:>+10.3f} {worst:>+10.3f} {guard:<6} {r['seconds']:>4.0f} s{mark}")
     return "\n".join(lines)
 
 
@@ -466,11 +573,11 @@ def finetune_iter(
     out: str | os.PathLike,
     *,
     data_root: str | os.PathLike | None = None,
-    replay_ratio: float = 2.0,
+    replay_ratio: float | None = None,
     repeats: int = 2,
     val_cases: Sequence[str] | None = None,
     regions=None,
-    epochs: int = 5,
+    epochs: int | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
     optimizer: str | None = None,
@@ -484,6 +591,8 @@ def finetune_iter(
     seed: int = 0,
     cache_dir: str | os.PathLike | None | bool = None,
     max_steps: int | None = None,
+    search: bool | str = "auto",
+    search_budget: float = 900.0,
 ) -> Iterator[Event]:
     """Fine-tune ``checkpoint`` on corrected masks; yield progress events.
 
@@ -499,8 +608,8 @@ def finetune_iter(
     data_root : path, optional
         The dataset: ground truth for the other regions of corrected cases, replay data
         and validation cases. Without it there is no replay and no validation.
-    replay_ratio : float
-        Replay samples per correction sample in every epoch (0: no replay).
+    replay_ratio : float, optional
+        Replay samples per correction sample in every epoch (0: no replay; default 2).
     repeats : int
         Times each correction is shown per epoch.
     val_cases : sequence of str, optional
@@ -510,7 +619,7 @@ def finetune_iter(
         Use only corrections of these regions (default: every region of the model).
     epochs, lr, batch_size, optimizer, scheduler, aug_strength, seed
         Training settings; by default the checkpoint's own, with ``lr`` a tenth of its
-        learning rate and a cosine schedule.
+        learning rate, 5 epochs and a cosine schedule.
     early_stopping : int
         Stop after this many epochs without validation improvement (0: off); the best
         validation epoch is kept.
@@ -527,6 +636,13 @@ def finetune_iter(
         set).
     max_steps : int, optional
         Stop training after this many optimiser steps (tests).
+    search : "auto", bool
+        Try several settings (see :func:`candidate_settings`; "auto": when ``lr``,
+        ``epochs`` and ``replay_ratio`` are all None) and write the best that passes the
+        tolerance guard.
+    search_budget : float
+        Seconds: no further setting is started when the time spent plus the longest
+        candidate so far would pass it (the first always runs).
 
     Yields
     ------
@@ -535,8 +651,11 @@ def finetune_iter(
         ``{"kind": "prepare", "what", "done", "total", "message"}`` once per case (none
         for cached arrays); the training events of
         :func:`cxrseg.train.train_iter` (``start``, ``step``, ``epoch``);
-        ``{"kind": "evaluate", "which", "i", "n"}``; ``{"kind": "report", "before",
-        "after", "table"}``; last ``{"kind": "done", "result": FinetuneResult}``.
+        ``{"kind": "evaluate", "which", "i", "n"}``; with several settings, before each
+        ``{"kind": "candidate_start", "i", "n", "settings"}`` and after it ``{"kind":
+        "candidate", "i", "n", "row", "table"}`` (``row`` as in
+        :attr:`FinetuneResult.candidates`); ``{"kind": "report", "before", "after",
+        "table"}`` of the model kept; last ``{"kind": "done", "result": FinetuneResult}``.
         Closing the generator cancels the run and removes its temporary files.
 
     Raises
@@ -546,8 +665,13 @@ def finetune_iter(
     """
     from .model import resolve_checkpoint_path
 
-    if replay_ratio < 0:
+    if replay_ratio is not None and replay_ratio < 0:
         raise FinetuneError(f"replay_ratio must be >= 0, got {replay_ratio}")
+    if epochs is not None and int(epochs) < 1:
+        raise FinetuneError(f"epochs must be >= 1, got {epochs}")
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        search = False  # every rank must train the same settings
+    cands = candidate_settings(lr=lr, epochs=epochs, replay_ratio=replay_ratio, search=search)
     if repeats < 1:
         raise FinetuneError(f"repeats must be >= 1, got {repeats}")
     if tolerance < 0:
@@ -559,21 +683,18 @@ def finetune_iter(
             f"--out {out_path} is the source checkpoint; the parent is never overwritten"
         )
     run = _FinetuneRun(
-        src, out_path, data_root, replay_ratio=replay_ratio, repeats=repeats, tolerance=tolerance,
-        force=force, device=device, precision=precision, seed=seed, cache_dir=cache_dir,
-        max_steps=max_steps,
+        src, out_path, data_root, replay_ratio=max(c["replay_ratio"] for c in cands),
+        repeats=repeats, tolerance=tolerance, force=force, device=device, precision=precision,
+        seed=seed, cache_dir=cache_dir, max_steps=max_steps,
     )
     yield from run.load(corrections, regions)
     yield from run.select_cases(val_cases)
     yield from run.prepare_data()
-    run.configure(epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                  scheduler=scheduler, aug_strength=aug_strength, early_stopping=early_stopping)
+    fixed = dict(batch_size=batch_size, optimizer=optimizer, scheduler=scheduler,
+                 aug_strength=aug_strength, early_stopping=early_stopping)
     run.start()
     try:
-        cand = yield from run.train()
-        if cand is not None:  # None on ranks other than 0, which neither evaluate nor write
-            yield from run.evaluate(cand)
-            yield from run.write(cand)
+        yield from run.search(cands, fixed, budget=float(search_budget))
         yield {"kind": "done", "result": run.result}
     finally:
         run.close()
@@ -786,9 +907,14 @@ class _FinetuneRun:
         return m
 
     # ---- training configuration and lineage
-    def configure(self, *, epochs, lr, batch_size, optimizer, scheduler, aug_strength,
+    def configure(self, setting: dict, *, batch_size, optimizer, scheduler, aug_strength,
                   early_stopping) -> None:
+        """The training config of one setting (``lr`` or ``lr_factor``, ``epochs``,
+        ``replay_ratio``; see :func:`candidate_settings`)."""
         from .config import TrainConfig
+
+        self.replay_ratio = float(setting["replay_ratio"])
+        epochs = int(setting["epochs"])
 
         model_regions = self.model_regions
         base = self.meta.get("train_config")
@@ -809,7 +935,7 @@ class _FinetuneRun:
             **{
                 **{k: v for k, v in vars(tcfg0).items()},
                 "epochs": int(epochs),
-                "lr": float(lr) if lr is not None else tcfg0.lr / 10,
+                "lr": float(setting["lr"]) if "lr" in setting else tcfg0.lr * setting["lr_factor"],
                 "batch_size": int(batch_size)
                 if batch_size is not None
                 else max(1, min(tcfg0.batch_size, per_epoch)),
@@ -827,16 +953,14 @@ class _FinetuneRun:
 
     def _lineage(self, n_replay_epoch: int) -> None:
         data_root = self.data_root
-        self.lineage = [
-            self.by_case[c][r].lineage()
-            for c in self.corrected_ids for r in self.model_regions if r in self.by_case[c]
-        ]
         self.date = _now()
         self.settings = {
             "source_checkpoint": str(self.src),
             "corrections_root": str(self.store.root),
             "data_root": str(Path(data_root).resolve()) if data_root is not None else None,
             "replay_ratio": float(self.replay_ratio),
+            "lr": float(self.tcfg.lr),
+            "epochs": int(self.tcfg.epochs),
             "repeats": int(self.repeats),
             "replay_per_epoch": int(n_replay_epoch),
             "n_replay_cases": len(self.replay_ids),
@@ -855,7 +979,13 @@ class _FinetuneRun:
     def start(self) -> None:
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_dir = Path(tempfile.mkdtemp(prefix=".cxrseg-finetune-", dir=self.out_path.parent))
+        self.train_dir = self.tmp_dir
+        self.before: dict | None = None
         self.events = None
+        self.lineage = [
+            self.by_case[c][r].lineage()
+            for c in self.corrected_ids for r in self.model_regions if r in self.by_case[c]
+        ]
         self.result = FinetuneResult(
             parent_id=self.parent_id,
             corrections=self.lineage,
@@ -887,7 +1017,7 @@ class _FinetuneRun:
             tcfg,
             self.train_data,
             self.val_data,
-            self.tmp_dir,
+            self.train_dir,
             device=self.device,
             init_checkpoint=self.src,
             metadata=self.train_meta,
@@ -911,11 +1041,109 @@ class _FinetuneRun:
             return None
         cand = tres.best_path or tres.last_path
         if cand is None:  # pragma: no cover
-            raise RuntimeError(f"training wrote no checkpoint into {self.tmp_dir}")
+            raise RuntimeError(f"training wrote no checkpoint into {self.train_dir}")
         return cand
 
+    # ---- several settings, the best that passes the guard
+    def search(self, cands: list[dict], fixed: dict, *, budget: float) -> Iterator[Event]:
+        """Train and evaluate each setting of ``cands`` within ``budget`` seconds, then write
+        the best that passes the tolerance guard (see the module docstring)."""
+        import time
+
+        if not self.val_ids:
+            cands = cands[:1]  # without validation cases nothing tells the settings apart
+        n, rows, kept = len(cands), [], {}
+        t0, longest = time.monotonic(), 0.0
+        if n > 1:
+            yield {"kind": "stage", "stage": "search",
+                   "message": f"trying up to {n} settings within {budget / 60:.0f} min; the one that "
+                   "raises the corrected cases most while every validation region stays within "
+                   f"{self.tolerance:g} is written"}
+        for i, setting in enumerate(cands):
+            if i and time.monotonic() - t0 + longest > budget:
+                rows += [{"settings": dict(c), "skipped": "time budget"} for c in cands[i:]]
+                yield {"kind": "stage", "stage": "search",
+                       "message": f"time budget {budget / 60:.0f} min: {n - i} setting(s) not tried"}
+                break
+            t1 = time.monotonic()
+            self.configure(setting, **fixed)
+            self.train_dir = self.tmp_dir / f"candidate-{i + 1}" if n > 1 else self.tmp_dir
+            resolved = {"lr": float(self.tcfg.lr), "epochs": int(self.tcfg.epochs),
+                        "replay_ratio": float(self.replay_ratio)}
+            if n > 1:
+                yield {"kind": "candidate_start", "i": i + 1, "n": n, "settings": resolved}
+            cand = yield from self.train()
+            if cand is None:  # ranks other than 0 neither evaluate nor write
+                return
+            t_before = 0.0
+            if self.before is None:
+                tb = time.monotonic()
+                self.before = yield from self._evaluate_model("before", self.src)
+                t_before = time.monotonic() - tb
+            after = yield from self._evaluate_model("after", cand)
+            ok, reason = self._guard_of(self.before, after)
+            row = {
+                "settings": resolved,
+                "corrected": dict(after["corrected"]),
+                "validation": dict(after["validation"]),
+                "gain": _mean_change(self.before["corrected"], after["corrected"]),
+                "passed": bool(ok),
+                "reason": reason,
+                "best_epoch": int(self.result.best_epoch),
+                "seconds": round(time.monotonic() - t1, 1),
+                "chosen": False,
+            }
+            rows.append(row)
+            kept[len(rows) - 1] = (cand, after, list(self.result.history), self.result.best_epoch,
+                                   dict(self.settings))
+            longest = max(longest, time.monotonic() - t1 - t_before)
+            if n > 1:
+                yield {"kind": "candidate", "i": i + 1, "n": n, "row": row,
+                       "table": format_candidates(self.before, rows)}
+        yield from self._keep_best(rows, kept)
+
+    def _keep_best(self, rows: list[dict], kept: dict) -> Iterator[Event]:
+        result, n = self.result, len(rows)
+        tried = [k for k in kept]
+        passed = [k for k in tried if rows[k]["passed"]]
+        pool = passed or (tried if self.force else [])
+        best = max(pool or tried, key=lambda k: (rows[k]["gain"], min(rows[k]["validation"].values(), default=0)))
+        cand, after, history, best_epoch, settings = kept[best]
+        rows[best]["chosen"] = bool(pool)
+        result.before, result.after = self.before, after
+        result.history, result.best_epoch, result.candidates = history, int(best_epoch), rows
+        self.settings = settings
+        yield {"kind": "report", "before": result.before, "after": result.after,
+               "table": format_report(result.before, result.after)}
+        ok, reason = rows[best]["passed"], rows[best]["reason"]
+        if len(tried) > 1:
+            if passed:
+                st = rows[best]["settings"]
+                reason = (f"{reason}; setting {best + 1} of {n} tried (lr {st['lr']:g}, {st['epochs']} "
+                          f"epochs, replay {st['replay_ratio']:g}), corrected IoU {rows[best]['gain']:+.3f}")
+            else:
+                reason = (f"none of the {len(tried)} settings tried kept every validation region within "
+                          f"{self.tolerance:g} (the best for the corrected cases: {reason})")
+        yield from self.write(cand, ok, reason)
+
     # ---- before / after at native resolution
-    def evaluate(self, cand: Path) -> Iterator[Event]:
+    def _evaluate_model(self, which: str, ck) -> Iterator[Event]:
+        """IoU of ``ck`` on the corrected and the validation cases (native resolution)."""
+        yield {"kind": "stage", "stage": "evaluate", "message": f"evaluating the {which} model"}
+        cache = which == "before"
+        corr_items, val_items = self._eval_items()
+        kw = dict(device=self.device, precision=self.precision, cache=cache)
+        per_corr = _evaluate(ck, corr_items, self.thresholds, **kw)
+        per_val = _evaluate(ck, val_items, self.thresholds, **kw)
+        yield {"kind": "evaluate", "which": which, "i": 1, "n": 1}
+        return {
+            "corrected": _summarise(per_corr),
+            "validation": _summarise(per_val),
+            "corrected_cases": per_corr,
+            "validation_cases": per_val,
+        }
+
+    def _eval_items(self) -> tuple[list, list]:
         from .io import read_image
 
         by_id, model_regions = self.by_id, self.model_regions
@@ -938,36 +1166,15 @@ class _FinetuneRun:
             )
             for c in self.val_ids
         ]
-        report: dict[str, dict] = {}
-        device, precision, thresholds = self.device, self.precision, self.thresholds
-        for which, ck in (("before", self.src), ("after", cand)):
-            yield {"kind": "stage", "stage": "evaluate", "message": f"evaluating the {which} model"}
-            cache = which == "before"
-            per_corr = _evaluate(
-                ck, corr_items, thresholds, device=device, precision=precision, cache=cache
-            )
-            per_val = _evaluate(
-                ck, val_items, thresholds, device=device, precision=precision, cache=cache
-            )
-            report[which] = {
-                "corrected": _summarise(per_corr),
-                "validation": _summarise(per_val),
-                "corrected_cases": per_corr,
-                "validation_cases": per_val,
-            }
-            yield {"kind": "evaluate", "which": which, "i": 1, "n": 1}
-        result = self.result
-        result.before, result.after = report["before"], report["after"]
-        table = format_report(result.before, result.after)
-        yield {"kind": "report", "before": result.before, "after": result.after, "table": table}
+        return corr_items, val_items
 
     # ---- the tolerance guard
-    def _guard(self) -> tuple[bool, str]:
-        """Whether the fine-tuned model may be written, and why (not)."""
-        result, tolerance = self.result, self.tolerance
+    def _guard_of(self, before: dict, after: dict) -> tuple[bool, str]:
+        """Whether a fine-tuned model may be written, and why (not)."""
+        tolerance = self.tolerance
         drops = {
-            r: result.before["validation"][r] - result.after["validation"].get(r, float("nan"))
-            for r in result.before["validation"]
+            r: before["validation"][r] - after["validation"].get(r, float("nan"))
+            for r in before["validation"]
         }
         bad = {r: d for r, d in drops.items() if not (d <= tolerance)}
         if not self.val_ids:
@@ -983,8 +1190,7 @@ class _FinetuneRun:
             reason = "validation IoU fell by more than the tolerance {:g}: {}".format(
                 tolerance,
                 ", ".join(
-                    f"{r} {result.before['validation'][r]:.4f} -> "
-                    f"{result.after['validation'][r]:.4f}"
+                    f"{r} {before['validation'][r]:.4f} -> {after['validation'][r]:.4f}"
                     for r in bad
                 ),
             )
@@ -993,11 +1199,10 @@ class _FinetuneRun:
         return ok, reason
 
     # ---- the new checkpoint, with its lineage
-    def write(self, cand: Path) -> Iterator[Event]:
+    def write(self, cand: Path, ok: bool, reason: str) -> Iterator[Event]:
         from .model import load_checkpoint, read_metadata, save_checkpoint
 
         result, force, out_path = self.result, self.force, self.out_path
-        ok, reason = self._guard()
         if not ok and force:
             reason = f"written with --force although {reason}"
         if ok or force:
@@ -1017,6 +1222,8 @@ class _FinetuneRun:
                 best_epoch=result.best_epoch,
                 reason=reason,
             )
+            if len(result.candidates) > 1:
+                new_meta["finetune"]["search"] = _round({"rows": result.candidates})["rows"]
             save_checkpoint(ck.model, ck.config, out_path, metadata=new_meta)
             result.written, result.path = True, out_path
             result.model_id = read_metadata(out_path).get("model_id")

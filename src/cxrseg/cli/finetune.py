@@ -43,7 +43,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--replay-ratio",
         type=float,
-        default=2.0,
+        default=None,
         help="replay samples of the original training data per correction sample (default 2)",
     )
     p.add_argument(
@@ -61,7 +61,10 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--regions", default=None, help="use only corrections of these regions (default: all)"
     )
-    p.add_argument("--epochs", type=int, default=5, help="most epochs to train")
+    p.add_argument(
+        "--epochs", type=int, default=None,
+        help="most epochs to train (default 5; giving it, --lr or --replay-ratio trains that one setting)",
+    )
     p.add_argument(
         "--lr", type=float, default=None, help="default: a tenth of the checkpoint's learning rate"
     )
@@ -88,6 +91,15 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--force", action="store_true", help="write the new model even if validation got worse"
+    )
+    p.add_argument(
+        "--no-search", action="store_true",
+        help="train one setting instead of trying several (learning rate, epochs, replay ratio) "
+        "when none of --lr, --epochs, --replay-ratio is given",
+    )
+    p.add_argument(
+        "--search-budget", type=float, default=15.0, metavar="MIN",
+        help="minutes for trying settings: none is started past it (default 15)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="training precision")
@@ -124,6 +136,15 @@ def run_cli(args) -> int:
             vs = " ".join(f"{k}={x:.4f}" for k, x in v.items()) if v else "-"
             msg = f"epoch {ev['epoch']}/{ev['epochs']} loss {ev['loss']:.4f} val IoU {vs}"
             (bar.write if bar is not None else print)(msg + (" *" if ev["improved"] else ""))
+        elif kind == "candidate_start":
+            st = ev["settings"]
+            print(f"[search] setting {ev['i']}/{ev['n']}: lr {st['lr']:g}, {st['epochs']} epochs, "
+                  f"replay ratio {st['replay_ratio']:g}", flush=True)
+        elif kind == "candidate":
+            if bar is not None:
+                bar.close()
+                bar = None
+            print(ev["table"], flush=True)
         elif kind == "report":
             if bar is not None:
                 bar.close()
@@ -168,6 +189,8 @@ def _run(args, progress):
         device=args.device,
         precision=args.precision,
         seed=args.seed,
+        search=False if args.no_search else "auto",
+        search_budget=60.0 * args.search_budget,
     )
 
 
@@ -189,6 +212,7 @@ def _finish_cli(args, res) -> int:
             "val_cases": res.val_cases,
             "history": res.history,
             "label_sources": res.label_sources,
+            "candidates": res.candidates,
         }
         text = json.dumps(doc, indent=1).encode()
         atomic_write(args.report, lambda fh: fh.write(text))
