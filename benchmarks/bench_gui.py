@@ -3,7 +3,7 @@
     xvfb-run -a .venv/bin/python benchmarks/bench_gui.py                      # phantoms
     xvfb-run -a .venv/bin/python benchmarks/bench_gui.py --data $CXRSEG_DATA --n 200
 
-Two measurements, printed with their targets:
+Measurements, printed as ratios:
 
 1. **Click-to-layers vs. bare prediction.** As in a review: the next case is loaded, then
    the Predict dock's *Run* button is clicked (``QPushButton.click``) and the clock stops
@@ -14,17 +14,17 @@ Two measurements, printed with their targets:
    a bare ``Predictor.predict`` call on the same image with the same, warmed-up predictor,
    on the same thread (the
    docks run every forward pass on one dedicated thread, ``_torch_env.torch_call``).
-   Medians over ``--repeats`` cases; target overhead < 20 %. Between loading the case and
+   Medians over ``--repeats`` cases. Between loading the case and
    clicking, the event loop runs idle for 0.3 s (the case is drawn first, as when a person
    looks at it before pressing Run). The first Run (model load,
    layer creation) is reported separately.
 2. **Longest event-loop stall during a review run.** A 10 ms ``QTimer`` records the gaps
    between its ticks while the Review queue dock scores ``--n`` cases in its worker (the
-   table growing row by row). Target: longest gap < 100 ms.
+   table growing row by row). A gap over 100 ms is felt as a stutter.
 3. **Cold start** (``--cold N`` pairs, default 2): a fresh ``cxrseg-gui --timings`` on the
    case, from the window's first event-loop turn to the first prediction shown, against a
    fresh process that imports torch and runs one forward pass, and the same GUI without its
-   background model warm-up (``CXRSEG_WARM_MODEL=0``). Target: at most 2x.
+   background model warm-up (``CXRSEG_WARM_MODEL=0``). The figure is reported as a ratio.
 
 Without ``--data``, ``--n`` phantom cases (1024 px PNG) are written to a temporary folder.
 The model is ``--model``, else the shipped one, else a randomly initialised full-size
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     extra = statistics.median(c - b for c, b in zip(click, bare, strict=True)) * 1000
     print(f"  paired by case (same image, bare timed just before the click): median click/bare "
           f"{statistics.median(paired):.2f}, median click - bare {extra:.0f} ms")
-    print(f"GUI overhead: {over:+.1f} %  (ratio {mc / mb:.2f}; target < 20 %) -> {'OK' if over < 20 else 'OVER'}")
+    print(f"GUI overhead: {over:+.1f} %  (ratio {mc / mb:.2f})")
 
     # ---------------------------------------------------------------- 2. review-run stall
     ticks: list[float] = []
@@ -256,8 +256,8 @@ def main(argv=None) -> int:
     print(f"review run: {len(review.scores)} cases in {run_s:.1f} s ({run_s / n_scored * 1000:.0f} ms/case), "
           f"table rows {review.table.rowCount()}")
     print(f"event-loop gaps (10 ms timer): median {np.median(gaps):.1f} ms, p99 {np.percentile(gaps, 99):.1f} ms, "
-          f"max {gaps.max():.1f} ms (target max < 100 ms) -> {'OK' if gaps.max() < 100 else 'OVER'}")
-    print(f"ratios: click/bare {mc / mb:.3f}; max stall / 100 ms budget {gaps.max() / 100:.2f}")
+          f"max {gaps.max():.1f} ms")
+    print(f"ratios: click/bare {mc / mb:.3f}; max stall / 100 ms {gaps.max() / 100:.2f}")
     viewer.close()
     if args.cold > 0:
         _cold_start(args, root, cid, pred, tmp)
@@ -317,7 +317,7 @@ def _cold_start(args, root: Path, cid: str, pred, tmp: Path) -> None:
               f"({', '.join(f'{x:.2f}' for x in first)}), x{statistics.median(first) / ref:.2f}; "
               f"process start -> window {window:.2f} s")
     ratio = statistics.median(a for a, _ in runs[True]) / ref
-    print(f"GUI first prediction: x{ratio:.2f} the reference (target <= 2) -> {'OK' if ratio <= 2 else 'OVER'}")
+    print(f"GUI first prediction: x{ratio:.2f} the reference")
 
 
 if __name__ == "__main__":
