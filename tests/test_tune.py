@@ -123,19 +123,14 @@ def test_search_space_and_suggest():
 # ------------------------------------------------------------------------- studies
 
 
+#: A tiny, fast study: two folds, one epoch, a 64 px ResNet18 U-Net on the CPU.
+TINY_STUDY = dict(folds=2, epochs=1, input_size=64, model_config=TINY, precision="fp32", device="cpu")
+
+
 def test_tune_two_trials_two_folds_then_resume_to_three(root, tmp_path):
     out = tmp_path / "tune"
     events = []
-    kw = dict(
-        regions="all",
-        folds=2,
-        epochs=1,
-        input_size=64,
-        model_config=TINY,
-        precision="fp32",
-        device="cpu",
-        seed=0,
-    )
+    kw = dict(regions="all", seed=0, **TINY_STUDY)
     res = tune(root, out, n_trials=2, progress=events.append, **kw)
     assert isinstance(res, TuneResult)
     storage = res.storage
@@ -216,17 +211,7 @@ def test_baseline_params_are_the_study_setting_within_the_space():
 
 
 def test_tune_starts_with_the_study_setting_and_reports_it(root, tmp_path):
-    kw = dict(
-        regions="left_clavicle",
-        folds=2,
-        epochs=1,
-        input_size=64,
-        model_config=TINY,
-        precision="fp32",
-        device="cpu",
-        search_space={"batch_size": [1, 2]},
-        prune=False,
-    )
+    kw = dict(regions="left_clavicle", search_space={"batch_size": [1, 2]}, prune=False, **TINY_STUDY)
     res = tune(root, tmp_path / "a", n_trials=2, **kw)
     trials = optuna.load_study(study_name="cxrseg", storage=res.storage).trials
     first = trials[0]
