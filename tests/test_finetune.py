@@ -391,3 +391,26 @@ def test_search_needs_validation_cases(weak, tmp_path):
     _correct(store, ds, ["PHANTOM002"])
     res = finetune(store, ck, tmp_path / "a.safetensors", force=True, **SEARCH)
     assert len(res.candidates) == 1 and res.written
+
+
+def test_cli_finetune_searches_by_default_and_reports_the_settings(weak, tmp_path, capsys):
+    from cxrseg import cli
+
+    ds, ck = weak
+    store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
+    _correct(store, ds, read_metadata(ck)["train_cases"][:1])
+    report = tmp_path / "report.json"
+    argv = ["finetune", "--corrections", str(store.root), "--from", str(ck), "--out",
+            str(tmp_path / "new.safetensors"), "--data", str(ds), "--tolerance", "1", "--device", "cpu",
+            "--precision", "fp32", "--batch-size", "4", "--search-budget", "0", "--report", str(report)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[search] setting 1/" in out and "not tried (time budget)" in out and "<- written" in out
+    doc = json.loads(report.read_text())
+    assert doc["written"] and doc["candidates"][0]["chosen"] and doc["candidates"][1]["skipped"]
+    # a given setting trains once
+    argv2 = [a if a != str(tmp_path / "new.safetensors") else str(tmp_path / "one.safetensors") for a in argv]
+    assert cli.main(argv2 + ["--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[search]" not in out
+    assert len(json.loads(report.read_text())["candidates"]) == 1

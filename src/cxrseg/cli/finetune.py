@@ -216,6 +216,12 @@ def _finish_cli(args, res) -> int:
         }
         text = json.dumps(doc, indent=1).encode()
         atomic_write(args.report, lambda fh: fh.write(text))
+    if len(res.candidates) > 1 and not args.quiet:
+        from ..finetune import format_candidates
+
+        print("\nsettings tried (corrected: mean IoU change on the corrected cases; worst val: the "
+              "largest validation change):")
+        print(format_candidates(res.before, res.candidates))
     if res.written:
         print(f"wrote {res.path} (model {res.model_id}, parent {res.parent_id}): {res.reason}")
         return 0
