@@ -177,7 +177,7 @@ def test_a_per_region_output_opens_as_one_progression(make_napari_viewer, qtbot,
     np.testing.assert_allclose(prog["probs"][:, 0, 0, 0].astype(float), [0.6, 0.7, 0.7, 0.7], atol=1e-3)
     np.testing.assert_allclose(prog["probs"][:, 1, 0, 0].astype(float), [0.1, 0.2, 0.3, 0.4], atol=1e-3)
     assert prog["history"][3]["val_iou"] == {"heart": 0.2, "left_clavicle": 0.3}
-    assert prog["history"][3]["notes"] == ["heart ended at epoch 2"]
+    assert prog["history"][3]["notes"] == ["heart: last epoch 2"]
 
     viewer = make_napari_viewer()
     w = ProgressionWidget(viewer)
@@ -185,7 +185,7 @@ def test_a_per_region_output_opens_as_one_progression(make_napari_viewer, qtbot,
     assert {"PHANTOM002 progression heart", "PHANTOM002 progression left_clavicle"} <= {ly.name for ly in viewer.layers}
     viewer.dims.set_current_step(0, 3)
     text = w.epoch_label.text()
-    assert "epoch 4 / 4" in text and "left_clavicle 0.400" in text and "heart ended at epoch 2" in text
+    assert "epoch 4 / 4" in text and "left_clavicle 0.400" in text and "heart: last epoch 2" in text
 
     # runs of different cases do not merge
     other = tmp_path / "mixed"

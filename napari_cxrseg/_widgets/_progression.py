@@ -17,7 +17,7 @@ dock (no error pop-up).
 
 The output folder of ``cxrseg train --per-region`` (one run folder per region) opens as
 one progression: a heatmap layer per region. Regions trained for fewer epochs keep their
-last map beyond their end, and the epoch line says so.
+last map beyond their last epoch, and the epoch line says so.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _merge_region_runs(folder: Path, runs: list[Path]) -> dict:
             if iou is not None:
                 entry["val_iou"][region] = float(iou)
             if p["epochs"][i] != e:
-                entry["notes"].append(f"{region} ended at epoch {p['epochs'][i]}")
+                entry["notes"].append(f"{region}: last epoch {p['epochs'][i]}")
     return {"run": folder, "probs": probs, "image": first["image"], "epochs": epochs,
             "regions": [p["regions"][0] for p in parts], "case_id": first["case_id"],
             "history": history, "data_root": next((p["data_root"] for p in parts if p["data_root"]), None)}
