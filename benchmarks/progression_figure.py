@@ -96,12 +96,13 @@ def draw(runs, truth, epochs, compare, compare_label, out: Path, with_image: boo
 
     regions = [r for r in REGIONS if r in runs]
     cols = len(epochs) + (1 if compare else 0)
-    head, label_w = 22, 150
-    canvas = Image.new("RGB", (label_w + cols * tile, head + len(regions) * (tile + 16)), (255, 255, 255))
+    head, label_w, gap = 22, 150, 4
+    step = tile + gap
+    canvas = Image.new("RGB", (label_w + cols * step, head + len(regions) * (tile + 16)), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
     titles = [f"epoch {e}" for e in epochs] + ([compare_label] if compare else [])
     for c, t in enumerate(titles):
-        d.text((label_w + c * tile + 4, 5), t, fill=(0, 0, 0))
+        d.text((label_w + c * step + 4, 5), t, fill=(0, 0, 0))
     lines = []
     for i, r in enumerate(regions):
         run = runs[r]
@@ -117,9 +118,9 @@ def draw(runs, truth, epochs, compare, compare_label, out: Path, with_image: boo
             cells.append(compare.get(r))
         row = []
         for c, p in enumerate(cells):
-            x = label_w + c * tile
+            x = label_w + c * step
             if p is None:
-                d.text((x + 8, y + tile // 2 - 6), "(not trained)", fill=(120, 120, 120))
+                d.text((x + 8, y + tile // 2 - 6), f"(stopped at epoch {run['epochs'][-1]})", fill=(120, 120, 120))
                 continue
             rgb = np.repeat(p[..., None], 3, axis=2)
             if with_image:
