@@ -329,9 +329,15 @@ def test_search_tries_the_settings_and_writes_the_best_that_passes(weak, tmp_pat
     ds, ck = weak
     store = CorrectionStore(tmp_path / "corrections", dataset_root=ds)
     _correct(store, ds, read_metadata(ck)["train_cases"][:2])
-    events = []
+    events, kept = [], []
+
+    def progress(ev):
+        events.append(ev)
+        if ev["kind"] == "candidate":  # only the candidates' weights stay on disk
+            kept.append(sorted(p.name for p in tmp_path.glob(".cxrseg-finetune-*/candidate-*/*.[ps]*")))
+
     res = finetune(store, ck, tmp_path / "new.safetensors", data_root=ds, tolerance=1.0,
-                   progress=events.append, **SEARCH)
+                   progress=progress, **SEARCH)
     rows = res.candidates
     from cxrseg.finetune import SEARCH_CANDIDATES
 
@@ -356,6 +362,8 @@ def test_search_tries_the_settings_and_writes_the_best_that_passes(weak, tmp_pat
     # one before-evaluation for all the candidates
     assert sum(1 for e in events if e["kind"] == "evaluate" and e["which"] == "before") == 1
     assert sum(1 for e in events if e["kind"] == "evaluate" and e["which"] == "after") == len(rows)
+    assert kept[0] == ["best.safetensors"] and len(kept[-1]) == len(rows)
+    assert all(set(k) == {"best.safetensors"} for k in kept)
     # candidates' checkpoints are not left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrections", "new.safetensors"]
 

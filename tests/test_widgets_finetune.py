@@ -156,12 +156,16 @@ def test_search_is_the_default_and_reports_every_setting(make_napari_viewer, qtb
     fast = {k: v for k, v in FAST.items() if k != "lr"}  # a given lr would fix the recipe
     worker = w.start_finetune(tolerance=1.0, max_steps=2, **fast)
     worker.yielded.connect(lambda ev: statuses.append(w.status_label.text()))
+    values = []
+    w.progress.valueChanged.connect(values.append)
     with qtbot.waitSignal(worker.finished, timeout=600_000):
         pass
     res = w.last_result
     assert not errors, errors
     assert res is not None and res.written and len(res.candidates) == len(SEARCH_CANDIDATES)
     assert any(t.startswith(f"setting 2/{len(SEARCH_CANDIDATES)}: lr") for t in statuses)
+    # one bar over all the settings: it never runs backwards
+    assert values and values == sorted(values), values
     text = w.report_text.toPlainText()
     assert "settings tried" in text and "<- written" in text and REGION in text
     # unchecked: one setting with the spin boxes' values

@@ -95,6 +95,7 @@ class FinetuneWidget(QWidget):
         self._cancelled = False
         self._steps = 1
         self._step_i = 0
+        self._cand = (1, 1)
         self.plan = None
         self.last_result = None
         self.new_model: Path | None = None
@@ -359,6 +360,7 @@ class FinetuneWidget(QWidget):
         self._job = {}
         self._cancelled = False
         self._steps, self._step_i = 1, 0
+        self._cand = (1, 1)  # (setting, settings) of a search
         self.last_result = None
         self.new_model = None
         self.use_model_button.setVisible(False)
@@ -421,7 +423,8 @@ class FinetuneWidget(QWidget):
             self._set_status(f"training: {ev['epochs']} epoch(s) …")
         elif kind == "step":
             self._step_i += 1
-            frac = self._step_i / max(1, self._steps)
+            i, n = self._cand
+            frac = (i - 1 + min(1.0, self._step_i / max(1, self._steps))) / n  # over all the settings
             self.progress.setValue(min(95, _PREP_SHARE + int((95 - _PREP_SHARE) * frac)))
         elif kind == "epoch":
             val = ev.get("val") or {}
@@ -432,6 +435,7 @@ class FinetuneWidget(QWidget):
                 else f"epoch {ev['epoch']}/{ev['epochs']}: loss {ev['loss']:.4f}"
             )
         elif kind == "candidate_start":
+            self._cand = (int(ev["i"]), int(ev["n"]))
             st = ev["settings"]
             self._set_status(f"setting {ev['i']}/{ev['n']}: lr {st['lr']:g}, {st['epochs']} epoch(s), "
                              f"replay ratio {st['replay_ratio']:g} …")

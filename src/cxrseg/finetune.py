@@ -1075,6 +1075,10 @@ class _FinetuneRun:
             cand = yield from self.train()
             if cand is None:  # ranks other than 0 neither evaluate nor write
                 return
+            if n > 1:  # keep the candidate's weights only (the optimiser state is twice their size)
+                for f in self.train_dir.iterdir():
+                    if f.is_file() and f != cand and f.suffix in (".pt", ".safetensors"):
+                        f.unlink()
             t_before = 0.0
             if self.before is None:
                 tb = time.monotonic()
