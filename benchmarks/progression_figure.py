@@ -5,14 +5,17 @@ One row per region, one column per chosen epoch: the case's sigmoid map after th
 map's resolution. An optional last column holds another model's map of the same case (for
 instance the shipped multi-label model), resized to the same grid.
 
-By default the figure holds model outputs only: the radiograph and its reference mask are
-licensed data that may not be redistributed. ``--with-image`` draws the case under the maps
-and the reference outline in red, for looking at locally.
+The maps of a good model are close copies of the case's reference masks, and the radiograph
+and its masks are licensed data that may not be redistributed: the montage is for looking at
+locally (``--with-image`` draws the case under the maps and the reference outline in red).
+``--curves`` draws what can be published: each region's Jaccard on the tracked case and its
+mean validation IoU (the runs' ``history.json``), epoch by epoch, as line charts.
 
 Usage::
 
     python benchmarks/progression_figure.py RUNS/per_region $CXRSEG_DATA \\
-        --epochs 1,2,3,5,10,20,30,40 --compare shipped --out progression.png
+        --epochs 1,2,3,5,10,20,30,40 --compare shipped --out progression.png \\
+        --curves progression-curves.png
 """
 
 from __future__ import annotations
@@ -141,6 +144,44 @@ def draw(runs, truth, epochs, compare, compare_label, out: Path, with_image: boo
     return lines
 
 
+def curves(runs, truth, folder: Path, compare, compare_label, out: Path) -> None:
+    """Line charts: the tracked case's Jaccard per epoch, and the validation IoU per epoch."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cxrseg.regions import COLORS
+
+    case_id = next(iter(runs.values()))["case_id"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for r in [r for r in REGIONS if r in runs]:
+        run, colour = runs[r], tuple(COLORS[r][:3])
+        j = [jaccard(p, truth[r]) for p in run["probs"]]
+        axes[0].plot(run["epochs"], j, "-o", ms=3, color=colour, label=DISPLAY_NAMES[r])
+        if compare and r in compare:
+            axes[0].axhline(jaccard(compare[r], truth[r]), color=colour, ls=":", lw=1)
+        hist = folder / r / "history.json" if (folder / r).is_dir() else folder / "history.json"
+        if hist.is_file():
+            h = json.loads(hist.read_text())
+            axes[1].plot([e["epoch"] for e in h], [e["val_iou"][r] for e in h], "-o", ms=3, color=colour,
+                         label=DISPLAY_NAMES[r])
+    axes[0].set_title(f"{case_id}: Jaccard of the sigmoid map (> 0.5) per epoch" +
+                      (f"\n(dotted: {compare_label})" if compare else ""), fontsize=9)
+    axes[1].set_title("validation cases: mean IoU per epoch (training's own check)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Jaccard / IoU at the maps' grid")
+    axes[1].legend(fontsize=8, loc="lower center")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", type=Path, help="a per-region training output (or one run folder)")
@@ -151,7 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--with-image", action="store_true",
                     help="draw the radiograph and the reference outline (licensed data: local use only)")
     ap.add_argument("--tile", type=int, default=192)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="the montage of sigmoid maps (local use)")
+    ap.add_argument("--curves", type=Path, default=None, help="the line charts (publishable)")
     args = ap.parse_args(argv)
 
     runs = region_runs(args.runs)
@@ -163,10 +205,16 @@ def main(argv=None) -> int:
     truth = truth_at(case, list(runs), size)
     compare = model_maps(args.compare, case, list(runs), size) if args.compare else None
     epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
-    lines = draw(runs, truth, epochs, compare, args.compare_label, args.out, args.with_image, args.tile)
-    print(f"{case_id}, Jaccard of each map (thresholded at 0.5) with the reference at {size} px:")
-    print("\n".join(lines))
-    print(f"wrote {args.out}")
+    if args.out is None and args.curves is None:
+        raise SystemExit("nothing to draw: give --out and/or --curves")
+    if args.out is not None:
+        lines = draw(runs, truth, epochs, compare, args.compare_label, args.out, args.with_image, args.tile)
+        print(f"{case_id}, Jaccard of each map (thresholded at 0.5) with the reference at {size} px:")
+        print("\n".join(lines))
+        print(f"wrote {args.out}")
+    if args.curves is not None:
+        curves(runs, truth, args.runs, compare, args.compare_label, args.curves)
+        print(f"wrote {args.curves}")
     return 0
 
 
