@@ -175,7 +175,7 @@ def curves(runs, truth, folder: Path, compare, compare_label, out: Path) -> None
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Jaccard / IoU at the maps' grid")
-    axes[1].legend(fontsize=8, loc="lower center")
+    axes[1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
