@@ -76,3 +76,20 @@ def make_tiny_checkpoint(
     return save_checkpoint(
         model, cfg, path, metadata=dict(metadata or {}, note="tiny random test model")
     )
+
+
+def make_tiny_refiner(path, *, encoder: str = "resnet18", seed: int = 1) -> Path:
+    """A tiny random clavicle refinement network (:mod:`cxrseg.refine`) saved at ``path``
+    (put it beside a checkpoint as ``<name>.refine.safetensors`` for predictors to use it)."""
+    import torch
+
+    from cxrseg.config import ModelConfig
+    from cxrseg.model import build_model, save_checkpoint
+    from cxrseg.refine import RefineSpec
+
+    torch.manual_seed(int(seed))
+    cfg = ModelConfig(encoder_name=encoder, decoder_channels=(16, 16, 16, 16, 16), input_size=320,
+                      in_channels=4, extra_channels=1, regions=("left_clavicle",))
+    model = build_model(cfg, encoder_weights=None).eval()
+    return save_checkpoint(model, cfg, path, metadata={"refine": RefineSpec().to_meta(),
+                                                       "note": "tiny random test refiner"})

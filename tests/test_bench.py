@@ -106,6 +106,26 @@ def test_process_sections_print_their_ratios(tmp_path, capsys):
     assert run["whole_s"] > 0 and run["speedup_vs_baseline"] > 0
 
 
+def test_refine_section_prints_its_cost_ratios(tmp_path, capsys):
+    """The clavicle refinement's cost, in this process and as whole processes; skipped (and
+    said) for a model without a refinement network."""
+    from _tiny_model import make_tiny_refiner
+
+    from cxrseg.refine import refiner_path
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    assert _bench("--smoke", "--only", "refine", "--model", ckpt, "--images", "2") == 0
+    assert "[9] refinement: skipped" in capsys.readouterr().out
+    make_tiny_refiner(refiner_path(ckpt))
+    rc = _bench("--smoke", "--only", "refine", "--model", ckpt, "--images", "2", "--json", tmp_path / "b.json")
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert re.search(r"predict_batch, with the refinement +\d+\.\d\d s .* x\d+\.\d\d the cost", text)
+    assert re.search(r"cxrseg predict \(refinement on\) +\d+\.\d\d s .* x\d+\.\d\d the cost", text)
+    res = json.loads((tmp_path / "b.json").read_text())["refine"]
+    assert res["api_ratio"] > 0 and res["whole_ratio"] > 0 and res["refine_id"]
+
+
 @pytest.mark.slow
 def test_allocator_section_compares_fresh_processes(tmp_path, capsys):
     """The heap section runs the engine with glibc's defaults and tuned, side by side."""

@@ -124,6 +124,41 @@ def test_predict_subset_of_regions(viewer, qtbot, phantom_root, tiny_ckpt):
     assert set(np.unique(viewer.layers["PHANTOM001 prediction"].data)) <= {0, 2, 4}
 
 
+def test_refine_box_follows_the_model_and_reaches_the_predictor(viewer, qtbot, phantom_root, tiny_ckpt, tmp_path):
+    import shutil
+
+    from _tiny_model import make_tiny_refiner
+
+    from cxrseg.model import read_metadata
+    from cxrseg.refine import refiner_path
+
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    qtbot.waitUntil(lambda: "tiny" in w.model_label.text(), timeout=30_000)
+    assert not w.refine_box.isEnabled()  # no refiner beside this model
+    ck = tmp_path / "m" / "tiny.safetensors"
+    ck.parent.mkdir()
+    shutil.copyfile(tiny_ckpt, ck)
+    make_tiny_refiner(refiner_path(ck))
+    w.set_checkpoint(str(ck))
+    qtbot.waitUntil(w.refine_box.isEnabled, timeout=30_000)
+    assert w.refine_box.isChecked() and s.refine
+    open_case(qtbot, s, phantom_root)
+    wait_worker(qtbot, w.run())
+    assert s.refine_id == read_metadata(refiner_path(ck))["model_id"]
+    w.refine_box.setChecked(False)
+    assert s.refine is False
+    wait_worker(qtbot, w.run())
+    assert s.refine_id is None and s.probs is not None
+    # a broken refiner file: said in the tooltip; the box stays usable to turn it off
+    refiner_path(ck).write_bytes(b"\x00" * 12)
+    w.set_checkpoint(None)
+    w.set_checkpoint(str(ck))
+    qtbot.waitUntil(lambda: "unusable" in w.refine_box.toolTip(), timeout=30_000)
+    assert w.refine_box.isEnabled()
+    wait_worker(qtbot, w.run())  # refinement off: predicts without reading the broken file
+    assert s.refine_id is None and s.probs is not None
+
+
 def test_failing_model_shows_notification_not_crash(viewer, qtbot, phantom_root, tiny_ckpt, monkeypatch):
     from cxrseg.predict import Predictor
 

@@ -61,13 +61,15 @@ def read_case(case) -> dict:
     return {"case": case, "image": image, "truth": truth}
 
 
-def predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool):
+def predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool,
+                refine: bool = True):
     """Worker body of a prediction (torch is imported here, off the GUI thread): the maps,
-    the thresholded masks and the painted label image, shown together (one redraw)."""
+    the thresholded masks and the painted label image, shown together (one redraw).
+    ``refine=False`` leaves out the clavicles' native-resolution refinement."""
     from cxrseg.predict import get_predictor
 
     t0 = time.perf_counter()
-    predictor = get_predictor(checkpoint, device=device)
+    predictor = get_predictor(checkpoint, device=device, refine=None if refine else False)
     t1 = time.perf_counter()
     model_regions = tuple(predictor.regions)
     wanted = model_regions if regions is None else tuple(r for r in parse_regions(regions) if r in model_regions)
@@ -88,6 +90,7 @@ def predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds,
         "labels": res["labels"],
         "masks_s": time.perf_counter() - t2,
         "model_id": str(predictor.model_id),
+        "refine_id": predictor.refine_id,
         "model_thresholds": dict(predictor.config.thresholds),
         "model_regions": model_regions,
         "load_s": t1 - t0,

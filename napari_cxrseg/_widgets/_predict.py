@@ -69,9 +69,17 @@ def model_summary(checkpoint: str | None) -> dict:
         return {"ok": False, "path": str(path), "message": (
             f"The shipped model is missing ({path}). Choose a checkpoint file (e.g. best.safetensors "
             "written by `cxrseg train`), or reinstall napari-cxrseg.")}
+    from cxrseg.refine import refine_id_for
+
     meta = read_metadata(path)
     cfg = meta.get("config", {})
     val = (meta.get("metrics") or {}).get("val_iou") or {}
+    try:
+        refine_id = refine_id_for(path, True)
+    except CheckpointError as exc:  # a broken refiner file: said, and the model runs without it
+        refine_id, refine_error = None, str(exc)
+    else:
+        refine_error = None
     return {
         "ok": True,
         "path": str(path),
@@ -81,6 +89,8 @@ def model_summary(checkpoint: str | None) -> dict:
         "encoder": cfg.get("encoder_name"),
         "val_mean_iou": val.get("mean"),
         "date": meta.get("date"),
+        "refine_id": refine_id,
+        "refine_error": refine_error,
     }
 
 
@@ -132,6 +142,13 @@ class PredictWidget(QWidget):
         self.device_combo.addItems(["auto", "cpu"])
         self.device_combo.setCurrentText(s.device)
         self.device_combo.currentTextChanged.connect(lambda d: self.session.set_model(self.session.checkpoint, d))
+        self.refine_box = QCheckBox("refine clavicles at full resolution")
+        self.refine_box.setToolTip(
+            "A second network segments each clavicle again on the masks' native 1024 px grid, "
+            "around where the whole-film model found it (more accurate borders; a little slower)")
+        self.refine_box.setChecked(s.refine)
+        self.refine_box.setEnabled(False)
+        self.refine_box.toggled.connect(lambda on: setattr(self.session, "refine", bool(on)))
         return browse, default, fast
 
     def _build_region_controls(self) -> QGridLayout:
@@ -214,6 +231,7 @@ class PredictWidget(QWidget):
         form = QFormLayout()
         form.addRow("device", self.device_combo)
         ml.addLayout(form)
+        ml.addWidget(self.refine_box)
         rbox = QGroupBox("Regions (patient's left/right)")
         rbox.setLayout(grid)
         dbox = QGroupBox("Masks and display")
@@ -280,6 +298,15 @@ class PredictWidget(QWidget):
             f"@ {info.get('input_size')} px · regions: {', '.join(SHORT_NAMES.get(r, r) for r in regs)}"
             + (f" · val IoU {val:.3f}" if isinstance(val, (int, float)) else "")
         )
+        has_refiner = bool(info.get("refine_id"))
+        self.refine_box.setEnabled(has_refiner or bool(info.get("refine_error")))
+        if has_refiner:
+            self.refine_box.setToolTip(f"refinement network {info['refine_id']}: the clavicles are segmented "
+                                       "again on the masks' native 1024 px grid, around the first result")
+        elif info.get("refine_error"):
+            self.refine_box.setToolTip(f"refinement unusable: {info['refine_error']}")
+        else:
+            self.refine_box.setToolTip("this model has no clavicle refinement network")
         for r, cb in self.region_boxes.items():
             cb.setEnabled(r in regs)
             cb.setToolTip(DISPLAY_NAMES[r] + ("" if r in regs else " (this model does not predict it)"))

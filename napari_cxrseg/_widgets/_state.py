@@ -131,9 +131,13 @@ class Session:
         #: Thresholded (and maybe post-processed) prediction masks, exact per region.
         self.masks: dict[str, np.ndarray] | None = None
         self.model_id: str | None = None
+        #: The refinement network of the prediction shown (``None``: the whole-film model alone).
+        self.refine_id: str | None = None
         self.model_regions: tuple[str, ...] | None = None
         self.checkpoint: str | None = None
         self.device: str = "auto"
+        #: Use the model's native-resolution clavicle refinement when it has one.
+        self.refine: bool = True
         self.thresholds: dict[str, float] = {}
         self.postprocess: bool = False
         #: Predict the case as soon as it is loaded.
@@ -448,7 +452,8 @@ class Session:
         if self.image is None:
             raise ValueError("no case is loaded: open a dataset and pick a case first")
         regions = regions if regions is not None else self.regions
-        return (self.image.data, self.checkpoint, self.device, regions, dict(self.thresholds), self.postprocess)
+        return (self.image.data, self.checkpoint, self.device, regions, dict(self.thresholds), self.postprocess,
+                self.refine)
 
     def predict_sync(self, regions=None) -> None:
         """Run the model on the current case and show the result (blocking)."""
@@ -483,6 +488,7 @@ class Session:
         # (known before the layers are shown, so prediction_changed handlers can read it)
         self.last_timing = {"load_s": res["load_s"], "predict_s": res["predict_s"], "masks_s": res["masks_s"],
                             "worker_s": t1 - t0}
+        self.refine_id = res.get("refine_id")
         self.set_prediction(res["probs"], res["model_id"], masks=res["masks"], labels=res["labels"])
         t2 = time.perf_counter()
         self.last_timing.update(gui_s=t2 - t1, total_s=t2 - t0)

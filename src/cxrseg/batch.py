@@ -205,7 +205,8 @@ class DecodeDataset:
     stop the loader. Only the small model input travels back to the main process.
 
     ``max_side`` decodes huge images at a reduced size (their original shape is still
-    reported); ``max_pixels`` refuses larger images before decoding them.
+    reported); ``max_pixels`` refuses larger images before decoding them. ``keep_image``
+    also returns the decoded film in [0, 1] (for the native-resolution refinement).
     """
 
     def __init__(
@@ -215,11 +216,13 @@ class DecodeDataset:
         *,
         max_side: int | None = None,
         max_pixels: int | None = None,
+        keep_image: bool = False,
     ):
         self.paths = [str(p) for p in paths]
         self.size = int(size)
         self.max_side = max_side
         self.max_pixels = max_pixels
+        self.keep_image = bool(keep_image)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -235,6 +238,11 @@ class DecodeDataset:
                 path, max_side=self.max_side, max_pixels=self.max_pixels, min_side=MIN_SIDE
             )
             x, info = image_to_input(img.data, self.size)
+            film = None
+            if self.keep_image:
+                from .predict import as_unit_image
+
+                film = as_unit_image(img.data)
             shape = img.meta.get("original_shape") or img.data.shape
             sp = img.meta.get("original_spacing", img.spacing)
             return {
@@ -247,6 +255,7 @@ class DecodeDataset:
                 "note": img.meta.get("warning"),
                 "key": key,
                 "error": None,
+                "image": film,
             }
         except Exception as exc:  # reported per file, the run goes on
             return {"i": i, "error": _reason(exc)}
@@ -491,10 +500,14 @@ class _Runner:
 
     def options(self) -> dict:
         """Output options a done case must have been made with (besides thresholds)."""
-        return {
+        opts = {
             "postprocess": bool(self.postprocess),
             "max_output_side": self.max_output_side,
         }
+        refine = getattr(self.pred, "refine_id", None)
+        if refine is not None:
+            opts["refine"] = refine
+        return opts
 
     def settings(self) -> dict:
         return {"model_id": self.pred.model_id, "postprocess": bool(self.postprocess)}
@@ -686,9 +699,13 @@ class _Runner:
             info = PadInfo((side - h) // 2, (side - w) // 2, h, w)
         need_maps = bool(self.heatmaps or self.heatmap_png or self.quality)
         native = heat = None
+        refiner = getattr(self.pred, "refiner", None)
+        refined = [] if refiner is None else [j for j, r in enumerate(self.regions) if r in refiner.spec.regions]
         with torch.inference_mode():
             if need_maps:
                 native = self.pred.to_native(prob, info)  # (R, H, W) float32
+                if refined:
+                    self.pred.refine_native(item["image"], native, self.regions)
                 masks_t = native >= th
                 heat = native.half().cpu().numpy() if self.heatmaps or self.heatmap_png else None
                 masks_np = masks_t.cpu().numpy()
@@ -697,6 +714,12 @@ class _Runner:
                 from .transforms import output_masks
 
                 masks_np = output_masks(prob, info, [self.th[r] for r in self.regions])
+                if refined:  # the refined regions: their maps at native size, refined
+                    names = [self.regions[j] for j in refined]
+                    sub = self.pred.to_native(prob[refined], info)
+                    self.pred.refine_native(item["image"], sub, names)
+                    for k, j in enumerate(refined):
+                        masks_np[j] = (sub[k] >= self.th[names[k]]).cpu().numpy()
         masks = {r: masks_np[j] for j, r in enumerate(self.regions)}
         if self.postprocess:
             masks = clean(masks)
@@ -1049,6 +1072,7 @@ def _make_loader(run: _Runner, todo: list[_Case], batch_size, workers, max_pixel
         run.pred.input_size,
         max_side=run.max_output_side,
         max_pixels=max_pixels,
+        keep_image=getattr(run.pred, "refine_id", None) is not None,
     )
     return torch.utils.data.DataLoader(
         ds,

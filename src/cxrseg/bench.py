@@ -51,7 +51,8 @@ from pathlib import Path
 import numpy as np
 
 SECTIONS = (
-    "models", "flops", "decode", "folder", "coldstart", "throughput", "allocator", "accuracy", "quality"
+    "models", "flops", "decode", "folder", "coldstart", "throughput", "allocator", "accuracy", "quality",
+    "refine",
 )
 
 
@@ -171,6 +172,11 @@ def _prepare_model(args, tmp: Path):
         # best epoch) cannot give the fp32 and bf16 runs different weights
         snap = tmp / "snapshot.safetensors"
         shutil.copyfile(src, snap)
+        from .refine import find_refiner, refiner_path
+
+        ref = find_refiner(src)
+        if ref is not None:  # its clavicle refinement comes along
+            shutil.copyfile(ref, refiner_path(snap))
         return snap, f"{'given checkpoint' if args.model is not None else 'shipped model'} {src}"
     import torch
 
@@ -741,6 +747,62 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
     res["throughput"] = section
 
 
+def bench_refine(pred, args, out, res, tmp: Path) -> None:
+    """Section 9: the cost of the clavicles' native-resolution refinement, as ratios to the
+    whole-film model alone: in this process (films -> native maps) and as whole
+    ``cxrseg predict`` processes on a folder, interleaved."""
+    import sys as _sys
+
+    from .io import read_image
+    from .predict import Predictor
+    from .refine import find_refiner
+
+    if find_refiner(pred.path) is None:
+        out(f"[9] refinement: skipped, {pred.path.name} has no refinement network beside it")
+        return
+    kw = {"device": str(pred.device), "precision": pred.precision, "channels_last": pred.channels_last}
+    off = Predictor(pred.path, refine=False, **kw)
+    on = Predictor(pred.path, refine=True, **kw)
+    folder = tmp / "refine" / "in"
+    what = _write_pngs(folder, args.images, smoke=args.smoke, data_root=getattr(args, "folder_data", None))
+    files = sorted(folder.iterdir())
+    films = [read_image(f).data for f in files]
+    reps = 1 if args.smoke else max(1, getattr(args, "throughput_rounds", 2))
+    out(f"[9] clavicle refinement ({on.refine_id}) vs the whole-film model alone: {what}; "
+        f"{pred.precision}{'/cl' if pred.channels_last else ''}, batch {args.batch_size}")
+    t = time_interleaved(
+        {
+            "off": lambda: off.predict_batch(films, batch_size=args.batch_size),
+            "on": lambda: on.predict_batch(films, batch_size=args.batch_size),
+        },
+        pred.device, warmup=1, repeats=max(1, args.repeats),
+    )
+    n = len(films)
+    section: dict = {"images": n, "what": what, "refine_id": on.refine_id}
+    r_api = t["on"]["median_s"] / t["off"]["median_s"]
+    t_off, t_on = t["off"]["median_s"], t["on"]["median_s"]
+    out(f"    predict_batch, whole-film model alone   {t_off:7.2f} s  ({n / t_off:5.2f} img/s)")
+    out(f"    predict_batch, with the refinement      {t_on:7.2f} s  ({n / t_on:5.2f} img/s)  x{r_api:.2f} the cost")
+    env = _child_env(args)
+
+    def cmd(flag):
+        return [_sys.executable, "-m", "cxrseg.cli", "predict", str(folder), "--out", str(tmp / "refine" / flag),
+                "--quiet", "--model", str(pred.path), "--device", str(pred.device), "--batch-size",
+                str(args.batch_size), "--precision", pred.precision, "--overwrite", flag]
+
+    whole: dict = {"--no-refine": [], "--refine": []}
+    for _ in range(reps):
+        for flag in whole:
+            whole[flag].append(_spawn(cmd(flag), env)[1])
+    w_off, w_on = statistics.median(whole["--no-refine"]), statistics.median(whole["--refine"])
+    out(f"    cxrseg predict --no-refine              {w_off:7.2f} s  ({n / w_off:5.2f} img/s)")
+    out(f"    cxrseg predict (refinement on)          {w_on:7.2f} s  ({n / w_on:5.2f} img/s)  "
+        f"x{w_on / w_off:.2f} the cost  (median of {reps} round(s))")
+    section.update({"api": t, "api_ratio": r_api, "whole_off_s": whole["--no-refine"], "whole_on_s": whole["--refine"],
+                    "whole_ratio": w_on / w_off})
+    res["refine"] = section
+
+
 def bench_accuracy(path, device, args, out, res) -> None:
     """Section 5: bf16 vs fp32 Jaccard on real cases."""
     from .dataset import DatasetIndex
@@ -860,7 +922,7 @@ def _bench_sections(args) -> set:
                 f"--only: unknown sections {unknown}; expected some of {', '.join(SECTIONS)}"
             )
     if args.smoke and not args.only:
-        only -= {"coldstart", "throughput", "allocator"}  # child processes: ask for them by name
+        only -= {"coldstart", "throughput", "allocator", "refine"}  # child processes: ask for them by name
     if args.accuracy_data is None:
         only.discard("accuracy")
     elif not Path(args.accuracy_data).is_dir():
@@ -971,6 +1033,9 @@ def _run_sections(only, path, dev, note, preds, args, out, res, tmp: Path) -> No
             )
         else:
             bench_accuracy(path, dev, args, out, res)
+        out()
+    if "refine" in only:
+        bench_refine(pred_auto, args, out, res, tmp)
         out()
     if "quality" in only:
         from .quality import bench_section

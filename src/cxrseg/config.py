@@ -55,6 +55,9 @@ class ModelConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     thresholds: dict[str, float] = field(default_factory=dict)
+    #: input channels after the normalised film (a refinement network's first-stage
+    #: probability, :mod:`cxrseg.refine`); ``in_channels`` = ``len(mean)`` + these
+    extra_channels: int = 0
 
     def __post_init__(self):
         self.regions = parse_regions(self.regions)
@@ -63,10 +66,16 @@ class ModelConfig:
         self.std = tuple(float(s) for s in self.std)
         if self.arch != "Unet":
             raise ValueError(f"ModelConfig.arch: only 'Unet' is supported, got {self.arch!r}")
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"ModelConfig.in_channels must be 1 or 3, got {self.in_channels}")
-        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
-            raise ValueError("ModelConfig.mean/std need one value per input channel")
+        self.extra_channels = int(self.extra_channels)
+        if self.extra_channels < 0:
+            raise ValueError(f"ModelConfig.extra_channels must be >= 0, got {self.extra_channels}")
+        film = self.in_channels - self.extra_channels
+        if film not in (1, 3):
+            raise ValueError(
+                f"ModelConfig.in_channels must be 1 or 3 (plus extra_channels), got {self.in_channels}"
+            )
+        if len(self.mean) != film or len(self.std) != film:
+            raise ValueError("ModelConfig.mean/std need one value per film input channel")
         if int(self.input_size) != self.input_size or self.input_size < 64 or self.input_size % 32:
             raise ValueError(
                 f"ModelConfig.input_size must be a multiple of 32 and >= 64 "

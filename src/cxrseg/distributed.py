@@ -130,7 +130,8 @@ def _run_part(spec: dict, planned: list, num_parts: int, part_id: int) -> dict:
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    pred = get_predictor(spec["model"], device=spec["device"], precision=spec["precision"])
+    pred = get_predictor(spec["model"], device=spec["device"], precision=spec["precision"],
+                         refine=spec.get("refine"))
     errors: list[str] = []
     s = run_predict(
         [],
@@ -204,6 +205,7 @@ def run_on_dask(
     threads: int | None = None,
     progress: bool = True,
     log=None,
+    refine: bool | None = None,
 ) -> dict:
     """Segment ``inputs`` on a Dask distributed cluster into ``out_dir``.
 
@@ -253,6 +255,7 @@ def run_on_dask(
         "overwrite": overwrite,
         "mask_format": mask_format,
         "threads": threads,
+        "refine": refine,
     }
     own = None
     if hasattr(scheduler, "submit"):

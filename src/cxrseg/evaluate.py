@@ -485,6 +485,7 @@ def evaluate_model(
     precision: str = "auto",
     postprocess: bool = False,
     thresholds: float | str | dict[str, float] | None = None,
+    refine: bool | None = None,
 ) -> EvalResult:
     """Segment a dataset's cases with a model and measure the result.
 
@@ -511,6 +512,9 @@ def evaluate_model(
     thresholds : float, str or dict, optional
         Override the checkpoints' thresholds: one value, region -> value, or a string as
         :func:`cxrseg.predict.parse_thresholds` reads (regions not named keep their own).
+    refine : bool, optional
+        The clavicles' native-resolution refinement (:class:`cxrseg.predict.Predictor`'s
+        ``refine``: by default used when the checkpoint has one).
 
     Returns
     -------
@@ -520,7 +524,7 @@ def evaluate_model(
     from .predict import get_predictor, parse_thresholds
 
     paths = _expand_checkpoints(checkpoint)
-    predictors = [get_predictor(p, device=device, precision=precision) for p in paths]
+    predictors = [get_predictor(p, device=device, precision=precision, refine=refine) for p in paths]
     owner = _region_owners(predictors)
     wanted = tuple(r for r in REGIONS if r in owner) if regions is None else parse_regions(regions)
     missing = [r for r in wanted if r not in owner]

@@ -237,12 +237,16 @@ def _resolve_out(out: str | os.PathLike) -> Path:
 
 
 def _predictor(checkpoint, device, precision, *, cache: bool = True):
-    """The prediction engine for a checkpoint (``cache=False`` for throw-away candidates)."""
+    """The prediction engine for a checkpoint (``cache=False`` for throw-away candidates).
+
+    Always the whole-film model alone: the source and the candidates are compared like for
+    like, without the source's clavicle refinement (:mod:`cxrseg.refine`), which a new
+    checkpoint does not have."""
     from .predict import Predictor, get_predictor
 
     if cache:
-        return get_predictor(checkpoint, device=device, precision=precision)
-    return Predictor(checkpoint, device=device, precision=precision)
+        return get_predictor(checkpoint, device=device, precision=precision, refine=False)
+    return Predictor(checkpoint, device=device, precision=precision, refine=False)
 
 
 def _binarise(probs: dict, thresholds: dict) -> dict[str, np.ndarray]:

@@ -167,6 +167,11 @@ class Predictor:
         variable ``CXRSEG_COMPILE=1``. The first batches are slow while it compiles.
     autotune_budget : float, optional
         Seconds the first-use measurement may take (default 3 on a CPU, 5 on a GPU).
+    refine : bool, optional
+        Refine the clavicles at the masks' native resolution with the network stored
+        beside the checkpoint (:mod:`cxrseg.refine`). ``None`` (default): when there is
+        one and the environment variable ``CXRSEG_REFINE`` is not ``0``; ``True``: it must
+        be there; ``False``: the whole-film model alone.
 
     Attributes
     ----------
@@ -187,6 +192,8 @@ class Predictor:
         With ``auto`` precision: the choice and the times measured for the alternatives.
     thresholds : dict
         The checkpoint's per-region thresholds (0.5 unless calibrated).
+    refiner : cxrseg.refine.Refiner or None
+        The native-resolution second stage, when it is used.
 
     Raises
     ------
@@ -204,6 +211,7 @@ class Predictor:
         channels_last=None,
         compile: bool | None = None,
         autotune_budget: float | None = None,
+        refine: bool | None = None,
     ):
         import torch
 
@@ -265,6 +273,58 @@ class Predictor:
             self.compiled = True
         self._lock = threading.Lock()
         self._pinned: dict = {}
+        self.refiner = self._load_refiner(refine)
+
+    def _load_refiner(self, refine: bool | None):
+        from .model import CheckpointError
+        from .refine import Refiner, find_refiner, refine_enabled, refiner_path
+
+        refine = refine_enabled(refine)
+        if refine is None and find_refiner(self.path) is None:
+            return None
+        if refine is False:
+            return None
+        path = refiner_path(self.path)
+        if not path.is_file():
+            raise CheckpointError(
+                f"checkpoint {self.path.name} has no refinement network (expected {path})"
+            )
+        ref = Refiner(path, device=self.device, precision=self.precision, channels_last=self.channels_last)
+        missing = [r for r in ref.spec.regions if r not in self.regions]
+        if missing:
+            raise CheckpointError(
+                f"{path}: refines {', '.join(missing)}, which {self.path.name} does not predict"
+            )
+        return ref
+
+    @property
+    def refine_id(self) -> str | None:
+        """The model id of the refinement network in use, or ``None``."""
+        return None if self.refiner is None else self.refiner.model_id
+
+    def refine_native(self, image, native, names) -> None:
+        """Refine, in place, the rows of ``native`` (``(R, rows, cols)`` probabilities of
+        ``image`` for the regions ``names``) that the refinement network covers."""
+        if self.refiner is None:
+            return
+        probs = {r: native[j] for j, r in enumerate(names) if r in self.refiner.spec.regions}
+        if not probs:
+            return
+        import torch
+
+        img = as_unit_image(image)
+        if img.shape != tuple(native.shape[-2:]):  # a film decoded at another size
+            import torch.nn.functional as F
+
+            t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+            img = F.interpolate(t, size=tuple(native.shape[-2:]), mode="bilinear", align_corners=False,
+                                antialias=True)[0, 0].numpy()
+        with self._lock:
+            new = self.refiner.refine(img, probs)
+        with torch.inference_mode():
+            for j, r in enumerate(names):
+                if r in new:
+                    native[j] = new[r].to(native.device)
 
     def _prepared(self, model, precision: str, channels_last: bool, *, copy: bool = True):
         """``model`` (or a copy) in the weights' type and memory layout of a precision."""
@@ -306,7 +366,8 @@ class Predictor:
     def __repr__(self) -> str:
         return (
             f"Predictor({str(self.path)!r}, regions={self.regions}, device={self.device}, "
-            f"precision={self.precision!r}, model_id={self.model_id!r})"
+            f"precision={self.precision!r}, model_id={self.model_id!r}, "
+            f"refine={self.refine_id!r})"
         )
 
     # ----------------------------------------------------------------- building blocks
@@ -445,6 +506,7 @@ class Predictor:
             prob = self.forward(np.stack([p[0] for p in pre]), regions=names)
             for i, (_, info) in enumerate(pre):
                 native = self.to_native(prob[i], info)
+                self.refine_native(chunk[i], native, names)
                 if dtype == np.float16:
                     native = native.half()
                 arr = native.cpu().numpy()
@@ -494,6 +556,10 @@ class LazyPredictor:
         self._on_load = on_load
         self._real: Predictor | None = None
         self._lock = threading.Lock()
+        from .refine import refine_id_for
+
+        #: the refinement network's model id (from its header), or None
+        self.refine_id = refine_id_for(self.path, kwargs.get("refine"))
 
     @property
     def loaded(self) -> bool:
@@ -524,14 +590,14 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 4
 
 
-def get_predictor(checkpoint=None, *, device="auto", precision="auto") -> Predictor:
+def get_predictor(checkpoint=None, *, device="auto", precision="auto", refine: bool | None = None) -> Predictor:
     """A :class:`Predictor`, cached: the same checkpoint file (resolved path and
     modification time), device and precision give the same object. Thread-safe.
 
     ``precision="auto"`` is the measured choice of :mod:`cxrseg.autotune` (measured on
     the first use of a model on a device, then read from the user cache). A checkpoint
     rewritten on disk (a new modification time) is loaded afresh. The cache keeps the
-    four most recently used predictors.
+    four most recently used predictors. ``refine`` is :class:`Predictor`'s.
     """
     from .device import select_device
 
@@ -543,13 +609,19 @@ def get_predictor(checkpoint=None, *, device="auto", precision="auto") -> Predic
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if prec == "fp16" and dev.type == "cpu":
         prec = "fp32"
-    key = (str(path), st.st_mtime_ns, st.st_size, str(dev), prec)
+    from .refine import refine_enabled, refiner_path
+
+    refine = refine_enabled(refine)
+    rp = refiner_path(path)
+    rst = rp.stat() if rp.is_file() and refine is not False else None
+    key = (str(path), st.st_mtime_ns, st.st_size, str(dev), prec, refine,
+           None if rst is None else (rst.st_mtime_ns, rst.st_size))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
             return hit
-        pred = Predictor(path, device=str(dev), precision=prec)
+        pred = Predictor(path, device=str(dev), precision=prec, refine=refine)
         _CACHE[key] = pred
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)

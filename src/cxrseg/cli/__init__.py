@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("cxrseg.cli.evaluate", "Jaccard, Dice, contour distance and HD95 per case and region"),
     "predict": ("cxrseg.cli.predict", "segment images and folders; write masks, heatmaps and a CSV"),
     "predict-merge": ("cxrseg.cli.predict_merge", "join the CSVs of a sharded predict run (--num-parts) into one"),
+    "refine-train": ("cxrseg.cli.refine_train", "train the clavicles' native-resolution refinement for a checkpoint"),
     "finetune": ("cxrseg.cli.finetune", "fine-tune a checkpoint on corrected masks with replay"),
     "bench": ("cxrseg.cli.bench", "benchmark the prediction engine against the study's per-region baseline"),
     "export": ("cxrseg.cli.export", "write a checkpoint for shipping (fp16, evaluation summary in metadata)"),

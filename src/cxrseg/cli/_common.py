@@ -89,3 +89,14 @@ def train_config_from_args(args, regions):
         early_stopping_patience=args.early_stopping,
         val_fraction=getattr(args, "val_fraction", None),
     )
+
+
+def add_refine_argument(p: argparse.ArgumentParser) -> None:
+    """``--refine/--no-refine``: the clavicles' native-resolution second stage."""
+    p.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refine the clavicles at the masks' native resolution with the network stored beside "
+        "the checkpoint (default: when the checkpoint has one; CXRSEG_REFINE=0 turns it off)",
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_data_argument, require_data
+from ._common import add_data_argument, add_refine_argument, require_data
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep each mask's largest component and fill holes before measuring",
     )
+    add_refine_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -77,6 +78,7 @@ def run_cli(args) -> int:
             regions=args.regions,
             device=args.device,
             precision=args.precision,
+            refine=args.refine,
             progress=progress,
             postprocess=args.postprocess,
             thresholds=args.thresholds,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..batch import DEFAULT_MAX_OUTPUT_SIDE, OutputWriteError, check_out_dir, collect_inputs, run_predict
 from . import EXIT_OUTPUT
+from ._common import add_refine_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,6 +66,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: the fastest precision and memory layout as measured on this machine on first "
         "use of the model (a few seconds, then cached); an explicit value always wins",
     )
+    add_refine_argument(p)
     p.add_argument(
         "--compile",
         action="store_true",
@@ -200,7 +202,8 @@ def run_cli(args) -> int:
         if not args.quiet:
             how = f" (auto: {p.autotune.describe()})" if getattr(p, "autotune", None) is not None else ""
             print(
-                f"model {p.path.name} ({p.model_id}), device {p.device}, precision {p.precision}{how}",
+                f"model {p.path.name} ({p.model_id}), device {p.device}, precision {p.precision}{how}"
+                + (f", clavicles refined ({p.refine_id})" if p.refine_id else ""),
                 file=sys.stderr,
             )
 
@@ -210,6 +213,7 @@ def run_cli(args) -> int:
         device=args.device,
         precision=args.precision,
         compile=getattr(args, "compile", None) or None,
+        refine=getattr(args, "refine", None),
         on_load=announce,
     )
     predictor.select(args.regions)  # a region the model lacks: before any weight is read
@@ -273,6 +277,7 @@ def _run_dask(args) -> int:
         overwrite=args.overwrite,
         mask_format=args.mask_format,
         progress=not args.quiet,
+        refine=getattr(args, "refine", None),
     )
     print(
         f"{s['total']} image(s): {s['predicted']} segmented, {s['skipped']} already done, {s['failed']} failed "

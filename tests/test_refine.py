@@ -1,0 +1,287 @@
+"""The clavicles' native-resolution refinement: windows, mirroring, training, and its use by
+predict(), the batch engine and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from _tiny_model import make_tiny_checkpoint  # noqa: E402
+
+from cxrseg.model import CheckpointError, read_metadata  # noqa: E402
+from cxrseg.refine import (  # noqa: E402
+    Refiner,
+    RefineSpec,
+    RefineTrainConfig,
+    Window,
+    cut,
+    find_refiner,
+    locate,
+    paste,
+    refiner_path,
+    train_refiner_iter,
+)
+
+CLAV = ("left_clavicle", "right_clavicle")
+
+
+def _blob(shape, top, left, h, w):
+    p = np.zeros(shape, np.float32)
+    p[top : top + h, left : left + w] = 0.9
+    return p
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def test_locate_fits_the_crop_at_the_grids_scale():
+    spec = RefineSpec()
+    win = locate(_blob((1024, 1024), 200, 600, 100, 220), spec)
+    assert win.shape == spec.crop  # fits with the margin: native scale, no resize
+    assert win.top <= 200 - spec.margin and win.bottom >= 300 + spec.margin
+    assert win.left <= 600 - spec.margin and win.right >= 820 + spec.margin
+    # a clavicle too big for the crop gets a larger window of the crop's aspect
+    big = locate(_blob((1024, 1024), 100, 300, 200, 330), spec)
+    assert big.shape[0] > spec.crop[0] and big.shape[1] > spec.crop[1]
+    assert big.top <= 100 - spec.margin and big.right >= 630 + spec.margin
+    assert abs(big.shape[1] / big.shape[0] - spec.crop[1] / spec.crop[0]) < 0.02
+    # a 2048 film: the same anatomy covers twice the pixels, so does the window
+    w2 = locate(_blob((2048, 2048), 400, 1200, 200, 440), spec)
+    assert w2.shape == (2 * spec.crop[0], 2 * spec.crop[1])
+
+
+def test_locate_uses_the_largest_component_and_nothing_gives_none():
+    spec = RefineSpec()
+    p = _blob((1024, 1024), 200, 600, 100, 220)
+    p[900:905, 10:15] = 0.8  # a stray speck must not stretch the window
+    assert locate(p, spec).shape == spec.crop
+    assert locate(np.full((1024, 1024), 0.3, np.float32), spec) is None
+
+
+def test_cut_and_paste_reach_outside_the_film():
+    a = torch.arange(100, dtype=torch.float32).view(10, 10)
+    win = Window(-2, 7, 3, 12)
+    c = cut(a, win)
+    assert c.shape == (5, 5)
+    assert torch.equal(c[2:, :3], a[0:3, 7:10]) and c[:2].abs().sum() == 0 and c[:, 3:].abs().sum() == 0
+    b = torch.zeros(10, 10)
+    paste(b, torch.ones(5, 5), win)
+    assert b.sum() == 9 and b[0:3, 7:10].sum() == 9
+
+
+# ----------------------------------------------------------------------------- a tiny trained refiner
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A phantom dataset, a tiny whole-film model and a refiner trained for one epoch."""
+    from cxrseg.phantom import phantom_case_id, write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("refine")
+    ds = root / "ds"
+    write_phantom_dataset(ds, 6, size=256)
+    cases = [phantom_case_id(i + 1) for i in range(6)]
+    ck = make_tiny_checkpoint(root / "model" / "tiny.safetensors", metadata={"train_cases": cases[:5],
+                                                                             "val_cases": cases[5:]})
+    cfg = RefineTrainConfig(epochs=1, batch_size=4, precision="fp32")
+    events = list(train_refiner_iter(ds, root / "run", first_stage=ck, config=cfg,
+                                     selection_cases=cases[:1], device="cpu"))
+    return {"root": root, "ds": ds, "ck": ck, "cases": cases, "events": events, "run": root / "run"}
+
+
+def test_training_writes_a_refiner_with_its_settings(trained):
+    ev = trained["events"]
+    assert [e.kind for e in ev if e.kind != "step"][-2:] == ["epoch", "done"]
+    done = ev[-1]
+    assert done.best_epoch == 1 and done.path.is_file()
+    meta = read_metadata(done.path)
+    assert meta["refine"]["regions"] == list(CLAV)
+    assert meta["refine"]["first_stage"] == read_metadata(trained["ck"])["model_id"]
+    assert meta["config"]["in_channels"] == 4 and meta["config"]["extra_channels"] == 1
+    assert meta["selection_cases"] == trained["cases"][:1]
+    assert set(meta["train_cases"]) == set(trained["cases"][1:5])  # never the validation case
+    hist = json.loads((trained["run"] / "history.json").read_text())
+    assert len(hist["history"]) == 1 and set(hist["baseline"]) == set(CLAV)
+
+
+def test_training_refuses_the_first_stages_validation_cases(trained):
+    with pytest.raises(ValueError, match="validation cases"):
+        next(iter(train_refiner_iter(trained["ds"], trained["root"] / "bad", first_stage=trained["ck"],
+                                     cases=trained["cases"], device="cpu")))
+
+
+def test_resume_continues_the_history(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    cfg = RefineTrainConfig(epochs=2, batch_size=4, precision="fp32")
+    ev = list(train_refiner_iter(trained["ds"], run, first_stage=trained["ck"], config=cfg,
+                                 selection_cases=trained["cases"][:1], resume=True, device="cpu"))
+    epochs = [e.epoch for e in ev if e.kind == "epoch"]
+    assert epochs == [2]  # epoch 1 was not trained again
+    assert len(json.loads((run / "history.json").read_text())["history"]) == 2
+
+
+@pytest.fixture()
+def installed(trained, tmp_path):
+    """The tiny model with its refiner beside it, in a fresh folder."""
+    ck = tmp_path / "m" / "tiny.safetensors"
+    ck.parent.mkdir()
+    shutil.copyfile(trained["ck"], ck)
+    shutil.copyfile(trained["events"][-1].path, refiner_path(ck))
+    return ck
+
+
+def _film(seed=3, size=256):
+    from cxrseg.phantom import make_phantom
+
+    return make_phantom(seed, size=size)
+
+
+def test_predictor_uses_the_refiner_beside_the_checkpoint(installed, trained):
+    from cxrseg.predict import Predictor
+
+    assert find_refiner(installed) == refiner_path(installed)
+    assert find_refiner(trained["ck"]) is None
+    on = Predictor(installed, device="cpu", precision="fp32")
+    off = Predictor(installed, device="cpu", precision="fp32", refine=False)
+    assert on.refiner is not None and on.refine_id == read_metadata(refiner_path(installed))["model_id"]
+    assert off.refiner is None and off.refine_id is None
+    case = _film()
+    # a first stage that finds each clavicle: its map is the phantom's mask
+    native = torch.from_numpy(np.stack([case.masks[r].astype(np.float32) for r in on.regions]))
+    base = native.clone()
+    on.refine_native(case.image, native, on.regions)
+    for j, r in enumerate(on.regions):
+        if r in CLAV:
+            win = locate(base[j].numpy(), on.refiner.spec)
+            changed = (native[j] != base[j]).numpy()
+            assert changed.any(), r
+            inside = np.zeros_like(changed)
+            inside[max(win.top, 0) : win.bottom, max(win.left, 0) : win.right] = True
+            assert not (changed & ~inside).any(), f"{r}: changed outside its window"
+        else:
+            assert torch.equal(native[j], base[j]), r
+    # the public API runs it too (the tiny first stage may find no clavicle: then nothing changes)
+    a, b = on.predict(case.image), off.predict(case.image)
+    for r in on.regions:
+        if r not in CLAV:
+            assert np.array_equal(a[r], b[r]), r
+
+
+def test_mirroring_keeps_the_side(installed):
+    """A right clavicle is refined as the mirror image of a left one: mirrored film and map in,
+    the same result mirrored out."""
+    ref = Refiner(refiner_path(installed), device="cpu", precision="fp32")
+    case = _film(seed=4)
+    img = case.image.astype(np.float32)
+    prior = torch.from_numpy(case.masks["left_clavicle"].astype(np.float32) * 0.9)
+    left = ref.refine(img, {"left_clavicle": prior})["left_clavicle"]
+    right = ref.refine(img[:, ::-1].copy(), {"right_clavicle": prior.flip(-1)})["right_clavicle"]
+    assert torch.allclose(left, right.flip(-1), atol=1e-5)
+    # and the network is not symmetric itself: refining the left map as if it were a right
+    # clavicle (no mirroring on the way) gives another answer
+    wrong = ref.refine(img, {"right_clavicle": prior})["right_clavicle"]
+    assert not torch.allclose(left, wrong, atol=1e-3)
+
+
+def test_batch_engine_equals_predict_with_refinement(installed, tmp_path):
+    from PIL import Image
+
+    from cxrseg.batch import run_predict
+    from cxrseg.io import read_image
+    from cxrseg.predict import Predictor, threshold
+
+    pred = Predictor(installed, device="cpu", precision="fp32")
+    case = _film(seed=5)
+    (tmp_path / "in").mkdir()
+    Image.fromarray((case.image * 255).astype(np.uint8)).save(tmp_path / "in" / "p5.png")
+    img = read_image(tmp_path / "in" / "p5.png").data
+    want = threshold(pred.predict(img), pred.thresholds)
+    for heat in (False, True):
+        out = tmp_path / f"out{heat}"
+        run_predict([tmp_path / "in"], out, predictor=pred, postprocess=False, progress=False, heatmaps=heat,
+                    workers=0)
+        for r in pred.regions:
+            got = np.asarray(Image.open(out / "masks" / r / "p5.png")) > 0
+            assert np.array_equal(got, want[r]), (heat, r)
+        marker = json.loads((out / ".done" / "p5.json").read_text())
+        assert marker["options"]["refine"] == pred.refine_id
+    # a run without the refiner does not count the refined outputs as done
+    off = Predictor(installed, device="cpu", precision="fp32", refine=False)
+    s = run_predict([tmp_path / "in"], tmp_path / "outFalse", predictor=off, postprocess=False, progress=False,
+                    workers=0)
+    assert s.predicted == 1 and s.skipped == 0
+
+
+def test_refine_switches_and_bad_refiners(installed, trained, tmp_path, monkeypatch):
+    from cxrseg.predict import Predictor, get_predictor
+
+    with pytest.raises(CheckpointError, match="no refinement network"):
+        Predictor(trained["ck"], device="cpu", precision="fp32", refine=True)
+    monkeypatch.setenv("CXRSEG_REFINE", "0")
+    assert Predictor(installed, device="cpu", precision="fp32").refiner is None
+    assert get_predictor(installed, device="cpu", precision="fp32").refiner is None
+    monkeypatch.delenv("CXRSEG_REFINE")
+    assert get_predictor(installed, device="cpu", precision="fp32").refiner is not None
+    # a whole-film checkpoint put where the refiner belongs: refused, naming the file
+    shutil.copyfile(installed, refiner_path(installed))
+    with pytest.raises(CheckpointError, match=r"tiny\.refine\.safetensors.*not a refinement network"):
+        Predictor(installed, device="cpu", precision="fp32")
+    # a truncated refiner: refused, naming the file
+    refiner_path(installed).write_bytes(b"\x00" * 12)
+    with pytest.raises(CheckpointError, match=r"tiny\.refine\.safetensors"):
+        Predictor(installed, device="cpu", precision="fp32")
+
+
+def test_model_config_extra_channels():
+    from cxrseg.config import ModelConfig
+
+    cfg = ModelConfig(in_channels=4, extra_channels=1, regions=("left_clavicle",))
+    assert ModelConfig.from_dict({**cfg.__dict__}).extra_channels == 1
+    with pytest.raises(ValueError, match="in_channels"):
+        ModelConfig(in_channels=4)
+    with pytest.raises(ValueError, match="extra_channels"):
+        ModelConfig(extra_channels=-1)
+
+
+def test_cli_refine_train_install_and_switch(trained, tmp_path, capsys):
+    from PIL import Image
+
+    from cxrseg.cli import main
+
+    ck = tmp_path / "m" / "tiny.safetensors"
+    ck.parent.mkdir()
+    shutil.copyfile(trained["ck"], ck)
+    rc = main(["refine-train", "--data", str(trained["ds"]), "--model", str(ck), "--out", str(tmp_path / "run"),
+               "--epochs", "1", "--batch-size", "4", "--selection-cases", trained["cases"][0],
+               "--device", "cpu", "--install"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "installed ->" in out
+    assert find_refiner(ck) is not None
+    case = _film(seed=6)
+    (tmp_path / "in").mkdir()
+    Image.fromarray((case.image * 255).astype(np.uint8)).save(tmp_path / "in" / "a.png")
+    for flag in ("--refine", "--no-refine"):
+        assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / flag), "--model", str(ck),
+                     "--device", "cpu", "--precision", "fp32", "--workers", "0", "--quiet", flag]) == 0
+    on = json.loads((tmp_path / "--refine" / ".done" / "a.json").read_text())
+    off = json.loads((tmp_path / "--no-refine" / ".done" / "a.json").read_text())
+    assert on["options"]["refine"] == read_metadata(refiner_path(ck))["model_id"]
+    assert "refine" not in off["options"]
+    # the wrong data folder: a clear error
+    capsys.readouterr()
+    rc = main(["refine-train", "--data", str(tmp_path / "nowhere"), "--model", str(ck), "--out", str(tmp_path / "r2"),
+               "--epochs", "1", "--device", "cpu"])
+    assert rc != 0 and "nowhere: dataset folder not found" in capsys.readouterr().err
+
+
+def test_cli_help_lists_refine_train():
+    from cxrseg.cli import build_parser
+
+    assert "refine-train" in build_parser().format_help()
