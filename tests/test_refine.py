@@ -126,6 +126,52 @@ def test_resume_continues_the_history(trained, tmp_path):
     assert len(json.loads((run / "history.json").read_text())["history"]) == 2
 
 
+def test_out_of_fold_maps_train_and_choose_the_epoch(trained, tmp_path):
+    """With k-fold models, crops also get a map from a model that did not train on them, and
+    the selection cases are scored with such maps."""
+    import shutil as sh
+
+    from cxrseg.refine import read_prior_folds
+
+    cases = trained["cases"][:5]
+    folds = tmp_path / "folds"
+    groups = [cases[:3], cases[3:]]
+    for k, g in enumerate(groups):
+        # an untrained fold model of the same architecture stands in for a real one
+        make_tiny_checkpoint(folds / f"fold{k}" / "best.safetensors", seed=10 + k)
+    (folds / "folds.json").write_text(json.dumps({"folds": groups}))
+    assert read_prior_folds(folds)[cases[4]] == folds / "fold1" / "best.safetensors"
+    cfg = RefineTrainConfig(epochs=1, batch_size=4, precision="fp32", oof_prior_p=1.0)
+    ev = list(train_refiner_iter(trained["ds"], tmp_path / "run", first_stage=trained["ck"], config=cfg,
+                                 selection_cases=cases[:1], device="cpu", prior_folds=folds))
+    meta = read_metadata(ev[-1].path)
+    assert meta["metrics"]["selection_maps"] == "out-of-fold"
+    # the baseline is the out-of-fold model's own score, not the first stage's
+    assert ev[-1].baseline != trained["events"][-1].baseline
+    # a case no fold holds, a missing fold model, a broken folds.json: clear errors
+    with pytest.raises(ValueError, match="no fold holds"):
+        next(iter(train_refiner_iter(trained["ds"], tmp_path / "r2", first_stage=trained["ck"], config=cfg,
+                                     cases=cases, selection_cases=cases[:1], device="cpu",
+                                     prior_folds=_folds_without(folds, cases[4], tmp_path))))
+    sh.rmtree(folds / "fold1")
+    with pytest.raises(FileNotFoundError, match=r"fold1.best\.safetensors: not found"):
+        read_prior_folds(folds)
+    (folds / "folds.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="folds.json: expected"):
+        read_prior_folds(folds)
+
+
+def _folds_without(folds, case, tmp_path):
+    """A copy of ``folds`` whose folds.json leaves ``case`` out."""
+    import shutil as sh
+
+    dst = tmp_path / "folds-less"
+    sh.copytree(folds, dst)
+    groups = json.loads((dst / "folds.json").read_text())["folds"]
+    (dst / "folds.json").write_text(json.dumps({"folds": [[c for c in g if c != case] for g in groups]}))
+    return dst
+
+
 @pytest.fixture()
 def installed(trained, tmp_path):
     """The tiny model with its refiner beside it, in a fresh folder."""

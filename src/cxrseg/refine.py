@@ -34,6 +34,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -371,6 +372,9 @@ class RefineTrainConfig:
     prior_blur: float = 4.0  # grid pixels (sigma up to)
     prior_shift: float = 6.0  # grid pixels, each way
     prior_drop: float = 0.1  # probability of an empty first-stage channel
+    #: with out-of-fold maps (``prior_folds``): the probability that a training crop gets
+    #: the out-of-fold map instead of the first stage's own (in-sample) one
+    oof_prior_p: float = 0.5
     selection_fraction: float = 0.125
     seed: int = 0
     precision: str = "auto"  # training autocast: auto = bf16 on CPUs that have it
@@ -392,6 +396,7 @@ class _Sample:
     image: np.ndarray  # (Hc, Wc) float16, context at crop scale
     prior: np.ndarray  # (Hc, Wc) float16
     target: np.ndarray  # (Hc, Wc) float16
+    prior_oof: np.ndarray | None = None  # (Hc, Wc) float16: an out-of-fold model's map
 
 
 @dataclass
@@ -411,9 +416,11 @@ class RefineEvent:
     message: str = ""
 
 
-def _context_sample(case, region, image, prior, target, spec: RefineSpec, context: float) -> _Sample | None:
+def _context_sample(case, region, image, prior, target, spec: RefineSpec, context: float,
+                    prior_oof=None) -> _Sample | None:
     """One training sample: the window the first stage gives, grown by ``context``,
-    resized so the window is the crop, mirrored to the canonical side."""
+    resized so the window is the crop, mirrored to the canonical side (``prior_oof``, an
+    out-of-fold model's map, is cut the same way)."""
     import torch
 
     win = locate(prior, spec)
@@ -428,12 +435,35 @@ def _context_sample(case, region, image, prior, target, spec: RefineSpec, contex
     cy, cx = (win.top + win.bottom) / 2.0, (win.left + win.right) / 2.0
     big = Window(int(round(cy - gh / 2)), int(round(cx - gw / 2)), 0, 0)
     big = Window(big.top, big.left, big.top + gh, big.left + gw)
-    stack = torch.from_numpy(np.stack([image, prior, target]).astype(np.float32))
+    layers = [image, prior, target] + ([prior_oof] if prior_oof is not None else [])
+    stack = torch.from_numpy(np.stack(layers).astype(np.float32))
     arr = _resize(cut(stack, big)[None], (H, W))[0]
     if spec.mirrored(region):
         arr = arr.flip(-1)
     a = arr.numpy().astype(np.float16)
-    return _Sample(case, region, a[0], a[1], a[2])
+    return _Sample(case, region, a[0], a[1], a[2], a[3] if prior_oof is not None else None)
+
+
+def read_prior_folds(folder) -> dict[str, Path]:
+    """Case -> the checkpoint of the fold model that did *not* train on it, from a folder
+    of k-fold models (``folds.json`` with ``{"folds": [[case, ...], ...]}`` and
+    ``fold<k>/best.safetensors``, as ``benchmarks/quality_folds.py`` writes)."""
+    folder = Path(folder)
+    f = folder / "folds.json"
+    try:
+        folds = json.loads(f.read_text())["folds"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{f}: not found (expected folds.json and fold<k>/best.safetensors)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{f}: expected {{\"folds\": [[case, ...], ...]}} ({exc})") from None
+    out: dict[str, Path] = {}
+    for k, members in enumerate(folds):
+        ck = folder / f"fold{k}" / "best.safetensors"
+        if not ck.is_file():
+            raise FileNotFoundError(f"{ck}: not found (the model of fold {k} in {f})")
+        for c in members:
+            out[str(c)] = ck
+    return out
 
 
 def _augment(batch, cfg: RefineTrainConfig, spec: RefineSpec, gen):
@@ -537,7 +567,7 @@ def train_refiner_iter(
     config: RefineTrainConfig | None = None,
     resume: bool = False,
     device: str = "auto",
-    log=None,
+    prior_folds=None,
 ) -> Iterator[RefineEvent]:
     """Train a refinement network for ``first_stage`` (default: the shipped model);
     yield :class:`RefineEvent` s.
@@ -549,6 +579,12 @@ def train_refiner_iter(
     there (Jaccard at the masks' resolution, refined vs the first stage alone) and the
     best epoch is written to ``out_dir/refine.safetensors``. ``out_dir/last.state``
     is written every epoch; ``resume=True`` continues from it.
+
+    The first stage trained on these cases, so its maps of them are better than on new
+    films. ``prior_folds`` (a folder of k-fold models, :func:`read_prior_folds`) gives each
+    case a map from a model that did not train on it: training crops then get that map
+    with probability ``config.oof_prior_p``, and the selection cases are scored with it
+    (the first stage's baseline there too), so the epoch is not chosen on in-sample maps.
     """
     import torch
 
@@ -593,6 +629,22 @@ def train_refiner_iter(
             "the refinement must not train or choose settings on them"
         )
 
+    oof_of: dict[str, Path] = {}
+    if prior_folds is not None:
+        oof_of = read_prior_folds(prior_folds)
+        lacking = [c for c in cases if c not in oof_of]
+        if lacking:
+            raise ValueError(f"{prior_folds}: no fold holds {', '.join(lacking[:5])}")
+    oof_preds: dict[Path, Any] = {}
+
+    def oof_maps(cid, img):
+        ck = oof_of.get(cid)
+        if ck is None:
+            return None
+        if ck not in oof_preds:
+            oof_preds[ck] = Predictor(ck, device=str(dev), precision="fp32", refine=False)
+        return oof_preds[ck].predict(img, regions=spec.regions)
+
     # ---- samples: the first stage's maps of every case, cut around each clavicle
     yield RefineEvent("prepare", message=f"first-stage maps of {len(cases)} cases")
     samples: list[_Sample] = []
@@ -602,18 +654,22 @@ def train_refiner_iter(
         img = as_unit_image(case.load_image().data)
         masks = case.load_masks(spec.regions, shape=img.shape)
         probs = first.predict(img, regions=spec.regions)
+        oof = oof_maps(cid, img)
         if cid in selection_cases:
-            maps = {r: probs[r].astype(np.float16) for r in spec.regions}
+            src = oof if oof is not None else probs
+            maps = {r: src[r].astype(np.float16) for r in spec.regions}
             selection.append((cid, img.astype(np.float16), maps, masks))
         else:
             for r in spec.regions:
                 if not cfg.mirror and spec.mirrored(r):
                     continue
-                s = _context_sample(cid, r, img, probs[r], masks[r], spec, cfg.context)
+                s = _context_sample(cid, r, img, probs[r], masks[r], spec, cfg.context,
+                                    None if oof is None else oof[r])
                 if s is not None:
                     samples.append(s)
         yield RefineEvent("prepare", step=k + 1, steps=len(cases))
     del first
+    oof_preds.clear()  # the fold models are not needed any more
     if not samples:
         raise ValueError("no training samples (no case has clavicle masks)")
 
@@ -664,6 +720,8 @@ def train_refiner_iter(
         torch.set_rng_state(st["rng"])
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + start)
     stack = torch.from_numpy(np.stack([np.stack([s.image, s.prior, s.target]) for s in samples]).astype(np.float32))
+    has_oof = all(s.prior_oof is not None for s in samples)
+    oof_stack = torch.from_numpy(np.stack([s.prior_oof for s in samples]).astype(np.float32)) if has_oof else None
 
     baseline = {r: float(np.mean([_jaccard(p[r] >= 0.5, m[r]) for _, _, p, m in selection])) for r in spec.regions}
 
@@ -675,7 +733,12 @@ def train_refiner_iter(
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if len(idx) == 0:
                 continue
-            img, prior, target = _augment(stack[idx], cfg, spec, gen)
+            batch = stack[idx]
+            if oof_stack is not None:  # some crops get the out-of-fold map
+                use = torch.rand(len(idx), generator=gen) < cfg.oof_prior_p
+                batch = batch.clone()
+                batch[use, 1] = oof_stack[idx][use]
+            img, prior, target = _augment(batch, cfg, spec, gen)
             x = network_input(img, prior, mcfg.mean, mcfg.std).to(dev).contiguous(memory_format=torch.channels_last)
             with autocast(dev, prec):
                 logits = model(x)
@@ -713,7 +776,8 @@ def train_refiner_iter(
                     "val_cases": list(meta.get("val_cases") or []),
                     "data": Path(data_root).name,  # the folder's name: no machine path in a model file
                     "epoch": epoch + 1,
-                    "metrics": {"selection_jaccard": means, "first_stage_selection_jaccard": baseline},
+                    "metrics": {"selection_jaccard": means, "first_stage_selection_jaccard": baseline,
+                                "selection_maps": "out-of-fold" if oof_of else "first stage (in-sample)"},
                     "history": history,
                     "parent_id": spec.first_stage,
                 }

@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selection-cases", default=None,
                    help="of those, the ones kept aside to choose the epoch (default: a seeded "
                         f"{d.selection_fraction:g} of them)")
+    p.add_argument("--prior-folds", default=None, metavar="DIR",
+                   help="k-fold models of the training cases (folds.json, fold<k>/best.safetensors, as "
+                        "benchmarks/quality_folds.py writes): crops also get maps from a model that did not train "
+                        "on them, and the epoch is chosen on such maps")
     p.add_argument("--epochs", type=int, default=d.epochs,
                    help="passes over the training crops (a larger value on --resume stretches the schedule)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="crops per step")
@@ -59,7 +63,7 @@ def run_cli(args) -> int:
     for ev in train_refiner_iter(
         args.data, args.out, first_stage=args.model, cases=parse_case_list(args.cases),
         selection_cases=parse_case_list(args.selection_cases), config=cfg, resume=args.resume,
-        device=args.device,
+        device=args.device, prior_folds=args.prior_folds,
     ):
         if ev.kind == "prepare" and ev.steps:
             print(f"\rfirst-stage maps: {ev.step}/{ev.steps}", end="\n" if ev.step == ev.steps else "",
