@@ -219,6 +219,17 @@ def test_predictor_uses_the_refiner_beside_the_checkpoint(installed, trained):
             assert np.array_equal(a[r], b[r]), r
 
 
+def test_evaluate_says_whether_the_clavicles_were_refined(installed, trained):
+    from cxrseg.evaluate import evaluate_model
+
+    on = evaluate_model(installed, trained["ds"], device="cpu", precision="fp32", regions="clavicles")
+    off = evaluate_model(installed, trained["ds"], device="cpu", precision="fp32", regions="clavicles", refine=False)
+    rid = read_metadata(refiner_path(installed))["model_id"]
+    assert on.refine_ids == [rid] and off.refine_ids == [None]
+    assert f"refinement network {rid}" in on.format_table()
+    assert "no clavicle refinement" in off.format_table()
+
+
 def test_mirroring_keeps_the_side(installed):
     """A right clavicle is refined as the mirror image of a left one: mirrored film and map in,
     the same result mirrored out."""

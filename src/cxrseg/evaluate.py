@@ -268,6 +268,8 @@ class EvalResult:
     thresholds: dict[str, float] = field(default_factory=dict)
     postprocessed: bool = False
     notes: list[str] = field(default_factory=list)
+    #: model id of each checkpoint's clavicle refinement network (``None``: not used)
+    refine_ids: list = field(default_factory=list)
 
     @property
     def units(self) -> str:
@@ -323,6 +325,11 @@ class EvalResult:
             f"Evaluation of {ck} (model {', '.join(self.model_ids) or '?'}) "
             f"on {len(self.cases)} case(s): "
             f"{self.case_source}"
+        )
+        refined = [r for r in self.refine_ids if r]
+        lines.append(
+            f"clavicles refined at native resolution (refinement network {', '.join(refined)})"
+            if refined else "no clavicle refinement (the whole-film model alone)"
         )
         th = ", ".join(f"{r}={v:g}" for r, v in self.thresholds.items())
         lines.append(
@@ -565,6 +572,7 @@ def evaluate_model(
         case_source=source,
         checkpoints=[str(p) for p in paths],
         model_ids=[pr.model_id for pr in predictors],
+        refine_ids=[getattr(pr, "refine_id", None) for pr in predictors],
         thresholds=th,
         postprocessed=bool(postprocess),
         notes=notes,
