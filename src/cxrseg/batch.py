@@ -625,6 +625,12 @@ class _Runner:
         th = torch.tensor(
             [self.th[r] for r in self.regions], dtype=torch.float32, device=prob.device
         ).view(-1, 1, 1)
+        try:
+            self._refine(items, prob)
+        except Exception as exc:  # refined one case at a time below, each failing alone
+            for _c, item in items:
+                item.pop("refined", None)
+            self.log(f"cxrseg predict: refining the batch at once failed ({_reason(exc)}); one case at a time")
         for k, (c, item) in enumerate(items):
             if self.fatal is not None:
                 break  # the output folder cannot be written: stop at once
@@ -649,11 +655,45 @@ class _Runner:
                         self.fatal = exc
         return len(items)
 
+    def _refined_rows(self) -> list[int]:
+        refiner = getattr(self.pred, "refiner", None)
+        return [] if refiner is None else [j for j, r in enumerate(self.regions) if r in refiner.spec.regions]
+
+    def _refine(self, items: list[tuple[_Case, dict]], prob) -> None:
+        """The refined regions' maps at the written size, for a whole batch at once (the
+        crops of all its films share the refinement network's passes): ``item["refined"]``."""
+        import torch
+
+        rows = self._refined_rows()
+        if not rows:
+            return
+        names = [self.regions[j] for j in rows]
+        films, natives = [], []
+        with torch.inference_mode():
+            for k, (_c, item) in enumerate(items):
+                info = self._info(item)
+                natives.append(self.pred.to_native(prob[k][rows], info))
+                films.append(item["image"])
+        self.pred.refine_natives(films, natives, names)
+        for (_c, item), sub in zip(items, natives, strict=True):
+            item["refined"] = sub
+
+    def _info(self, item: dict):
+        """Where the film sits in the model's input, at the size its masks are written."""
+        from .transforms import PadInfo
+
+        h0, w0 = item["shape"]
+        h, w = output_shape((h0, w0), self.max_output_side)
+        if (h, w) == (h0, w0) and item.get("decoded_shape", (h0, w0)) == (h0, w0):
+            return PadInfo(*item["info"])
+        side = max(h, w)  # a huge input: masks at the documented smaller size
+        return PadInfo((side - h) // 2, (side - w) // 2, h, w)
+
     def _finish_one(self, c: _Case, item: dict, prob, th, clean) -> list[dict]:
         """Write one case's files and its done-marker; its CSV rows."""
         h0, w0 = item["shape"]
         h, w = output_shape((h0, w0), self.max_output_side)
-        masks, heat, qcols = self._masks(c, item, prob, th, clean, (h0, w0), (h, w))
+        masks, heat, qcols = self._masks(c, item, prob, th, clean)
         sp = item["spacing"]
         if sp is not None and (h, w) != (h0, w0):
             sp = (sp[0] * h0 / h, sp[1] * w0 / w)
@@ -684,28 +724,26 @@ class _Runner:
             self.done += 1
         return [r for r in rows if r["region"] in self.regions]
 
-    def _masks(self, c: _Case, item: dict, prob, th, clean, shape0, shape):
+    def _masks(self, c: _Case, item: dict, prob, th, clean):
         """Probabilities at the written size -> ``(masks, float16 maps or None, quality
         columns)``; the float32 maps are not kept while the files are written."""
         import torch
 
-        from .transforms import PadInfo
-
-        (h0, w0), (h, w) = shape0, shape
-        if (h, w) == (h0, w0) and item.get("decoded_shape", (h0, w0)) == (h0, w0):
-            info = PadInfo(*item["info"])
-        else:  # a huge input: masks at the documented smaller size
-            side = max(h, w)
-            info = PadInfo((side - h) // 2, (side - w) // 2, h, w)
+        info = self._info(item)
         need_maps = bool(self.heatmaps or self.heatmap_png or self.quality)
         native = heat = None
-        refiner = getattr(self.pred, "refiner", None)
-        refined = [] if refiner is None else [j for j, r in enumerate(self.regions) if r in refiner.spec.regions]
+        refined = self._refined_rows()
+        sub = item.pop("refined", None)  # the batch's refinement (None: do it here)
+        names = [self.regions[j] for j in refined]
+        if refined and sub is None:
+            with torch.inference_mode():
+                sub = self.pred.to_native(prob[refined], info)
+            self.pred.refine_native(item["image"], sub, names)
         with torch.inference_mode():
             if need_maps:
                 native = self.pred.to_native(prob, info)  # (R, H, W) float32
-                if refined:
-                    self.pred.refine_native(item["image"], native, self.regions)
+                for k, j in enumerate(refined):
+                    native[j] = sub[k]
                 masks_t = native >= th
                 heat = native.half().cpu().numpy() if self.heatmaps or self.heatmap_png else None
                 masks_np = masks_t.cpu().numpy()
@@ -714,12 +752,8 @@ class _Runner:
                 from .transforms import output_masks
 
                 masks_np = output_masks(prob, info, [self.th[r] for r in self.regions])
-                if refined:  # the refined regions: their maps at native size, refined
-                    names = [self.regions[j] for j in refined]
-                    sub = self.pred.to_native(prob[refined], info)
-                    self.pred.refine_native(item["image"], sub, names)
-                    for k, j in enumerate(refined):
-                        masks_np[j] = (sub[k] >= self.th[names[k]]).cpu().numpy()
+                for k, j in enumerate(refined):  # the refined regions: from their refined maps
+                    masks_np[j] = (sub[k] >= self.th[names[k]]).cpu().numpy()
         masks = {r: masks_np[j] for j, r in enumerate(self.regions)}
         if self.postprocess:
             masks = clean(masks)

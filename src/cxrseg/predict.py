@@ -305,26 +305,36 @@ class Predictor:
     def refine_native(self, image, native, names) -> None:
         """Refine, in place, the rows of ``native`` (``(R, rows, cols)`` probabilities of
         ``image`` for the regions ``names``) that the refinement network covers."""
+        self.refine_natives([image], [native], names)
+
+    def refine_natives(self, images, natives, names) -> None:
+        """:meth:`refine_native` for several films at once (their crops share the
+        network's forward passes)."""
         if self.refiner is None:
-            return
-        probs = {r: native[j] for j, r in enumerate(names) if r in self.refiner.spec.regions}
-        if not probs:
             return
         import torch
 
-        img = as_unit_image(image)
-        if img.shape != tuple(native.shape[-2:]):  # a film decoded at another size
-            import torch.nn.functional as F
+        rows = [(j, r) for j, r in enumerate(names) if r in self.refiner.spec.regions]
+        if not rows:
+            return
+        films, maps = [], []
+        for image, native in zip(images, natives, strict=True):
+            img = as_unit_image(image)
+            if img.shape != tuple(native.shape[-2:]):  # a film decoded at another size
+                import torch.nn.functional as F
 
-            t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-            img = F.interpolate(t, size=tuple(native.shape[-2:]), mode="bilinear", align_corners=False,
-                                antialias=True)[0, 0].numpy()
+                t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+                img = F.interpolate(t, size=tuple(native.shape[-2:]), mode="bilinear", align_corners=False,
+                                    antialias=True)[0, 0].numpy()
+            films.append(img)
+            maps.append({r: native[j] for j, r in rows})
         with self._lock:
-            new = self.refiner.refine(img, probs)
+            new = self.refiner.refine_many(films, maps)
         with torch.inference_mode():
-            for j, r in enumerate(names):
-                if r in new:
-                    native[j] = new[r].to(native.device)
+            for native, got in zip(natives, new, strict=True):
+                for j, r in rows:
+                    if r in got:
+                        native[j] = got[r].to(native.device)
 
     def _prepared(self, model, precision: str, channels_last: bool, *, copy: bool = True):
         """``model`` (or a copy) in the weights' type and memory layout of a precision."""
@@ -504,9 +514,9 @@ class Predictor:
             chunk = images[start : start + bs]
             pre = [self.preprocess(im) for im in chunk]
             prob = self.forward(np.stack([p[0] for p in pre]), regions=names)
-            for i, (_, info) in enumerate(pre):
-                native = self.to_native(prob[i], info)
-                self.refine_native(chunk[i], native, names)
+            natives = [self.to_native(prob[i], info) for i, (_, info) in enumerate(pre)]
+            self.refine_natives(chunk, natives, names)
+            for native in natives:
                 if dtype == np.float16:
                     native = native.half()
                 arr = native.cpu().numpy()

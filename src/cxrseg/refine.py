@@ -298,6 +298,9 @@ class Refiner:
         with torch.inference_mode(), autocast(self.device, self.precision):
             return self.model(x).float()
 
+    #: crops per forward pass of the network
+    BATCH = 16
+
     def refine(self, image, probs: dict) -> dict:
         """Refine the regions of one film.
 
@@ -315,39 +318,45 @@ class Refiner:
             The refined maps of the regions that were refined (a region the first stage
             did not find is left out, and its map stays the first stage's).
         """
+        return self.refine_many([image], [probs])[0]
+
+    def refine_many(self, images: Sequence, probs: Sequence[dict]) -> list[dict]:
+        """:meth:`refine` for several films, their crops batched through the network
+        (:attr:`BATCH` per pass). Returns one dict per film."""
         import torch
 
-        todo = [r for r in self.spec.regions if r in probs]
-        if not todo:
-            return {}
-        img = torch.as_tensor(image).to(self.device, torch.float32)
-        crops, wins = [], []
-        for r in todo:
-            prior = probs[r]
-            win = locate(prior.detach().float().cpu().numpy(), self.spec)
-            if win is None:
+        crops, where = [], []
+        for k, (image, maps) in enumerate(zip(images, probs, strict=True)):
+            todo = [r for r in self.spec.regions if r in maps]
+            if not todo:
                 continue
-            pair = torch.stack([cut(img, win), cut(prior.to(self.device, torch.float32), win)])[None]
-            pair = _resize(pair, self.spec.crop)
-            if self.spec.mirrored(r):
-                pair = pair.flip(-1)
-            crops.append(pair[0])
-            wins.append((r, win))
+            img = torch.as_tensor(image).to(self.device, torch.float32)
+            for r in todo:
+                prior = maps[r]
+                win = locate(prior.detach().float().cpu().numpy(), self.spec)
+                if win is None:
+                    continue
+                pair = torch.stack([cut(img, win), cut(prior.to(self.device, torch.float32), win)])[None]
+                pair = _resize(pair, self.spec.crop)
+                if self.spec.mirrored(r):
+                    pair = pair.flip(-1)
+                crops.append(pair[0])
+                where.append((k, r, win))
+        out: list[dict] = [{} for _ in images]
         if not crops:
-            return {}
-        batch = torch.stack(crops)
+            return out
         with torch.inference_mode():
+            batch = torch.stack(crops)
             x = network_input(batch[:, :1], batch[:, 1:], self.config.mean, self.config.std)
-            logits = self.logits(x)
-            out = {}
-            for k, (r, win) in enumerate(wins):
-                lg = logits[k : k + 1]
+            logits = torch.cat([self.logits(x[i : i + self.BATCH]) for i in range(0, len(x), self.BATCH)])
+            for j, (k, r, win) in enumerate(where):
+                lg = logits[j : j + 1]
                 if self.spec.mirrored(r):
                     lg = lg.flip(-1)
                 lg = _resize(lg, win.shape)[0, 0]
-                new = probs[r].to(self.device, torch.float32).clone()
+                new = probs[k][r].to(self.device, torch.float32).clone()
                 paste(new, torch.sigmoid(lg), win)
-                out[r] = new
+                out[k][r] = new
         return out
 
 

@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="k-fold models of the training cases (folds.json, fold<k>/best.safetensors, as "
                         "benchmarks/quality_folds.py writes): crops also get maps from a model that did not train "
                         "on them, and the epoch is chosen on such maps")
+    p.add_argument("--oof-prior-p", type=float, default=d.oof_prior_p,
+                   help="with --prior-folds: the share of training crops that get the fold model's map")
     p.add_argument("--epochs", type=int, default=d.epochs,
                    help="passes over the training crops (a larger value on --resume stretches the schedule)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="crops per step")
@@ -57,8 +59,10 @@ def run_cli(args) -> int:
         torch.set_num_threads(int(args.threads))
     cfg = RefineTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        mirror=not args.no_mirror, warm_start=not args.no_warm_start,
+        mirror=not args.no_mirror, warm_start=not args.no_warm_start, oof_prior_p=args.oof_prior_p,
     )
+    if not 0.0 <= args.oof_prior_p <= 1.0:
+        raise ValueError(f"--oof-prior-p must be in [0, 1], got {args.oof_prior_p}")
     done = None
     for ev in train_refiner_iter(
         args.data, args.out, first_stage=args.model, cases=parse_case_list(args.cases),
