@@ -219,6 +219,27 @@ def test_predictor_uses_the_refiner_beside_the_checkpoint(installed, trained):
             assert np.array_equal(a[r], b[r]), r
 
 
+def test_a_film_twice_the_grid_is_refined_in_the_same_place(installed):
+    """A 2048-px film (a raw JSRT .IMG) is refined in windows twice as large in its pixels,
+    resized to the crop: the result is the 1024-px film's, upsampled, up to resampling."""
+    import torch.nn.functional as F
+
+    ref = Refiner(refiner_path(installed), device="cpu", precision="fp32")
+    case = _film(seed=4, size=512)
+    img = case.image.astype(np.float32)
+    prior = torch.from_numpy(case.masks["left_clavicle"].astype(np.float32) * 0.9)
+    small = ref.refine(img, {"left_clavicle": prior})["left_clavicle"]
+    big_img = np.repeat(np.repeat(img, 2, 0), 2, 1)
+    big = ref.refine(big_img, {"left_clavicle": prior.repeat_interleave(2, 0).repeat_interleave(2, 1)})
+    big = big["left_clavicle"]
+    assert big.shape == (1024, 1024)
+    down = F.avg_pool2d(big[None, None], 2)[0, 0]
+    win = locate(prior.numpy(), ref.spec)
+    inside = small[win.top : win.bottom, win.left : win.right] >= 0.5
+    assert 0.02 < inside.float().mean() < 0.98  # the window holds both classes: the check can fail
+    assert ((down >= 0.5) != (small >= 0.5)).float().mean() < 0.01
+
+
 def test_evaluate_says_whether_the_clavicles_were_refined(installed, trained):
     from cxrseg.evaluate import evaluate_model
 
