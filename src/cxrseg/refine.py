@@ -537,12 +537,6 @@ def _augment(batch, cfg: RefineTrainConfig, spec: RefineSpec, gen):
     return img.clamp(0, 1), prior, (out[:, 2:3] >= 0.5).float()
 
 
-def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    inter = np.logical_and(a, b).sum()
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(inter) / float(union)
-
-
 def _warm_state(first_stage_state: dict, config, canonical_index: int) -> dict:
     """The whole-film model's weights reshaped for the refinement network: the extra
     input channel's first-layer weights start at zero, the head keeps one region's row."""
@@ -558,12 +552,6 @@ def _warm_state(first_stage_state: dict, config, canonical_index: int) -> dict:
             v = v[canonical_index : canonical_index + 1]
         state[k] = v
     return state
-
-
-def _save_state(path: Path, state: dict) -> None:
-    from .model import save_training_state
-
-    save_training_state(state, path)
 
 
 def train_refiner_iter(
@@ -601,7 +589,15 @@ def train_refiner_iter(
     from .dataset import DatasetIndex
     from .device import autocast, select_device, tune_allocator
     from .losses import BCEJaccardLoss
-    from .model import build_model, load_checkpoint, load_training_state, read_metadata, save_checkpoint
+    from .metrics import jaccard as _jaccard
+    from .model import (
+        build_model,
+        load_checkpoint,
+        load_training_state,
+        read_metadata,
+        save_checkpoint,
+        save_training_state,
+    )
     from .predict import Predictor, as_unit_image
     from .train import seed_everything
 
@@ -793,8 +789,7 @@ def train_refiner_iter(
             )
             save_checkpoint(model, mcfg, out / "refine.safetensors", metadata=meta_best)
         tmp.unlink(missing_ok=True)
-        _save_state(
-            last,
+        save_training_state(
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -805,6 +800,7 @@ def train_refiner_iter(
                 "history": json.dumps(history),
                 "rng": torch.get_rng_state(),
             },
+            last,
         )
         (out / "history.json").write_text(json.dumps({"baseline": baseline, "history": history}, indent=1))
         yield RefineEvent("epoch", epoch=epoch + 1, epochs=cfg.epochs, loss=float(np.mean(losses)),
