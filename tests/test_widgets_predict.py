@@ -124,6 +124,28 @@ def test_predict_subset_of_regions(viewer, qtbot, phantom_root, tiny_ckpt):
     assert set(np.unique(viewer.layers["PHANTOM001 prediction"].data)) <= {0, 2, 4}
 
 
+def test_a_slow_summary_of_the_previous_model_does_not_overwrite_the_current(viewer, qtbot, tiny_ckpt, monkeypatch):
+    """The dock reads the shipped model's header when it opens; a model chosen right after
+    must stay on the label even when that first read finishes last."""
+    import time
+
+    from napari_cxrseg._widgets import _predict
+
+    real = _predict.model_summary
+
+    def slow_default(checkpoint):
+        if checkpoint is None:
+            time.sleep(1.5)
+        return real(checkpoint)
+
+    monkeypatch.setattr(_predict, "model_summary", slow_default)
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    qtbot.waitUntil(lambda: "tiny" in w.model_label.text(), timeout=30_000)
+    qtbot.wait(3000)  # the shipped model's summary has come back by now
+    assert "tiny" in w.model_label.text()
+    assert w.model_info["path"].endswith("tiny.safetensors")
+
+
 def test_refine_box_follows_the_model_and_reaches_the_predictor(viewer, qtbot, phantom_root, tiny_ckpt, tmp_path):
     import shutil
 

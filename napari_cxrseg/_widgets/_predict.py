@@ -281,8 +281,13 @@ class PredictWidget(QWidget):
 
     def _read_model(self):
         self.model_label.setText("Reading model …")
-        return start_worker(model_summary, self.session.checkpoint, context="Read model", progress=False,
-                            returned=self._show_model, errored=self._model_error, sync=self.session.synchronous)
+        ck = self.session.checkpoint
+        # a summary of a model the session has left since (read more slowly than the next
+        # one's) must not overwrite the current model's
+        return start_worker(model_summary, ck, context="Read model", progress=False,
+                            returned=lambda info: self._show_model(info) if ck == self.session.checkpoint else None,
+                            errored=lambda exc: self._model_error(exc) if ck == self.session.checkpoint else None,
+                            sync=self.session.synchronous)
 
     def _show_model(self, info: dict) -> None:
         self.model_info = info
