@@ -90,8 +90,15 @@ def test_bad_options_are_usage_errors(capsys):
 
 @pytest.mark.slow
 def test_process_sections_print_their_ratios(tmp_path, capsys):
-    """Cold start and whole-process throughput (child processes; tiny model and images)."""
+    """Cold start and whole-process throughput (child processes; tiny model and images);
+    a model with a refinement network is timed with it (its passes counted in the model
+    time) and without it."""
+    from _tiny_model import make_tiny_refiner
+
+    from cxrseg.refine import refiner_path
+
     ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    make_tiny_refiner(refiner_path(ckpt))
     rc = _bench("--smoke", "--only", "coldstart,throughput", "--model", ckpt, "--images", "2",
                 "--json", tmp_path / "b.json")
     assert rc == 0
@@ -103,7 +110,10 @@ def test_process_sections_print_their_ratios(tmp_path, capsys):
     res = json.loads((tmp_path / "b.json").read_text())
     assert res["coldstart"]["reference_s"] > 0 and res["coldstart"]["ratio"] > 0
     run = res["throughput"]["runs"]["given"]
-    assert run["whole_s"] > 0 and run["speedup_vs_baseline"] > 0
+    assert run["whole_s"] > 0 and run["speedup_vs_baseline"] > 0 and run["refine"] is True
+    assert res["throughput"]["runs"]["given-no-refine"]["refine"] is False
+    assert re.search(r"cxrseg predict given \(64 px \+ refinement, ", text)
+    assert re.search(r"cxrseg predict given-no-refine \(64 px, ", text)
 
 
 def test_refine_section_prints_its_cost_ratios(tmp_path, capsys):

@@ -63,6 +63,35 @@ def test_locate_uses_the_largest_component_and_nothing_gives_none():
     assert locate(np.full((1024, 1024), 0.3, np.float32), spec) is None
 
 
+def test_locate_labels_inside_the_box_of_all_components():
+    """The components are labelled inside the bounding box of all pixels above the level:
+    the same window as labelling the whole map."""
+    from scipy import ndimage
+
+    from cxrseg.refine import _largest_component, grid_scale
+
+    def whole_map(prob, spec):
+        mask = _largest_component(prob >= spec.level)
+        ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+        s = grid_scale(prob.shape, spec.grid)
+        z = max(1.0, ((y1 - y0) * s + 2 * spec.margin) / spec.crop[0], ((x1 - x0) * s + 2 * spec.margin) / spec.crop[1])
+        h, w = max(1, int(round(spec.crop[0] * z / s))), max(1, int(round(spec.crop[1] * z / s)))
+        top, left = int(round((y0 + y1) / 2.0 - h / 2.0)), int(round((x0 + x1) / 2.0 - w / 2.0))
+        return (top, left, top + h, left + w)
+
+    spec = RefineSpec()
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        p = ndimage.gaussian_filter(rng.random((int(rng.integers(40, 300)), int(rng.integers(40, 300)))),
+                                    rng.uniform(1, 6))
+        p = (p - p.min()) / (np.ptp(p) + 1e-9) * rng.uniform(0.6, 1.3)
+        if not (p >= spec.level).any():
+            continue
+        win = locate(p, spec)
+        assert (win.top, win.left, win.bottom, win.right) == whole_map(p, spec)
+
+
 def test_cut_and_paste_reach_outside_the_film():
     a = torch.arange(100, dtype=torch.float32).view(10, 10)
     win = Window(-2, 7, 3, 12)
@@ -299,11 +328,12 @@ def test_batch_engine_equals_predict_with_refinement(installed, tmp_path, monkey
             marker = json.loads((out / ".done" / f"{n}.json").read_text())
             assert marker["options"]["refine"] == pred.refine_id
 
-    for heat in (False, True):
+    # the films decoded in this process, and in a worker process (sent through shared memory)
+    for heat, workers in ((False, 0), (True, 0), (False, 1)):
         calls.clear()
-        out = tmp_path / f"out{heat}"
+        out = tmp_path / f"out{heat}{workers}"
         run_predict([tmp_path / "in"], out, predictor=pred, postprocess=False, progress=False, heatmaps=heat,
-                    workers=0, batch_size=2)
+                    workers=workers, batch_size=2)
         assert sorted(calls) == [1, 2]  # one call per batch: the films of a batch together
         check(out)
 

@@ -270,7 +270,28 @@ def _reason(exc: BaseException) -> str:
     return msg if isinstance(exc, ValueError) else f"{type(exc).__name__}: {msg}"
 
 
+_ARRAYS = ("input", "image")
+
+
 def _collate(batch):
+    """A worker's batch as it is sent to the main process: the arrays as torch tensors,
+    which travel through shared memory instead of being pickled through a pipe."""
+    import torch
+
+    for item in batch:
+        for k in _ARRAYS:
+            if isinstance(item.get(k), np.ndarray):
+                item[k] = torch.from_numpy(item[k])
+    return batch
+
+
+def _as_arrays(batch):
+    """Undo :func:`_collate` in the main process (no copy)."""
+    for item in batch:
+        for k in _ARRAYS:
+            v = item.get(k)
+            if v is not None and not isinstance(v, np.ndarray):
+                item[k] = v.numpy()
     return batch
 
 
@@ -625,12 +646,6 @@ class _Runner:
         th = torch.tensor(
             [self.th[r] for r in self.regions], dtype=torch.float32, device=prob.device
         ).view(-1, 1, 1)
-        try:
-            self._refine(items, prob)
-        except Exception as exc:  # refined one case at a time below, each failing alone
-            for _c, item in items:
-                item.pop("refined", None)
-            self.log(f"cxrseg predict: refining the batch at once failed ({_reason(exc)}); one case at a time")
         for k, (c, item) in enumerate(items):
             if self.fatal is not None:
                 break  # the output folder cannot be written: stop at once
@@ -659,9 +674,20 @@ class _Runner:
         refiner = getattr(self.pred, "refiner", None)
         return [] if refiner is None else [j for j, r in enumerate(self.regions) if r in refiner.spec.regions]
 
-    def _refine(self, items: list[tuple[_Case, dict]], prob) -> None:
+    def refine(self, items: list[tuple[_Case, dict]], prob) -> None:
         """The refined regions' maps at the written size, for a whole batch at once (the
-        crops of all its films share the refinement network's passes): ``item["refined"]``."""
+        crops of all its films share the refinement network's passes): ``item["refined"]``.
+        Run in the thread of the forward passes, so the two networks do not compete for
+        the CPU's cores. Should it fail, :meth:`finish` refines one case at a time, each
+        failing alone."""
+        try:
+            self._refine(items, prob)
+        except Exception as exc:
+            for _c, item in items:
+                item.pop("refined", None)
+            self.log(f"cxrseg predict: refining the batch at once failed ({_reason(exc)}); one case at a time")
+
+    def _refine(self, items: list[tuple[_Case, dict]], prob) -> None:
         import torch
 
         rows = self._refined_rows()
@@ -1124,7 +1150,7 @@ def _forward(run: _Runner, todo: list[_Case], batch, bar):
     ``(items, probabilities)``, or None when nothing is left to write."""
     good = []
     n_bad = 0
-    for item in batch:
+    for item in _as_arrays(batch):
         c = todo[item["i"]]
         if item["error"] is not None:
             run.error(c.path, c.name, item["error"])
@@ -1178,6 +1204,7 @@ def _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels
             step = _forward(run, todo, batch, bar)
             if step is None:
                 continue
+            run.refine(*step)
             if pool is None:
                 bar.update(run.finish(*step))
             else:

@@ -680,11 +680,16 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
     folder = tmp / "tp" / "in"
     what = _write_pngs(folder, args.images, smoke=args.smoke, data_root=getattr(args, "folder_data", None))
     n = len(list(folder.iterdir()))
-    models = [("given" if args.model is not None else "default", pred)]
+    main = "given" if args.model is not None else "default"
+    # (tag, predictor, refinement on): the model as the CLI runs it by default, and without
+    # its clavicle refinement when it has one
+    models = [(main, pred, getattr(pred, "refiner", None) is not None)]
+    if models[0][2]:
+        models.append((f"{main}-no-refine", pred, False))
     if args.model is None and not args.smoke:
         try:
-            fast = resolve_checkpoint_path("fast")
-            models.append(("fast", Predictor(fast, device=str(pred.device), precision="auto")))
+            fast = Predictor(resolve_checkpoint_path("fast"), device=str(pred.device), precision="auto")
+            models.append(("fast", fast, fast.refiner is not None))
         except Exception:
             pass
     reps = 1 if args.smoke else max(1, getattr(args, "throughput_rounds", 2))
@@ -698,48 +703,62 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
         base_cmd += ["64", "resnet18"]
     bs = args.batch_size
 
-    def engine_cmd(tag, p):
+    def engine_cmd(tag, p, refine):
         return [_sys.executable, "-m", "cxrseg.cli", "predict", str(folder), "--out", str(tmp / "tp" / f"out-{tag}"),
                 "--quiet", "--model", str(p.path), "--device", str(p.device), "--batch-size", str(bs),
-                "--precision", p.precision, "--overwrite"]
+                "--precision", p.precision, "--overwrite", "--refine" if refine else "--no-refine"]
 
-    def model_time(p):
-        """Model-only time of the same number of batch passes, in this process."""
+    def model_time(p, refine):
+        """Model-only time of the same number of batch passes, in this process: the
+        whole-film model's, and the refinement network's on the clavicle crops of each
+        batch (one per clavicle, as the engine batches them) when the model has one."""
+        import torch
+
         sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
         zeros = {b: np.zeros((b, p.input_size, p.input_size), np.float32) for b in set(sizes)}
+        ref = getattr(p, "refiner", None)
+        crops = {}
+        if refine:
+            for b in set(sizes):
+                k = b * len(ref.spec.regions)
+                crops[b] = [torch.zeros((min(ref.BATCH, k - i), len(ref.config.mean) + 1, *ref.spec.crop),
+                                        device=p.device) for i in range(0, k, ref.BATCH)]
         _sync(p.device)
         t0 = time.perf_counter()
         for b in sizes:
             p.forward(zeros[b])
+            for x in crops.get(b, ()):
+                ref.logits(x)
         _sync(p.device)
         return time.perf_counter() - t0
 
-    for _, p in models:  # warm-up: oneDNN kernels of this process
-        p.forward(np.zeros((1, p.input_size, p.input_size), np.float32))
+    for _, p, refine in models:  # warm-up: oneDNN kernels of this process
+        model_time(p, refine)
     t_base_all: list[float] = []
-    t_whole_all: dict = {tag: [] for tag, _ in models}
-    t_model_all: dict = {tag: [] for tag, _ in models}
+    t_whole_all: dict = {tag: [] for tag, _, _ in models}
+    t_model_all: dict = {tag: [] for tag, _, _ in models}
     for _ in range(reps):
         t_base_all.append(_spawn(base_cmd, env)[1])
-        for tag, p in models:
-            t_whole_all[tag].append(_spawn(engine_cmd(tag, p), env)[1])
-            t_model_all[tag].append(model_time(p))
+        for tag, p, refine in models:
+            t_whole_all[tag].append(_spawn(engine_cmd(tag, p, refine), env)[1])
+            t_model_all[tag].append(model_time(p, refine))
     t_base = statistics.median(t_base_all)
     section["baseline_s"] = t_base
     section["baseline_all_s"] = t_base_all
     out(f"    baseline script: 5 per-region fp32 256 px U-Nets, batch 1          {t_base:7.2f} s  "
         f"({n / t_base:5.2f} img/s)")
-    for tag, p in models:
+    for tag, p, refine in models:
         t_whole = statistics.median(t_whole_all[tag])
         t_model = statistics.median(t_model_all[tag])
         section["runs"][tag] = {
             "model": p.path.name, "input_size": p.input_size, "precision": p.precision,
-            "channels_last": p.channels_last, "whole_s": t_whole, "model_s": t_model,
+            "channels_last": p.channels_last, "refine": refine, "whole_s": t_whole, "model_s": t_model,
             "whole_all_s": t_whole_all[tag], "model_all_s": t_model_all[tag],
             "speedup_vs_baseline": t_base / t_whole, "whole_over_model": t_whole / t_model,
         }
+        ref = " + refinement" if refine else ""
         out(
-            f"    cxrseg predict {tag} ({p.input_size} px, {p.precision}"
+            f"    cxrseg predict {tag} ({p.input_size} px{ref}, {p.precision}"
             f"{'/cl' if p.channels_last else ''}, batch {bs}){'':<22s}{t_whole:7.2f} s  ({n / t_whole:5.2f} img/s)"
             f"  x{t_base / t_whole:.2f} the baseline; whole process x{t_whole / t_model:.2f} its model time "
             f"({t_model:.2f} s)"

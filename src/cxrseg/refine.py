@@ -136,11 +136,14 @@ def locate(prob: np.ndarray, spec: RefineSpec = RefineSpec()) -> Window | None:
     in film pixels, or ``None`` when the first stage found nothing above ``spec.level``."""
     prob = np.asarray(prob)
     mask = prob >= spec.level
-    if not mask.any():
-        return None
-    mask = _largest_component(mask)
     ys = np.flatnonzero(mask.any(axis=1))
+    if not len(ys):
+        return None
     xs = np.flatnonzero(mask.any(axis=0))
+    y0, x0 = ys[0], xs[0]  # the components are labelled inside the box of all of them
+    mask = _largest_component(mask[y0 : ys[-1] + 1, x0 : xs[-1] + 1])
+    ys = y0 + np.flatnonzero(mask.any(axis=1))
+    xs = x0 + np.flatnonzero(mask.any(axis=0))
     y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
     s = grid_scale(prob.shape, spec.grid)
     ch, cw = spec.crop
