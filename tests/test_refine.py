@@ -315,7 +315,11 @@ def test_batch_engine_equals_predict_with_refinement(installed, tmp_path, monkey
     want = [threshold(p, pred.thresholds) for p in pred.predict_batch(imgs, batch_size=2)]
     calls = []
     real = pred.refine_natives
-    monkeypatch.setattr(pred, "refine_natives", lambda films, *a: (calls.append(len(films)), real(films, *a))[1])
+    def counted(films, *a, **kw):
+        calls.append(len(films))
+        return real(films, *a, **kw)
+
+    monkeypatch.setattr(pred, "refine_natives", counted)
 
     def check(out, exact=True):
         for n, w in zip(names, want, strict=True):
@@ -337,10 +341,10 @@ def test_batch_engine_equals_predict_with_refinement(installed, tmp_path, monkey
         assert sorted(calls) == [1, 2]  # one call per batch: the films of a batch together
         check(out)
 
-    def fail_batches(films, *a):
+    def fail_batches(films, *a, **kw):
         if len(films) > 1:
             raise RuntimeError("simulated out of memory")
-        return real(films, *a)
+        return real(films, *a, **kw)
 
     monkeypatch.setattr(pred, "refine_natives", fail_batches)
     logged = []

@@ -700,7 +700,7 @@ class _Runner:
                 info = self._info(item)
                 natives.append(self.pred.to_native(prob[k][rows], info))
                 films.append(item["image"])
-        self.pred.refine_natives(films, natives, names)
+        self.pred.refine_natives(films, natives, names, unit=True)  # DecodeDataset's films are unit images
         for (_c, item), sub in zip(items, natives, strict=True):
             item["refined"] = sub
 

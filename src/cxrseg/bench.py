@@ -13,15 +13,18 @@ Sections (all measured in the same process, on the same device, one after the ot
    input (``image_to_input``) against a bare ``numpy.fromfile`` of the same file.
 4. ``folder`` - images per second of ``cxrseg predict``'s pipeline on a folder of phantom
    PNG and ``.IMG`` files, with and without DataLoader workers.
-5. ``coldstart`` - a fresh ``cxrseg predict`` process on one 1024 x 1024 PNG: time from
-   process start to the first mask written, against a fresh process that only imports
-   torch and runs one forward pass of the same model (precision and layout as ``auto``
-   chose); with an empty cache (first use: fold, check and autotune) and a warm one.
+5. ``coldstart`` - a fresh ``cxrseg predict`` process on one 1024 x 1024 PNG (the first
+   image of ``--folder-data ROOT`` when given): time from process start to the first mask
+   written, against a fresh process that only imports torch and runs one forward pass of
+   the same model (precision and layout as ``auto`` chose; with its refinement network's
+   pass on two clavicle crops when the model has one); with an empty cache (first use:
+   fold, check and autotune) and a warm one.
 6. ``throughput`` - whole processes on a folder of real-size images (synthetic 1024 x
    1024 and 2048 x 2048 PNGs, or ``--folder-data ROOT``'s images): the plain per-region
    baseline script (:mod:`cxrseg.bench_baseline`: five fp32 256 px models, batch 1, masks
-   written at native size) against ``cxrseg predict`` with the default model and with
-   ``--model fast``, and each against its model's own forward-pass time.
+   written at native size) against ``cxrseg predict`` with the default model (with and
+   without its clavicle refinement) and with ``--model fast``, and each against its
+   models' own forward-pass time (the refinement network's passes included).
 7. ``accuracy`` (``--accuracy-data ROOT``) - whether bf16 changes the Jaccard index on
    real cases compared with fp32.
 8. ``quality`` - the no-ground-truth quality estimate (``cxrseg.quality``), quick and
@@ -545,7 +548,10 @@ p = Predictor(path, device=device, precision=prec, channels_last=cl)
 x = np.random.default_rng(0).random((1, p.input_size, p.input_size), dtype=np.float32)
 t1 = time.perf_counter()
 p.forward(x).cpu()
-print(json.dumps({"import_done": t_import, "forward_s": time.perf_counter() - t1}))
+r = p.refiner  # the clavicle refinement, when the model has one: its pass on both crops
+if r is not None:
+    r.logits(torch.zeros((len(r.spec.regions), len(r.config.mean) + 1, *r.spec.crop), device=p.device)).cpu()
+print(json.dumps({"import_done": t_import, "forward_s": time.perf_counter() - t1, "refine": r is not None}))
 """
 
 
@@ -576,7 +582,7 @@ def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
     env = _child_env(args)
     env["CXRSEG_CACHE"] = str(tmp / "cold-cache")  # starts empty: the first run is a first use
     one = tmp / "cold" / "in"
-    _write_pngs(one, 1, smoke=args.smoke, data_root=None)
+    what = _write_pngs(one, 1, smoke=args.smoke, data_root=getattr(args, "folder_data", None))
     cl = "1" if pred.channels_last else "0"
     ref_cmd = [_sys.executable, "-c", _REFERENCE_CHILD, str(pred.path), str(pred.device), pred.precision, cl]
     section: dict = {"precision": pred.precision, "channels_last": pred.channels_last, "runs": []}
@@ -592,8 +598,8 @@ def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
         return first - t0, dt
 
     out(
-        f"[5] cold start: a fresh process on one {128 if args.smoke else 1024}^2 PNG "
-        f"({pred.precision}, {'channels_last' if pred.channels_last else 'contiguous'})"
+        f"[5] cold start: a fresh process on one image ({what}; "
+        f"{pred.precision}, {'channels_last' if pred.channels_last else 'contiguous'})"
     )
     first_use, _ = predict_once("first")
     reps = 1 if args.smoke else 2
@@ -602,6 +608,7 @@ def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
         t0, _, txt = _spawn(ref_cmd, env)
         j = json.loads(txt.strip().splitlines()[-1])
         refs.append(j["import_done"] - t0 + j["forward_s"])
+        section["reference_refines"] = bool(j.get("refine"))
         # the precision auto chose in this process: a busy machine's incomplete measurement
         # would otherwise be repeated inside the timed run
         warm.append(predict_once(f"warm{i}", "--precision", pred.precision)[0])
@@ -610,6 +617,8 @@ def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
         {"reference_s": ref, "first_mask_s": w, "first_mask_first_use_s": first_use,
          "ratio": w / ref, "ratio_first_use": first_use / ref}
     )
+    if section.get("reference_refines"):
+        out("    (the reference includes the refinement network's pass on the two clavicle crops)")
     out(f"    python -c 'import torch' + one forward pass (reference)       {ref:7.2f} s")
     out(f"    cxrseg predict: process start -> first mask written           {w:7.2f} s   x{w / ref:.2f} the reference")
     out(

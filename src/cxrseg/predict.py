@@ -307,9 +307,10 @@ class Predictor:
         ``image`` for the regions ``names``) that the refinement network covers."""
         self.refine_natives([image], [native], names)
 
-    def refine_natives(self, images, natives, names) -> None:
+    def refine_natives(self, images, natives, names, *, unit: bool = False) -> None:
         """:meth:`refine_native` for several films at once (their crops share the
-        network's forward passes)."""
+        network's forward passes). ``unit``: the films are already float32 in [0, 1]
+        (:func:`as_unit_image`'s output), so not scanned again."""
         if self.refiner is None:
             return
         import torch
@@ -319,7 +320,7 @@ class Predictor:
             return
         films, maps = [], []
         for image, native in zip(images, natives, strict=True):
-            img = as_unit_image(image)
+            img = image if unit else as_unit_image(image)
             if img.shape != tuple(native.shape[-2:]):  # a film decoded at another size
                 import torch.nn.functional as F
 

@@ -119,8 +119,11 @@ def output_masks(prob, info: PadInfo, thresholds) -> np.ndarray:
     model's size times a power of two (1024 or 2048 px films and a 256 or 512 px model),
     each region is therefore resized only around its pixels above the threshold, with a
     margin of two model pixels: the same sampling positions and weights as the full
-    resize (exact in floating point for these factors), so the same masks, at a fraction
-    of the cost. Other sizes take the full resize.
+    resize (exact in floating point for these factors), at a fraction of the cost. The
+    resize of a small crop can take another loop of torch's kernel, whose rounding may
+    differ from the full resize's in the last bit of float32: a mask pixel can differ only
+    where the probability lies within that bit of the threshold. Other sizes take the full
+    resize.
     """
     import torch
     import torch.nn.functional as F

@@ -98,8 +98,9 @@ def _add_section_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="ROOT",
-        help="throughput section: use the first --images images of ROOT/images (e.g. $CXRSEG_DATA; "
-        "linked from a temporary folder, not copied) instead of synthetic PNGs",
+        help="throughput and refine sections: use the first --images images of ROOT/images (e.g. "
+        "$CXRSEG_DATA; linked from a temporary folder, not copied) instead of synthetic PNGs; the "
+        "coldstart section its first image",
     )
     p.add_argument(
         "--accuracy-cases",
