@@ -565,7 +565,7 @@ def _write_pngs(folder: Path, n: int, *, smoke: bool, data_root: Path | None) ->
         imgs = sorted(p for p in (Path(data_root) / "images").iterdir() if p.suffix.lower() == ".png")[:n]
         for p in imgs:
             (folder / p.name).symlink_to(p.resolve())
-        return f"{len(imgs)} images of {data_root} (linked)"
+        return f"{len(imgs)} image{'' if len(imgs) == 1 else 's'} of {data_root} (linked)"
     base = 128 if smoke else 1024
     for i in range(n):
         im = make_phantom(i, size=base).image
@@ -754,7 +754,7 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
     t_base = statistics.median(t_base_all)
     section["baseline_s"] = t_base
     section["baseline_all_s"] = t_base_all
-    out(f"    baseline script: 5 per-region fp32 256 px U-Nets, batch 1          {t_base:7.2f} s  "
+    out(f"    {'baseline script: 5 per-region fp32 256 px U-Nets, batch 1':<68s} {t_base:7.2f} s  "
         f"({n / t_base:5.2f} img/s)")
     for tag, p, refine in models:
         t_whole = statistics.median(t_whole_all[tag])
@@ -766,9 +766,10 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
             "speedup_vs_baseline": t_base / t_whole, "whole_over_model": t_whole / t_model,
         }
         ref = " + refinement" if refine else ""
+        cl = "/cl" if p.channels_last else ""
+        label = f"cxrseg predict {tag} ({p.input_size} px{ref}, {p.precision}{cl}, batch {bs})"
         out(
-            f"    cxrseg predict {tag} ({p.input_size} px{ref}, {p.precision}"
-            f"{'/cl' if p.channels_last else ''}, batch {bs}){'':<22s}{t_whole:7.2f} s  ({n / t_whole:5.2f} img/s)"
+            f"    {label:<68s} {t_whole:7.2f} s  ({n / t_whole:5.2f} img/s)"
             f"  x{t_base / t_whole:.2f} the baseline; whole process x{t_whole / t_model:.2f} its model time "
             f"({t_model:.2f} s)"
         )
