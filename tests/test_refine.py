@@ -92,6 +92,25 @@ def test_locate_labels_inside_the_box_of_all_components():
         assert (win.top, win.left, win.bottom, win.right) == whole_map(p, spec)
 
 
+def test_worker_batches_travel_as_tensors_and_come_back_as_the_same_arrays():
+    """What a DataLoader worker sends: arrays as tensors (shared memory), flipped or
+    read-only views copied first; the main process gets equal numpy arrays back."""
+    import torch
+
+    from cxrseg.batch import _as_arrays, _collate
+
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ro = base.copy()
+    ro.flags.writeable = False
+    items = [{"i": 0, "input": base[:, ::-1], "image": ro, "error": None},
+             {"i": 1, "error": "bad file"}]
+    sent = _collate([dict(x) for x in items])
+    assert isinstance(sent[0]["input"], torch.Tensor) and isinstance(sent[0]["image"], torch.Tensor)
+    back = _as_arrays(sent)
+    assert np.array_equal(back[0]["input"], base[:, ::-1]) and np.array_equal(back[0]["image"], ro)
+    assert back[1] == {"i": 1, "error": "bad file"}
+
+
 def test_cut_and_paste_reach_outside_the_film():
     a = torch.arange(100, dtype=torch.float32).view(10, 10)
     win = Window(-2, 7, 3, 12)

@@ -280,8 +280,11 @@ def _collate(batch):
 
     for item in batch:
         for k in _ARRAYS:
-            if isinstance(item.get(k), np.ndarray):
-                item[k] = torch.from_numpy(item[k])
+            a = item.get(k)
+            if isinstance(a, np.ndarray) and a.dtype != object:
+                if not (a.flags.c_contiguous and a.flags.writeable):  # e.g. a flipped or read-only view
+                    a = np.array(a)
+                item[k] = torch.from_numpy(a)
     return batch
 
 
