@@ -44,8 +44,25 @@ def _torch_one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_session(tmp_path_factory):
+    """The same private folders for the whole session, in ``os.environ`` itself: a test's
+    ``monkeypatch.undo()`` (which also undoes :func:`_private_cache`) then falls back to
+    these, never to the user's cache, and subprocesses started outside a test inherit them."""
+    base = tmp_path_factory.getbasetemp()
+    saved = {k: os.environ.get(k) for k in ("CXRSEG_CACHE", "CXRSEG_HOME")}
+    os.environ["CXRSEG_CACHE"] = str(base / "cxrseg-cache")
+    os.environ["CXRSEG_HOME"] = str(base / "cxrseg-home")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(autouse=True)
-def _private_cache(monkeypatch, tmp_path_factory):
+def _private_cache(monkeypatch, tmp_path_factory, _private_cache_session):
     """Tests never write into the user's cache or home: arrays and working folders go to tmp."""
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("CXRSEG_CACHE", str(base / "cxrseg-cache"))

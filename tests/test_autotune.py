@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from _tiny_model import make_tiny_checkpoint
@@ -86,10 +87,11 @@ def test_choice_is_cached_and_invalidated_by_torch_model_and_device(monkeypatch)
     assert (again.precision, again.channels_last) == (first.precision, first.channels_last)
     # another model id: measured again
     assert A.choose(dev, **{**kw, "model_id": "other"}).source == "measured"
-    # another torch version: measured again
-    monkeypatch.setattr(torch, "__version__", "9.9.9")
-    assert A.choose(dev, **kw).source == "measured"
-    monkeypatch.undo()
+    # another torch version: measured again (a scoped patch: ``monkeypatch.undo()`` would also
+    # undo the private cache folder of conftest and write into the user's cache)
+    with monkeypatch.context() as m:
+        m.setattr(torch, "__version__", "9.9.9")
+        assert A.choose(dev, **kw).source == "measured"
     assert A.choose(dev, **kw).source == "cache"
     # another device (a different key for the same model): a miss
     key_cpu = A.cache_key(dev, model_id="abc", input_size=64)
@@ -165,3 +167,10 @@ def test_incomplete_measurement_is_repeated_then_kept():
     sources = [A.choose(dev, **kw).source for _ in range(A.MAX_ATTEMPTS + 1)]
     # the budget only fits the first candidate: measured again until MAX_ATTEMPTS, then cached
     assert sources == ["measured"] * A.MAX_ATTEMPTS + ["cache"]
+
+
+def test_a_test_undoing_its_patches_still_writes_into_the_private_cache(monkeypatch):
+    from cxrseg.autotune import cache_file
+
+    monkeypatch.undo()  # also undoes conftest's per-test folders: the session's remain
+    assert Path.home() not in cache_file().parents

@@ -87,8 +87,9 @@ def test_metadata_fields_and_read_without_weights(tmp_path, monkeypatch):
     def no_weights(*a, **k):  # read_metadata must not load the tensors
         raise AssertionError("read_metadata loaded the weights")
 
-    monkeypatch.setattr(safetensors.torch, "load_file", no_weights)
-    meta = read_metadata(path)
+    with monkeypatch.context() as m:  # scoped: undo() would also drop conftest's private cache
+        m.setattr(safetensors.torch, "load_file", no_weights)
+        meta = read_metadata(path)
     for key in (
         "format",
         "config",
@@ -106,7 +107,6 @@ def test_metadata_fields_and_read_without_weights(tmp_path, monkeypatch):
     assert meta["parent_id"] is None
     assert ModelConfig.from_dict(meta["config"]) == cfg
     assert len(meta["model_id"]) == 16
-    monkeypatch.undo()
     # same weights -> same id; other weights -> another id
     again = save_checkpoint(model, cfg, tmp_path / "m2.safetensors")
     assert read_metadata(again)["model_id"] == meta["model_id"]
