@@ -164,6 +164,29 @@ def test_ground_truth_roots_are_refused(dataset, tmp_path):
     assert isinstance(CorrectionError("x"), (CXRSegIOError, ValueError))
 
 
+def test_ground_truth_behind_links_is_protected_where_it_lies(dataset, tmp_path):
+    """Mask files that are links (a dataset assembled from links): the folders they point
+    into are ground truth too, and so is a linked mask folder."""
+    from cxrseg.corrections import _ground_truth_dirs
+
+    real = tmp_path / "elsewhere"
+    (real / "heart").mkdir(parents=True)
+    for f in sorted((dataset / "masks" / "heart").iterdir()):
+        target = real / "heart" / f.name
+        f.rename(target)
+        f.symlink_to(target)
+    linked = tmp_path / "linked-lung"
+    (dataset / "masks" / "left_lung").rename(linked)
+    (dataset / "masks" / "left_lung").symlink_to(linked, target_is_directory=True)
+    dirs = _ground_truth_dirs(dataset.resolve(), (dataset / "corrections").resolve())
+    assert (real / "heart").resolve() in dirs and linked.resolve() in dirs
+    assert (dataset / "masks" / "right_lung").resolve() in dirs
+    assert (dataset / "masks" / "heart").resolve() not in dirs  # only links there now
+    with pytest.raises(CorrectionError, match="ground-truth"):
+        CorrectionStore(real / "heart" / "sub", dataset_root=dataset)
+    CorrectionStore(tmp_path / "store", dataset_root=dataset)  # a folder beside them is fine
+
+
 def test_ground_truth_bytes_unchanged_by_saves(dataset):
     before = _tree_hashes(dataset / "masks")
     store = CorrectionStore.for_dataset(dataset)

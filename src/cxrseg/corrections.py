@@ -276,9 +276,22 @@ def _ground_truth_dirs(dataset_root: Path, store_root: Path) -> set[Path]:
     except CXRSegIOError:
         index = None
     if index is not None:
+        # resolved per folder, not per file (a few calls instead of one per mask file: this
+        # runs on the GUI thread when a case is first shown); a mask file that is itself a
+        # link counts where it points
+        names: dict[Path, set[str]] = {}
         for case in index:
             for p in case.mask_paths.values():
-                d = Path(p).resolve().parent
+                p = Path(p)
+                names.setdefault(p.parent, set()).add(p.name)
+        for parent, files in names.items():
+            try:
+                links = {e.name for e in os.scandir(parent) if e.name in files and e.is_symlink()}
+            except OSError:
+                links = set()
+            found = {parent.resolve()} if files - links else set()
+            found.update((parent / n).resolve().parent for n in links)
+            for d in found:
                 if d == store_root or store_root in d.parents:
                     continue
                 dirs.add(d)
