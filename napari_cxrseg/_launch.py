@@ -1,4 +1,4 @@
-"""``cxrseg-gui``: napari with the cxrseg docks, a case loaded and the model warmed up.
+"""``cxrseg-gui``: napari with the cxrseg docks, a case loaded and predicted.
 
     cxrseg-gui                          # the bundled sample_data/ (or fresh phantoms)
     cxrseg-gui --data /path/to/jsrt-scr --case JPCLN001
@@ -220,7 +220,8 @@ def focus_region(viewer, session, region: str, *, margin: float = 0.8) -> bool:
 
 
 def build_workspace(viewer, *, model: str | None = None, device: str = "auto", predict: bool = True,
-                    postprocess: bool = False, height: int | None = None, docked: dict | None = None) -> dict:
+                    postprocess: bool = False, height: int | None = None, docked: dict | None = None,
+                    warm: bool = True) -> dict:
     """Set up the session of ``viewer`` and add every dock, laid out; returns name -> widget.
 
     Parameters
@@ -237,6 +238,9 @@ def build_workspace(viewer, *, model: str | None = None, device: str = "auto", p
         Window height the layout is made for (default: the window's).
     docked : dict, optional
         Docks already in the window (see :func:`_add_docks`).
+    warm : bool
+        Load the model in the background when predicting (:func:`_warm_model`); ``False``
+        when the caller does that itself.
     """
     from cxrseg.model import default_checkpoint_path
 
@@ -247,16 +251,23 @@ def build_workspace(viewer, *, model: str | None = None, device: str = "auto", p
     session.postprocess = bool(postprocess)
     have_model = model is not None or default_checkpoint_path().is_file()
     session.auto_predict = have_model and bool(predict)
-    if session.auto_predict and os.environ.get("CXRSEG_WARM_MODEL", "1") != "0":
+    if warm and session.auto_predict:
         _warm_model(model, device)
     return _add_docks(viewer, height=height, docked=docked)
 
 
 def _warm_model(model: str | None, device: str) -> None:
-    """Import torch and load the model in a background thread, from the window's first
-    event-loop turn, while the first case is read and shown: the first prediction then only
-    runs the model (the loaded predictor is cached; a failure here is reported by the
-    prediction itself). ``CXRSEG_WARM_MODEL=0`` turns it off."""
+    """With ``CXRSEG_WARM_MODEL=1``: import torch and load the model in a background
+    thread from the next event-loop turn, while the first case is read and shown (the
+    loaded predictor is cached; a failure here is reported by the prediction itself).
+
+    Off by default: the import and the GUI thread's work take turns on the interpreter lock,
+    so the first prediction came no sooner (benchmarks/README.md, "GUI cold start"). Call it
+    when the event loop is about to run (``cxrseg-gui`` does, just before ``napari.run``): a
+    timer due while napari still builds the window starts the import beside that work and
+    shows the window later."""
+    if os.environ.get("CXRSEG_WARM_MODEL", "0") != "1":
+        return
     import threading
 
     def warm() -> None:
@@ -272,7 +283,6 @@ def _warm_model(model: str | None, device: str) -> None:
 
     from qtpy.QtCore import QTimer
 
-    # after the window's first event-loop turn: the window itself appears no later
     QTimer.singleShot(0, lambda: threading.Thread(target=warm, name="cxrseg-warm-model", daemon=True).start())
 
 
@@ -460,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     w, h = size
     widgets = build_workspace(viewer, model=args.model, device=args.device, predict=not args.no_predict,
-                              postprocess=args.postprocess, height=h)
+                              postprocess=args.postprocess, height=h, warm=False)
     session = get_session(viewer)
     viewer.window.resize(w, h)  # the docks' sizes must not override --size
     if not _apply_view_options(viewer, widgets, args):
@@ -480,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     open_data(viewer, widgets, root, args.case)
     if args.screenshot:
         _schedule_screenshot(viewer, session, quality, args, state)
-
+    if session.auto_predict:
+        _warm_model(args.model, args.device)  # from the event loop's first turn: the window first
     napari.run()
     _wind_down(session)
     return state["status"]

@@ -163,3 +163,29 @@ def test_synthetic_note_only_on_phantoms(make_napari_viewer, qtbot, phantom_root
     assert not w.synthetic_note.shown_for_case()
     assert not is_synthetic_case("RG1_UNCR", s.image)
     assert is_synthetic_case("sample", type("I", (), {"meta": {"format": "phantom"}})())
+
+
+@pytest.mark.parametrize("env", [None, "1"])
+def test_background_model_load_only_when_asked_for(qtbot, monkeypatch, tiny_ckpt, env):
+    """``CXRSEG_WARM_MODEL=1``: the model is loaded in a background thread from the next
+    event-loop turn, never before; by default the first prediction loads it."""
+    import threading
+
+    import cxrseg.predict
+    from napari_cxrseg._launch import _warm_model
+
+    loaded: list[tuple[str, str]] = []
+    monkeypatch.setattr(cxrseg.predict, "get_predictor",
+                        lambda model, device: loaded.append((threading.current_thread().name, model)))
+    if env is None:
+        monkeypatch.delenv("CXRSEG_WARM_MODEL", raising=False)
+    else:
+        monkeypatch.setenv("CXRSEG_WARM_MODEL", env)
+    _warm_model(str(tiny_ckpt), "cpu")
+    assert not loaded  # not before the event loop turns
+    if env is None:
+        qtbot.wait(300)
+        assert not loaded
+    else:
+        qtbot.waitUntil(lambda: bool(loaded), timeout=10_000)
+        assert loaded == [("cxrseg-warm-model", str(tiny_ckpt))]
