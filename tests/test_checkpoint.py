@@ -117,6 +117,21 @@ def test_metadata_fields_and_read_without_weights(tmp_path, monkeypatch):
     )
 
 
+def test_reading_the_metadata_does_not_import_torch(tmp_path):
+    """The docks read a model's header while the GUI starts: that must not import torch
+    (whose import then holds every other thread that imports a module it is loading)."""
+    import subprocess
+    import sys
+
+    model, cfg = _model(regions=("heart",))
+    path = save_checkpoint(model, cfg, tmp_path / "m.safetensors")
+    code = ("import sys; from cxrseg.model import read_metadata; from cxrseg.refine import refine_id_for; "
+            f"m = read_metadata({str(path)!r}); refine_id_for({str(path)!r}, True); "
+            "print(m['model_id'], 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == [read_metadata(path)["model_id"], "False"], r.stderr
+
+
 def test_safetensors_without_cxrseg_metadata_is_refused(tmp_path):
     from safetensors.torch import save_file
 

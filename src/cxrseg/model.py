@@ -291,7 +291,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     _check_safetensors_file(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        # the header only: the numpy flavour, because the torch one imports torch
+        with safe_open(str(path), framework="numpy") as fh:
             raw = (fh.metadata() or {}).get("cxrseg")
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path}: unreadable safetensors file ({exc})") from None
@@ -501,7 +502,7 @@ def load_inference_model(path: str | os.PathLike | None = None):
 def _safe_meta(path: Path) -> dict | None:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as fh:
+    with safe_open(str(path), framework="numpy") as fh:  # the header only (no torch import)
         return fh.metadata()
 
 
