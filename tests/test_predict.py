@@ -128,7 +128,7 @@ def test_fp16_on_cpu_falls_back_to_fp32(ckpt):
 
     assert Predictor(ckpt, device="cpu", precision="fp16").precision == "fp32"
     with pytest.raises(ValueError, match="precision"):
-        Predictor(ckpt, device="cpu", precision="int8")
+        Predictor(ckpt, device="cpu", precision="int4")
 
 
 # ----------------------------------------------------------------------------- checkpoints

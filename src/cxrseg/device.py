@@ -124,10 +124,10 @@ def resolve_precision(precision: str, device) -> str:
 
 
 def autocast(device, precision: str):
-    """An autocast context for ``precision`` (``fp32`` -> no autocast)."""
+    """An autocast context for ``precision`` (``bf16``, ``fp16``; any other -> none)."""
     import torch
 
-    if precision == "fp32":
+    if precision not in ("bf16", "fp16"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)

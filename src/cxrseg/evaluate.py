@@ -41,6 +41,7 @@ __all__ = [
     "REFERENCES",
     "REFERENCE_SOURCES",
     "EvalResult",
+    "compare_predictors",
     "evaluate_model",
     "evaluate_masks",
     "mask_spacing",
@@ -657,3 +658,66 @@ def _spacing_notes(spacing_src: dict[str, int]) -> list[str]:
             "their contour distances are in pixels"
         )
     return notes
+
+
+def _prob_to_grid(prob: np.ndarray, shape) -> np.ndarray:
+    """A probability map resized to a mask grid (area down, bilinear up)."""
+    if prob.shape == tuple(shape):
+        return prob
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
+    mode = "area" if prob.shape[0] >= shape[0] else "bilinear"
+    kw = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(t, size=tuple(shape), mode=mode, **kw)[0, 0].numpy()
+
+
+def compare_predictors(reference, other, cases, *, progress: Callable[[int], None] | None = None) -> dict:
+    """How far ``other``'s masks are from ``reference``'s (two predictors of the same
+    checkpoint, e.g. fp32 and a lower precision) on ``cases`` with ground truth.
+
+    Masks are thresholded at the reference's thresholds on the masks' grid, without
+    post-processing. Per region: the reference's mean Jaccard against the truth, the mean
+    and largest change of that Jaccard under ``other``, and the Jaccard between the two
+    predictions (mean, min). ``max_abs_mean_delta`` is the largest mean change."""
+    from .metrics import jaccard
+    from .predict import threshold
+
+    if not cases:
+        raise ValueError("no case to compare on")
+    regs = list(reference.regions)
+    th = reference.thresholds
+    j_ref: dict[str, list[float]] = {r: [] for r in regs}
+    delta: dict[str, list[float]] = {r: [] for r in regs}
+    agree: dict[str, list[float]] = {r: [] for r in regs}
+    for i, c in enumerate(cases, start=1):
+        img = c.load_image().data
+        truth = c.load_masks(regs)
+        a = reference.predict(img)
+        b = other.predict(img)
+        for r in regs:
+            shape = truth[r].shape
+            ma = threshold({r: _prob_to_grid(a[r], shape)}, th)[r]
+            mb = threshold({r: _prob_to_grid(b[r], shape)}, th)[r]
+            ja, jb = jaccard(ma, truth[r]), jaccard(mb, truth[r])
+            j_ref[r].append(ja)
+            delta[r].append(jb - ja)
+            agree[r].append(jaccard(ma, mb))
+        if progress is not None:
+            progress(i)
+    regions = {
+        r: {
+            "jaccard_reference": float(np.mean(j_ref[r])),
+            "delta_mean": float(np.mean(delta[r])),
+            "delta_max_abs": float(np.max(np.abs(delta[r]))),
+            "agreement_mean": float(np.mean(agree[r])),
+            "agreement_min": float(np.min(agree[r])),
+        }
+        for r in regs
+    }
+    return {
+        "cases": [c.case_id for c in cases],
+        "regions": regions,
+        "max_abs_mean_delta": max(abs(e["delta_mean"]) for e in regions.values()),
+    }

@@ -20,6 +20,8 @@ Speed
   first use of a model on a device (:mod:`cxrseg.autotune`, cached per machine, torch
   version and model); the weights are stored in that type and the forward pass runs
   under :func:`cxrseg.device.autocast`; probabilities are always float32;
+* on request (``precision="int8"``, CPUs): the networks quantised to int8 with the
+  calibration stored beside the checkpoint (:mod:`cxrseg.quantize`);
 * the network is built without random initialisation and, after the first load, from
   cached folded weights without importing smp (:func:`cxrseg.model.load_inference_model`);
 * on CUDA: page-locked host buffers and asynchronous copies, cuDNN autotuning, and
@@ -55,7 +57,7 @@ __all__ = [
     "PRECISIONS",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 # --------------------------------------------------------------------------- model surgery
@@ -157,8 +159,10 @@ class Predictor:
     precision : str, optional
         ``auto`` (the fastest of fp32, bf16 and - on GPUs - fp16 as measured on this
         machine, see :mod:`cxrseg.autotune`; the environment variable
-        ``CXRSEG_PRECISION`` overrides it), ``fp32``, ``bf16`` or ``fp16`` (fp16 needs
-        CUDA or MPS; on a CPU it falls back to fp32). An explicit value always wins.
+        ``CXRSEG_PRECISION`` overrides it), ``fp32``, ``bf16``, ``fp16`` (fp16 needs
+        CUDA or MPS; on a CPU it falls back to fp32) or ``int8`` (CPU only, with the
+        calibration file made by ``cxrseg quantize`` beside the checkpoint; never chosen by
+        ``auto``, see :mod:`cxrseg.quantize`). An explicit value always wins.
     channels_last : bool, optional
         Run convolutions in NHWC memory format; default: the measured choice with
         ``auto`` precision, else ``True``.
@@ -187,7 +191,7 @@ class Predictor:
         The checkpoint file.
     device : torch.device
     precision : str
-        The resolved precision: ``fp32``, ``bf16`` or ``fp16``.
+        The resolved precision: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
     autotune : cxrseg.autotune.Choice or None
         With ``auto`` precision: the choice and the times measured for the alternatives.
     thresholds : dict
@@ -262,11 +266,16 @@ class Predictor:
             cl = bool(channels_last)
         self.precision: str = prec
         self.channels_last = bool(cl)
-        self.model = self._prepared(model, prec, self.channels_last, copy=False)
+        #: the int8 calibration file's metadata (precision ``int8``), see :mod:`cxrseg.quantize`
+        self.int8: dict | None = None
+        if prec == "int8":
+            self.model = self._quantized(model)
+        else:
+            self.model = self._prepared(model, prec, self.channels_last, copy=False)
         if compile is None:
             compile = os.environ.get("CXRSEG_COMPILE", "").strip().lower() in ("1", "yes", "on", "true")
         self.compiled = False
-        if compile:
+        if compile and prec != "int8":
             # CUDA graphs ("reduce-overhead") on GPUs; plain inductor elsewhere
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self.model = torch.compile(self.model, mode=mode, dynamic=False)
@@ -274,6 +283,19 @@ class Predictor:
         self._lock = threading.Lock()
         self._pinned: dict = {}
         self.refiner = self._load_refiner(refine)
+
+    def _quantized(self, model):
+        """The int8 network from the calibration file beside the checkpoint."""
+        from .model import CheckpointError
+        from .quantize import Int8Error, int8_path, load_quantized
+
+        if self.device.type != "cpu":
+            raise ValueError(f"int8 runs on a CPU, not on {self.device}; choose fp16 or bf16 there")
+        try:
+            qmodel, self.int8 = load_quantized(model, self.config, int8_path(self.path), self.model_id)
+        except Int8Error as exc:
+            raise CheckpointError(str(exc)) from None
+        return qmodel
 
     def _load_refiner(self, refine: bool | None):
         from .model import CheckpointError
@@ -434,7 +456,7 @@ class Predictor:
         else:
             x = x.to(self.device, dtype=torch.float32)
         x = normalize(x, self.config.mean, self.config.std)
-        if self.precision != "fp32":
+        if self.precision in ("bf16", "fp16"):
             x = x.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -246,7 +246,8 @@ class Refiner:
         The ``.refine.safetensors`` checkpoint.
     device : torch.device
     precision : str
-        ``fp32``, ``bf16`` or ``fp16`` (the whole-film model's).
+        ``fp32``, ``bf16``, ``fp16`` or ``int8`` (the whole-film model's; ``int8`` needs the
+        calibration file beside ``path``, see :mod:`cxrseg.quantize`).
     channels_last : bool
     """
 
@@ -278,6 +279,16 @@ class Refiner:
         self.channels_last = bool(channels_last)
         for p in model.parameters():
             p.requires_grad_(False)
+        #: the int8 calibration file's metadata (precision ``int8``)
+        self.int8 = None
+        if self.precision == "int8":
+            from .quantize import Int8Error, int8_path, load_quantized
+
+            try:
+                self.model, self.int8 = load_quantized(model, config, int8_path(self.path), self.model_id)
+            except Int8Error as exc:
+                raise CheckpointError(str(exc)) from None
+            return
         model = model.eval().to(self.device)
         if self.precision in ("bf16", "fp16"):
             model = model.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
@@ -294,7 +305,7 @@ class Refiner:
 
         from .device import autocast
 
-        if self.precision != "fp32":
+        if self.precision in ("bf16", "fp16"):
             x = x.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("cxrseg.cli.finetune", "fine-tune a checkpoint on corrected masks with replay"),
     "bench": ("cxrseg.cli.bench", "benchmark the prediction engine against the study's per-region baseline"),
     "export": ("cxrseg.cli.export", "write a checkpoint for shipping (fp16, evaluation summary in metadata)"),
+    "quantize": ("cxrseg.cli.quantize", "calibrate a checkpoint for int8 prediction on CPUs, checked against fp32"),
     "samples": ("cxrseg.cli.samples", "write synthetic phantom cases in the JSRT/SCR layout"),
     "probe": ("cxrseg.cli.probe", "position or anatomy? Jaccard under moves, structures removed or moved"),
 }

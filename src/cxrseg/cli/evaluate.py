@@ -37,9 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=["auto", "fp32", "bf16", "fp16", "int8"],
         default="auto",
-        help="inference precision",
+        help="inference precision (int8: see `cxrseg predict --help`)",
     )
     p.add_argument(
         "--thresholds",
