@@ -83,6 +83,38 @@ def test_accuracy_section_on_phantoms(tmp_path, capsys):
     assert all(0.0 <= v["agreement_mean"] <= 1.0 for v in acc["regions"].values())
 
 
+def _calibrate_int8(ckpt):
+    """Write the int8 calibration of ``ckpt`` (and of its refinement network) from phantoms."""
+    from cxrseg.phantom import make_phantom
+    from cxrseg.predict import Predictor
+    from cxrseg.quantize import calibrate, write_calibration
+
+    p = Predictor(ckpt, device="cpu", precision="fp32")
+    q = calibrate(p, [make_phantom(i, size=128).image for i in range(2)])
+    ids = {p.path: p.model_id}
+    if p.refiner is not None:
+        ids[p.refiner.path] = p.refiner.model_id
+    write_calibration(q, ids, {})
+
+
+def test_accuracy_section_compares_int8_when_calibrated(tmp_path, capsys):
+    from cxrseg.phantom import write_phantom_case
+
+    root = tmp_path / "data"
+    for i in (1, 2):
+        write_phantom_case(root, f"PH{i}", i, image_format="png", size=64)
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    _calibrate_int8(ckpt)
+    rc = _bench("--smoke", "--only", "accuracy", "--accuracy-data", root, "--model", ckpt,
+                "--json", tmp_path / "acc.json")
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "[7] bf16 vs fp32 on 2 real cases" in text and "[7] int8 vs fp32 on 2 real cases" in text
+    res = json.loads((tmp_path / "acc.json").read_text())
+    assert res["accuracy"]["precision"] == "bf16" and res["accuracy_int8"]["precision"] == "int8"
+    assert all(0.0 <= v["agreement_mean"] <= 1.0 for v in res["accuracy_int8"]["regions"].values())
+
+
 def test_bad_options_are_usage_errors(capsys):
     assert _bench("--smoke", "--only", "nonsense") == 2
     assert "unknown sections" in capsys.readouterr().err
@@ -114,6 +146,14 @@ def test_process_sections_print_their_ratios(tmp_path, capsys):
     assert res["throughput"]["runs"]["given-no-refine"]["refine"] is False
     assert re.search(r"cxrseg predict given \(64 px \+ refinement, ", text)
     assert re.search(r"cxrseg predict given-no-refine \(64 px, ", text)
+    assert "given-int8" not in res["throughput"]["runs"]  # not calibrated
+    # calibrated for int8: the same networks quantised get their own row
+    _calibrate_int8(ckpt)
+    assert _bench("--smoke", "--only", "throughput", "--model", ckpt, "--images", "2",
+                  "--json", tmp_path / "c.json") == 0
+    assert re.search(r"cxrseg predict given-int8 \(64 px \+ refinement, int8", capsys.readouterr().out)
+    run = json.loads((tmp_path / "c.json").read_text())["throughput"]["runs"]["given-int8"]
+    assert run["precision"] == "int8" and run["refine"] is True and run["whole_s"] > 0
 
 
 def test_refine_section_prints_its_cost_ratios(tmp_path, capsys):

@@ -177,9 +177,14 @@ def _prepare_model(args, tmp: Path):
         shutil.copyfile(src, snap)
         from .refine import find_refiner, refiner_path
 
+        from .quantize import int8_path
+
         ref = find_refiner(src)
         if ref is not None:  # its clavicle refinement comes along
             shutil.copyfile(ref, refiner_path(snap))
+        for a, b in ((src, snap), (ref, refiner_path(snap))):  # and their int8 calibration
+            if a is not None and int8_path(a).is_file():
+                shutil.copyfile(int8_path(a), int8_path(b))
         return snap, f"{'given checkpoint' if args.model is not None else 'shipped model'} {src}"
     import torch
 
@@ -684,21 +689,33 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
     import sys as _sys
 
     from .predict import Predictor, resolve_checkpoint_path
+    from .quantize import int8_path
 
     env = _child_env(args)
     folder = tmp / "tp" / "in"
     what = _write_pngs(folder, args.images, smoke=args.smoke, data_root=getattr(args, "folder_data", None))
     n = len(list(folder.iterdir()))
     main = "given" if args.model is not None else "default"
-    # (tag, predictor, refinement on): the model as the CLI runs it by default, and without
-    # its clavicle refinement when it has one
+    # (tag, predictor, refinement on): the model as the CLI runs it by default, with
+    # --precision int8 when it is calibrated, without its clavicle refinement when it has
+    # one, and the fast tier (also in int8)
     models = [(main, pred, getattr(pred, "refiner", None) is not None)]
     if models[0][2]:
         models.append((f"{main}-no-refine", pred, False))
+    if pred.device.type == "cpu" and int8_path(pred.path).is_file():
+        # the same networks quantised to int8 (cxrseg quantize's calibration beside the model)
+        try:
+            q = Predictor(pred.path, device="cpu", precision="int8", refine=models[0][2])
+            models.insert(1, (f"{main}-int8", q, models[0][2]))
+        except Exception as exc:  # noqa: BLE001 - a broken calibration file: say so, bench the rest
+            out(f"[6] int8: skipped ({exc})")
     if args.model is None and not args.smoke:
         try:
             fast = Predictor(resolve_checkpoint_path("fast"), device=str(pred.device), precision="auto")
             models.append(("fast", fast, fast.refiner is not None))
+            if pred.device.type == "cpu" and int8_path(fast.path).is_file():
+                fast8 = Predictor(fast.path, device="cpu", precision="int8")
+                models.append(("fast-int8", fast8, fast8.refiner is not None))
         except Exception:
             pass
     reps = 1 if args.smoke else max(1, getattr(args, "throughput_rounds", 2))
@@ -833,14 +850,16 @@ def bench_refine(pred, args, out, res, tmp: Path) -> None:
 
 
 def bench_accuracy(path, device, args, out, res) -> None:
-    """Section 5: bf16 vs fp32 Jaccard on real cases."""
+    """Section 7: bf16 (fp16 on GPUs without bf16) and, where calibrated, int8 against
+    fp32: Jaccard on real cases."""
     from .dataset import DatasetIndex
-    from .metrics import jaccard
-    from .predict import Predictor, threshold
+    from .evaluate import compare_predictors
+    from .predict import Predictor
+    from .quantize import int8_path
 
     p32 = Predictor(path, device=str(device), precision="fp32")
     low_prec = "fp16" if device.type in ("cuda", "mps") and not _cuda_bf16(device) else "bf16"
-    plow = Predictor(path, device=str(device), precision=low_prec)
+    lows = [low_prec] + (["int8"] if device.type == "cpu" and int8_path(p32.path).is_file() else [])
     index = DatasetIndex(args.accuracy_data)
     cases = index.with_regions(p32.regions)
     if not cases:
@@ -853,78 +872,50 @@ def bench_accuracy(path, device, args, out, res) -> None:
     ordered = [c for c in cases if c.case_id in val] + [c for c in cases if c.case_id not in val]
     chosen = ordered[: max(1, args.accuracy_cases)]
     n_val = sum(1 for c in chosen if c.case_id in val)
-    th = p32.thresholds
-    d_truth = {r: [] for r in p32.regions}
-    j32 = {r: [] for r in p32.regions}
-    agree = {r: [] for r in p32.regions}
-    for c in chosen:
-        img = c.load_image().data
-        truth = c.load_masks(p32.regions)
-        a = p32.predict(img)
-        b = plow.predict(img)
-        for r in p32.regions:
-            shape = truth[r].shape
-            pa, pb = _resize_to(a[r], shape), _resize_to(b[r], shape)
-            ma = threshold({r: pa}, th)[r]
-            mb = threshold({r: pb}, th)[r]
-            ja, jb = jaccard(ma, truth[r]), jaccard(mb, truth[r])
-            j32[r].append(ja)
-            d_truth[r].append(jb - ja)
-            agree[r].append(jaccard(ma, mb))
-    out(
-        f"[7] {low_prec} vs fp32 on {len(chosen)} real cases of {args.accuracy_data} "
-        f"({n_val} of them validation cases of this checkpoint), "
-        f"thresholded masks, no post-processing"
-    )
-    out(
-        f"    model {p32.model_id} (epoch {(p32.metadata.get('metrics') or {}).get('epoch', '?')} "
-        f"of its training run)"
-    )
-    out(
-        f"    {'region':<16s} {'J fp32':>8s} {'J ' + low_prec + ' - J fp32':>16s} "
-        f"{'max |diff|':>11s} "
-        f"{'J(' + low_prec + ', fp32)':>16s} {'min':>7s}"
-    )
-    section = {"precision": low_prec, "cases": [c.case_id for c in chosen], "regions": {}}
-    worst = 0.0
-    for r in p32.regions:
-        md = float(np.mean(d_truth[r]))
-        worst = max(worst, abs(md))
-        section["regions"][r] = {
-            "jaccard_fp32": float(np.mean(j32[r])),
-            "delta_mean": md,
-            "delta_max_abs": float(np.max(np.abs(d_truth[r]))),
-            "agreement_mean": float(np.mean(agree[r])),
-            "agreement_min": float(np.min(agree[r])),
-        }
-        e = section["regions"][r]
+    sections = {}
+    for prec in lows:
+        cmp = compare_predictors(p32, Predictor(path, device=str(device), precision=prec), chosen)
         out(
-            f"    {r:<16s} {e['jaccard_fp32']:8.4f} {md:+16.5f} {e['delta_max_abs']:11.5f} "
-            f"{e['agreement_mean']:16.5f} {e['agreement_min']:7.4f}"
+            f"[7] {prec} vs fp32 on {len(chosen)} real cases of {args.accuracy_data} "
+            f"({n_val} of them validation cases of this checkpoint), "
+            f"thresholded masks, no post-processing"
         )
-    verdict = "yes" if worst < 0.002 else "NO"
-    out(f"    largest |mean Jaccard change| {worst:.5f} < 0.002: {verdict}")
-    section["max_abs_mean_delta"] = worst
-    section["below_0_002"] = worst < 0.002
-    res["accuracy"] = section
+        out(
+            f"    model {p32.model_id} (epoch {(p32.metadata.get('metrics') or {}).get('epoch', '?')} "
+            f"of its training run)"
+        )
+        out(
+            f"    {'region':<16s} {'J fp32':>8s} {'J ' + prec + ' - J fp32':>16s} "
+            f"{'max |diff|':>11s} "
+            f"{'J(' + prec + ', fp32)':>16s} {'min':>7s}"
+        )
+        section = {"precision": prec, "cases": cmp["cases"], "regions": {}}
+        for r, e in cmp["regions"].items():
+            section["regions"][r] = {
+                "jaccard_fp32": e["jaccard_reference"],
+                "delta_mean": e["delta_mean"],
+                "delta_max_abs": e["delta_max_abs"],
+                "agreement_mean": e["agreement_mean"],
+                "agreement_min": e["agreement_min"],
+            }
+            out(
+                f"    {r:<16s} {e['jaccard_reference']:8.4f} {e['delta_mean']:+16.5f} {e['delta_max_abs']:11.5f} "
+                f"{e['agreement_mean']:16.5f} {e['agreement_min']:7.4f}"
+            )
+        worst = cmp["max_abs_mean_delta"]
+        out(f"    largest |mean Jaccard change| {worst:.5f} < 0.002: {'yes' if worst < 0.002 else 'NO'}")
+        section["max_abs_mean_delta"] = worst
+        section["below_0_002"] = worst < 0.002
+        sections[prec] = section
+    res["accuracy"] = sections[low_prec]
+    if "int8" in sections:
+        res["accuracy_int8"] = sections["int8"]
 
 
 def _cuda_bf16(device) -> bool:
     import torch
 
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def _resize_to(prob: np.ndarray, shape) -> np.ndarray:
-    if prob.shape == tuple(shape):
-        return prob
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
-    mode = "area" if prob.shape[0] >= shape[0] else "bilinear"
-    kw = {} if mode == "area" else {"align_corners": False}
-    return F.interpolate(t, size=tuple(shape), mode=mode, **kw)[0, 0].numpy()
 
 
 # --------------------------------------------------------------------------- main
