@@ -175,9 +175,8 @@ def _prepare_model(args, tmp: Path):
         # best epoch) cannot give the fp32 and bf16 runs different weights
         snap = tmp / "snapshot.safetensors"
         shutil.copyfile(src, snap)
-        from .refine import find_refiner, refiner_path
-
         from .quantize import int8_path
+        from .refine import find_refiner, refiner_path
 
         ref = find_refiner(src)
         if ref is not None:  # its clavicle refinement comes along
