@@ -209,3 +209,20 @@ def test_cli_quantize_refuses_validation_cases_for_calibration(tmp_path, capsys)
     assert rc != 0
     assert "validation cases" in capsys.readouterr().err
     assert not int8_path(ckpt).exists()
+
+
+def test_a_torch_that_cannot_quantise_gives_a_clear_error(tiny_pair, monkeypatch):
+    import torch.ao.quantization.quantize_fx as qfx
+
+    from cxrseg.model import CheckpointError
+    from cxrseg.predict import Predictor
+
+    _calibrated(tiny_pair)
+
+    def gone(*_a, **_k):
+        raise NotImplementedError("quantized tensors moved to torchao")
+
+    monkeypatch.setattr(qfx, "convert_fx", gone)
+    with pytest.raises(CheckpointError, match=r"tiny\.int8\.safetensors: torch .* cannot build the int8 network"):
+        Predictor(tiny_pair, device="cpu", precision="int8", refine=False)
+    assert Predictor(tiny_pair, device="cpu", precision="bf16", refine=False).precision == "bf16"

@@ -16,8 +16,11 @@ uses them. ``auto`` never picks int8: its masks differ from fp32 a little more t
 bf16's, so it is the user's choice.
 
 The quantised network is built with PyTorch's FX graph-mode quantisation
-(``torch.ao.quantization``), x86 back end (fbgemm/oneDNN): about two seconds of tracing
-and weight packing when a predictor is created, worth it for a folder, not for one film.
+(``torch.ao.quantization``), x86 back end (fbgemm/oneDNN): about half a second of tracing
+and weight packing per network when a predictor is created, worth it for a folder, not
+for one film. torch 2.14 announces that its quantised tensor types will move to torchao;
+a torch without them makes ``--precision int8`` fail with :class:`Int8Error` (the other
+precisions are unaffected).
 """
 
 from __future__ import annotations
@@ -235,8 +238,15 @@ def quantized_model(model, config, qparams: dict, *, source: str | os.PathLike =
 
 def load_quantized(model, config, path: str | os.PathLike, model_id: str | None):
     """:func:`quantized_model` from the calibration file at ``path``; returns ``(module, metadata)``."""
+    import torch
+
     qparams, md = read_int8(path, model_id)
-    return quantized_model(model, config, qparams, source=path), md
+    try:
+        return quantized_model(model, config, qparams, source=path), md
+    except Int8Error:
+        raise
+    except (ImportError, AttributeError, RuntimeError, NotImplementedError) as exc:
+        raise Int8Error(f"{path}: torch {torch.__version__} cannot build the int8 network ({exc})") from exc
 
 
 
