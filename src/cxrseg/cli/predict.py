@@ -66,7 +66,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: the fastest of fp32/bf16 (fp16 on GPUs) and memory layout as measured on this "
         "machine on first use of the model (a few seconds, then cached); int8: the quantised "
         "network on a CPU (needs the calibration `cxrseg quantize` writes beside the model; "
-        "about 2 s to build, then the fastest on CPUs with VNNI); an explicit value always wins",
+        "about a second to build, then the fastest on CPUs with VNNI); an explicit value always wins",
     )
     add_refine_argument(p)
     p.add_argument(
