@@ -226,3 +226,14 @@ def test_a_torch_that_cannot_quantise_gives_a_clear_error(tiny_pair, monkeypatch
     with pytest.raises(CheckpointError, match=r"tiny\.int8\.safetensors: torch .* cannot build the int8 network"):
         Predictor(tiny_pair, device="cpu", precision="int8", refine=False)
     assert Predictor(tiny_pair, device="cpu", precision="bf16", refine=False).precision == "bf16"
+
+
+def test_int8_in_the_environment_does_not_reach_training(monkeypatch):
+    import torch
+
+    from cxrseg.device import resolve_precision
+
+    monkeypatch.setenv("CXRSEG_PRECISION", "int8")
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    monkeypatch.setenv("CXRSEG_PRECISION", "fp32")
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"

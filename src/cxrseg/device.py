@@ -112,8 +112,9 @@ def resolve_precision(precision: str, device) -> str:
     precision = (precision or "auto").lower()
     if precision != "auto":
         return precision
-    if os.environ.get("CXRSEG_PRECISION"):
-        return os.environ["CXRSEG_PRECISION"].lower()
+    env = os.environ.get("CXRSEG_PRECISION", "").strip().lower()
+    if env and env != "int8":  # int8 is a prediction precision: training resolves on
+        return env
     import torch
 
     if device.type == "cuda":
