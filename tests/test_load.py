@@ -60,6 +60,61 @@ def test_cached_load_does_not_import_smp_and_a_bad_cache_is_rebuilt(tmp_path):
     assert type(model).__name__ == "LeanUnet" and cache.stat().st_size > 100
 
 
+def test_the_folded_cache_keeps_the_most_recently_used_entries(tmp_path, monkeypatch):
+    import cxrseg.model as M
+
+    monkeypatch.setenv("CXRSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(M, "FOLDED_CACHE_ENTRIES", 2)
+    cks = [make_tiny_checkpoint(tmp_path / f"m{i}.safetensors", seed=20 + i) for i in range(3)]
+    paths = [M.folded_cache_path(ck, M.read_metadata(ck)["model_id"]) for ck in cks]
+    M.load_inference_model(cks[0])
+    M.load_inference_model(cks[1])
+    os.utime(paths[0], (1, 1))  # entry 0 used long ago, entry 1 just now
+    os.utime(paths[1], (2, 2))
+    M.load_inference_model(cks[1])  # a load from the cache marks entry 1 as used
+    assert paths[1].stat().st_mtime > 1000
+    M.load_inference_model(cks[2])  # a third entry: the least recently used one goes
+    assert sorted(p.name for p in paths[0].parent.glob("*.safetensors")) == sorted([paths[1].name, paths[2].name])
+    # a pruned checkpoint folds again and takes the place of the oldest entry
+    model = M.load_inference_model(cks[0])[0]
+    assert type(model).__name__ == "LeanUnet"
+    assert paths[0].is_file() and len(list(paths[0].parent.glob("*.safetensors"))) == 2
+
+
+def test_prune_folded_cache_never_deletes_the_protected_entry(tmp_path):
+    from cxrseg.model import prune_folded_cache
+
+    for i, name in enumerate(["a", "b", "c", "new"]):
+        f = tmp_path / f"{name}.safetensors"
+        f.write_bytes(b"x")
+        os.utime(f, (100 + i, 100 + i))
+    (tmp_path / ".a.safetensors.123.tmp").write_bytes(b"x")  # a write in progress elsewhere
+    os.utime(tmp_path / "new.safetensors", (1, 1))  # the protected one, even if oldest
+    removed = prune_folded_cache(tmp_path, keep=2, protect=tmp_path / "new.safetensors")
+    assert sorted(p.name for p in removed) == ["a.safetensors", "b.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.safetensors.123.tmp", "c.safetensors",
+                                                          "new.safetensors"]
+    assert prune_folded_cache(tmp_path / "missing") == []
+
+
+def test_a_full_disk_leaves_the_load_working_and_no_partial_cache(tmp_path, monkeypatch):
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    import cxrseg.model as M
+
+    monkeypatch.setenv("CXRSEG_CACHE", str(tmp_path / "cache"))
+    ck = make_tiny_checkpoint(tmp_path / "m.safetensors", seed=30)
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    model = M.load_inference_model(ck)[0]
+    assert type(model).__name__ == "LeanUnet"
+    assert list((tmp_path / "cache" / "folded").iterdir()) == []
+
+
 def test_checkpoint_loaded_without_init_is_trainable_and_equal(tmp_path):
     import torch
     from safetensors.torch import load_file

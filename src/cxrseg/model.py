@@ -443,9 +443,15 @@ def _same_logits(a, b, in_channels: int) -> bool:
     return bool(torch.isfinite(yb).all()) and float((ya - yb).abs().max()) <= tol
 
 
+#: How many checkpoints keep their folded weights in the cache. Each entry is as large as
+#: its checkpoint (about 50 MB for the shipped models); the least recently used go first.
+FOLDED_CACHE_ENTRIES = 8
+
+
 def folded_cache_path(path: str | os.PathLike, model_id: str) -> Path:
     """Where the folded weights of the checkpoint ``path`` are cached:
-    ``$CXRSEG_CACHE/folded/<model id>-<file size>-v<format>.safetensors``."""
+    ``$CXRSEG_CACHE/folded/<model id>-<file size>-v<format>.safetensors``. The folder
+    keeps the :data:`FOLDED_CACHE_ENTRIES` most recently used entries."""
     from .lean_unet import LEAN_FORMAT
     from .training_arrays import default_cache_dir
 
@@ -481,7 +487,9 @@ def load_inference_model(path: str | os.PathLike | None = None):
         try:
             state = load_file(str(cache))
             n = int(json.loads((_safe_meta(cache) or {}).get("folded", "0")))
-            return build_lean_unet(config, state), config, meta, path, n
+            lean = build_lean_unet(config, state)
+            _touch(cache)
+            return lean, config, meta, path, n
         except Exception:
             cache.unlink(missing_ok=True)  # unreadable or stale: rebuild it below
     ck = load_checkpoint(path, device="cpu")
@@ -507,6 +515,7 @@ def _safe_meta(path: Path) -> dict | None:
 
 
 def _save_folded(cache: Path, state: dict, n: int) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     try:
@@ -519,8 +528,47 @@ def _save_folded(cache: Path, state: dict, n: int) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+    except (OSError, SafetensorError):
+        return  # a read-only or full disk: fold again next time (safetensors raises its own error)
+    prune_folded_cache(cache.parent, keep=FOLDED_CACHE_ENTRIES, protect=cache)
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache entry as used (its modification time orders the pruning)."""
+    try:
+        os.utime(path)
     except OSError:
-        pass  # a read-only cache: fold again next time
+        pass
+
+
+def prune_folded_cache(folder: str | os.PathLike, keep: int = FOLDED_CACHE_ENTRIES,
+                       protect: str | os.PathLike | None = None) -> list[Path]:
+    """Delete all but the ``keep`` most recently used folded-weight files in ``folder``
+    (never ``protect``, the entry just written); returns the files deleted. Files that
+    vanish or cannot be deleted meanwhile (another process) are skipped."""
+    folder = Path(folder)
+    protect = Path(protect) if protect is not None else None
+    entries = []
+    for f in folder.glob("*.safetensors"):
+        try:
+            entries.append((f.stat().st_mtime, f))
+        except OSError:
+            continue
+    entries.sort(key=lambda e: e[0], reverse=True)
+    budget = max(0, int(keep)) - any(f == protect for _, f in entries)
+    removed = []
+    for _, f in entries:
+        if f == protect:
+            continue
+        if budget > 0:
+            budget -= 1
+            continue
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed
 
 
 def save_training_state(state: dict, path: str | os.PathLike) -> Path:
