@@ -269,61 +269,16 @@ def main(argv=None) -> int:
 def _cold_start(args, root: Path, cid: str, pred, tmp: Path) -> None:
     """3. A fresh ``cxrseg-gui`` on the case: seconds from the window's first event-loop
     turn to the first prediction shown, against a fresh process that imports torch and runs
-    one forward pass (the reference of ``cxrseg bench``'s cold-start section), interleaved."""
-    import json
-    import os
-    import subprocess
+    one forward pass, interleaved: ``cxrseg bench``'s ``gui`` section on this case."""
+    from types import SimpleNamespace
 
-    from cxrseg.bench import _REFERENCE_CHILD
+    from cxrseg.bench import bench_gui
 
-    env = dict(os.environ)
-    ref_cmd = [sys.executable, "-c", _REFERENCE_CHILD, str(pred.path), str(pred.device), pred.precision,
-               "1" if pred.channels_last else "0"]
-    gui_cmd = [sys.executable, "-m", "napari_cxrseg._launch", "--data", str(root), "--case", cid,
-               "--model", str(pred.path), "--device", str(args.device), "--timings", "--timeout", "300",
-               "--screenshot", str(tmp / "cold.png")]
-    def gui(warm: bool) -> tuple[float, float] | None:
-        t0 = time.time()
-        r = subprocess.run(gui_cmd, env=dict(env, CXRSEG_WARM_MODEL="1" if warm else "0"),
-                           capture_output=True, text=True)
-        stamps = {}
-        for line in r.stdout.splitlines():
-            if "timings:" in line:
-                what, _, at = line.split("timings: ", 1)[1].rpartition(" at ")
-                stamps[what] = float(at)
-        if r.returncode != 0 or len(stamps) < 2:
-            print(f"cold start: cxrseg-gui did not report its timings (exit {r.returncode}): {r.stderr[-400:]}")
-            return None
-        return stamps["first prediction shown"] - stamps["window shown"], stamps["window shown"] - t0
-
-    refs: list[float] = []
-    runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
-    for _ in range(args.cold):  # interleaved, so that load changes hit all alike
-        t0 = time.time()
-        r = subprocess.run(ref_cmd, env=env, capture_output=True, text=True, check=True)
-        j = json.loads(r.stdout.strip().splitlines()[-1])
-        refs.append(j["import_done"] - t0 + j["forward_s"])
-        for warm in (False, True):
-            got = gui(warm)
-            if got is None:
-                return
-            runs[warm].append(got)
-    ref = statistics.median(refs)
-    print(f"cold start ({args.cold} fresh processes each, interleaved):")
-    print(f"  python -c 'import torch' + one forward pass (reference):  median {ref:.2f} s  "
-          f"({', '.join(f'{x:.2f}' for x in refs)})")
-    for warm, label in ((False, "as it is (the first prediction loads the model)"),
-                        (True, "CXRSEG_WARM_MODEL=1 (model loaded in the background from the first event-loop turn)")):
-        first = [a for a, _ in runs[warm]]
-        window = statistics.median(b for _, b in runs[warm])
-        total = statistics.median(a + b for a, b in runs[warm])
-        # all three: work moved from after the window's appearance to before it shortens the
-        # first figure, not the last
-        print(f"  cxrseg-gui, {label}: window shown -> first prediction median {statistics.median(first):.2f} s "
-              f"({', '.join(f'{x:.2f}' for x in first)}), x{statistics.median(first) / ref:.2f}; "
-              f"process start -> window {window:.2f} s; process start -> first prediction {total:.2f} s")
-    ratio = statistics.median(a for a, _ in runs[False]) / ref
-    print(f"GUI first prediction: x{ratio:.2f} the reference")
+    ns = SimpleNamespace(smoke=False, gui_rounds=args.cold, threads=None, folder_data=root, gui_case=cid)
+    res: dict = {}
+    bench_gui(pred, ns, print, res, tmp)
+    if "ratio" in res["gui"]:
+        print(f"GUI first prediction: x{res['gui']['ratio']:.2f} the reference")
 
 
 if __name__ == "__main__":

@@ -188,3 +188,51 @@ def test_allocator_section_compares_fresh_processes(tmp_path, capsys):
     b1 = res["batches"]["1"] if "1" in res["batches"] else res["batches"][1]
     assert b1["ms_off"] > 0 and b1["ms_on"] > 0
     assert [r["tuned"] for r in b1["runs"]["off"]] == [False]
+
+
+def test_gui_timings_are_read_from_the_launchers_lines():
+    from cxrseg.bench import _gui_timings
+
+    text = ("napari says hello\ncxrseg-gui: timings: window shown at 1700000000.250\n"
+            "cxrseg-gui: timings: first prediction shown at 1700000003.750\n"
+            "cxrseg-gui: timings: broken at soon\n")
+    assert _gui_timings(text) == {"window shown": 1700000000.25, "first prediction shown": 1700000003.75}
+
+
+@pytest.mark.parametrize("env, why", [
+    ({"DISPLAY": None, "WAYLAND_DISPLAY": None}, "no display (run the bench under xvfb-run)"),
+    ({"DISPLAY": ":99", "QT_QPA_PLATFORM": "offscreen"}, "QT_QPA_PLATFORM=offscreen has no OpenGL"),
+])
+def test_gui_section_says_why_it_is_not_measured(tmp_path, capsys, monkeypatch, env, why):
+    for k, v in env.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    assert _bench("--smoke", "--only", "gui", "--model", ckpt, "--json", tmp_path / "b.json") == 0
+    text = capsys.readouterr().out
+    assert f"[5b] GUI cold start: not measured: {why}" in text
+    assert json.loads((tmp_path / "b.json").read_text())["gui"]["skipped"].startswith(why)
+
+
+@pytest.mark.slow
+def test_gui_section_times_fresh_workspaces_against_the_reference(tmp_path, capsys):
+    import os
+
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs a display (scripts/test.sh runs the tests under xvfb-run)")
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.safetensors")
+    assert _bench("--smoke", "--only", "gui", "--model", ckpt, "--json", tmp_path / "b.json") == 0
+    text = capsys.readouterr().out
+    assert re.search(r"\(reference\) +\d+\.\d\d s", text)
+    assert re.search(r"cxrseg-gui \(the first prediction loads the model\) +window -> first prediction +"
+                     r"\d+\.\d\d s +x\d+\.\d\d the reference", text)
+    assert "CXRSEG_WARM_MODEL=1" in text
+    sec = json.loads((tmp_path / "b.json").read_text())["gui"]
+    assert sec["rounds"] == 1 and sec["reference_s"] > 0
+    for tag in ("cold", "warm"):
+        (run,) = sec["runs"][tag]
+        assert run["window_s"] > 0 and run["first_prediction_s"] > 0
+        assert sec[tag]["ratio"] == pytest.approx(run["first_prediction_s"] / sec["reference_s"])
+    assert sec["ratio"] == sec["cold"]["ratio"]

@@ -19,6 +19,11 @@ Sections (all measured in the same process, on the same device, one after the ot
    the same model (precision and layout as ``auto`` chose; with its refinement network's
    pass on two clavicle crops when the model has one); with an empty cache (first use:
    fold, check and autotune) and a warm one.
+5b. ``gui`` - the napari workspace's cold start: a fresh ``cxrseg-gui --timings`` on the same
+   image, from the window's first event-loop turn to the first prediction shown, against the
+   same reference, interleaved; also with the model loaded in the background
+   (``CXRSEG_WARM_MODEL=1``). Needs the plugin installed and a display (``xvfb-run``);
+   otherwise it says why it was not measured.
 6. ``throughput`` - whole processes on a folder of real-size images (synthetic 1024 x
    1024 and 2048 x 2048 PNGs, or ``--folder-data ROOT``'s images): the plain per-region
    baseline script (:mod:`cxrseg.bench_baseline`: five fp32 256 px models, batch 1, masks
@@ -54,8 +59,8 @@ from pathlib import Path
 import numpy as np
 
 SECTIONS = (
-    "models", "flops", "decode", "folder", "coldstart", "throughput", "allocator", "accuracy", "quality",
-    "refine",
+    "models", "flops", "decode", "folder", "coldstart", "gui", "throughput", "allocator", "accuracy",
+    "quality", "refine",
 )
 
 
@@ -632,6 +637,96 @@ def bench_coldstart(pred, args, out, res, tmp: Path) -> None:
     res["coldstart"] = section
 
 
+def _gui_unavailable() -> str | None:
+    """Why the GUI cold start cannot be measured here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("napari_cxrseg") is None or importlib.util.find_spec("napari") is None:
+        return "the napari plugin is not installed (pip install napari-cxrseg with napari)"
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (run the bench under xvfb-run)"
+    if os.environ.get("QT_QPA_PLATFORM", "") in ("offscreen", "minimal"):
+        return f"QT_QPA_PLATFORM={os.environ['QT_QPA_PLATFORM']} has no OpenGL for napari's canvas"
+    return None
+
+
+def _gui_timings(stdout: str) -> dict[str, float]:
+    """The ``cxrseg-gui: timings: <what> at <epoch seconds>`` lines of ``--timings``."""
+    stamps = {}
+    for line in stdout.splitlines():
+        if "timings: " in line:
+            what, _, at = line.split("timings: ", 1)[1].rpartition(" at ")
+            try:
+                stamps[what] = float(at)
+            except ValueError:
+                continue
+    return stamps
+
+
+def bench_gui(pred, args, out, res, tmp: Path) -> None:
+    """Section 5b: the napari workspace from the window's first event-loop turn to the first
+    prediction shown, against a fresh process that imports torch and runs one forward pass;
+    fresh processes, interleaved; without and with the background model load."""
+    import sys as _sys
+
+    why = _gui_unavailable()
+    if why is not None:
+        out(f"[5b] GUI cold start: not measured: {why}")
+        res["gui"] = {"skipped": why}
+        return
+    env = _child_env(args)
+    env["CXRSEG_PRECISION"] = pred.precision  # as the reference, whatever a busy machine's autotune says
+    data_root = getattr(args, "folder_data", None)
+    case = getattr(args, "gui_case", None)
+    if data_root is not None and case is not None:
+        what = f"case {case} of {data_root}"
+    else:
+        one = tmp / "gui" / "in"
+        what = _write_pngs(one, 1, smoke=args.smoke, data_root=data_root)
+        case = next(iter(sorted(one.iterdir())))
+        case = case.stem if data_root is not None else str(case)
+    # a dataset case opens with its ground truth, as a reviewer sees it
+    where = ["--data", str(data_root), "--case", case] if data_root is not None else ["--data", case]
+    cl = "1" if pred.channels_last else "0"
+    ref_cmd = [_sys.executable, "-c", _REFERENCE_CHILD, str(pred.path), str(pred.device), pred.precision, cl]
+    gui_cmd = [_sys.executable, "-m", "napari_cxrseg._launch", *where, "--model", str(pred.path),
+               "--device", str(pred.device), "--timings", "--timeout", "300",
+               "--screenshot", str(tmp / "gui" / "shown.png")]
+    rounds = 1 if args.smoke else max(1, int(getattr(args, "gui_rounds", 3)))
+    out(f"[5b] GUI cold start: a fresh cxrseg-gui on one image ({what}; {pred.precision}); "
+        f"median of {rounds} interleaved round(s)")
+    refs: list[float] = []
+    runs: dict[str, list[dict]] = {"cold": [], "warm": []}
+    for _ in range(rounds):
+        t0, _, txt = _spawn(ref_cmd, env)
+        j = json.loads(txt.strip().splitlines()[-1])
+        refs.append(j["import_done"] - t0 + j["forward_s"])
+        for tag, warm in (("cold", "0"), ("warm", "1")):
+            t0, _, txt = _spawn(gui_cmd, dict(env, CXRSEG_WARM_MODEL=warm))
+            stamps = _gui_timings(txt)
+            if not {"window shown", "first prediction shown"} <= set(stamps):
+                raise RuntimeError(f"cxrseg-gui did not report its timings; it printed: {txt.strip()[-400:]}")
+            runs[tag].append({"window_s": stamps["window shown"] - t0,
+                              "first_prediction_s": stamps["first prediction shown"] - stamps["window shown"]})
+    ref = statistics.median(refs)
+    section: dict = {"precision": pred.precision, "image": what, "rounds": rounds, "reference_s": ref,
+                     "references": refs, "runs": runs}
+    out(f"    python -c 'import torch' + one forward pass (reference)         {ref:7.2f} s")
+    for tag, label in (("cold", "cxrseg-gui (the first prediction loads the model)"),
+                       ("warm", "cxrseg-gui, CXRSEG_WARM_MODEL=1 (background load)")):
+        first = statistics.median(r["first_prediction_s"] for r in runs[tag])
+        window = statistics.median(r["window_s"] for r in runs[tag])
+        total = statistics.median(r["window_s"] + r["first_prediction_s"] for r in runs[tag])
+        section[tag] = {"first_prediction_s": first, "window_s": window, "start_to_prediction_s": total,
+                        "ratio": first / ref}
+        # all three: work moved from after the window's appearance to before it shortens the
+        # first figure, not the last
+        out(f"    {label:<56} window -> first prediction {first:6.2f} s   x{first / ref:.2f} the reference; "
+            f"start -> window {window:.2f} s, start -> first prediction {total:.2f} s")
+    section["ratio"] = section["cold"]["ratio"]
+    res["gui"] = section
+
+
 _ALLOCATOR_CHILD = """
 import json, os, sys, time
 import numpy as np
@@ -941,7 +1036,7 @@ def _bench_sections(args) -> set:
                 f"--only: unknown sections {unknown}; expected some of {', '.join(SECTIONS)}"
             )
     if args.smoke and not args.only:
-        only -= {"coldstart", "throughput", "allocator", "refine"}  # child processes: ask for them by name
+        only -= {"coldstart", "gui", "throughput", "allocator", "refine"}  # child processes: ask for them by name
     if args.accuracy_data is None:
         only.discard("accuracy")
     elif not Path(args.accuracy_data).is_dir():
@@ -1037,6 +1132,9 @@ def _run_sections(only, path, dev, note, preds, args, out, res, tmp: Path) -> No
         out()
     if "coldstart" in only:
         bench_coldstart(pred_auto, args, out, res, tmp)
+        out()
+    if "gui" in only:
+        bench_gui(pred_auto, args, out, res, tmp)
         out()
     if "throughput" in only:
         bench_throughput(pred_auto, args, out, res, tmp)

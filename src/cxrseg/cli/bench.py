@@ -86,6 +86,14 @@ def _add_section_arguments(p: argparse.ArgumentParser) -> None:
         help="throughput section: rounds of (baseline, engine runs), median (default 2)",
     )
     p.add_argument(
+        "--gui-rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="gui section: rounds of (reference, cxrseg-gui, cxrseg-gui with the background load), "
+        "median (default 3)",
+    )
+    p.add_argument(
         "--autotune-budget",
         type=float,
         default=20.0,
