@@ -82,6 +82,20 @@ def allocator_tuned() -> bool:
     return bool(_allocator_state.get("tuned", False))
 
 
+def available_devices() -> list[str]:
+    """``["auto", "cpu", ...]`` plus ``cuda`` / ``cuda:N`` / ``mps`` where they exist (imports torch)."""
+    import torch
+
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        out += ["cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
 def select_device(spec: str | None = "auto"):
     """Resolve ``auto|cpu|cuda|cuda:N|mps`` to a :class:`torch.device`.
 
