@@ -17,7 +17,9 @@ Measurements, printed as ratios:
    Medians over ``--repeats`` cases. Between loading the case and
    clicking, the event loop runs idle for 0.3 s (the case is drawn first, as when a person
    looks at it before pressing Run). The first Run (model load,
-   layer creation) is reported separately.
+   layer creation) is reported separately. With ``--process`` the docks' predictions run in
+   a prediction process (:mod:`cxrseg.serve`), as in ``cxrseg-gui``; the bare call stays in
+   this process.
 2. **Longest event-loop stall during a review run.** A 10 ms ``QTimer`` records the gaps
    between its ticks while the Review queue dock scores ``--n`` cases in its worker (the
    table growing row by row). A gap over 100 ms is felt as a stutter.
@@ -116,6 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cold", metavar="N", type=int, default=2,
                    help="cold-start pairs (a fresh cxrseg-gui vs. a fresh torch import + forward pass); 0 skips")
+    p.add_argument("--process", action="store_true",
+                   help="run the docks' predictions in a prediction process, as cxrseg-gui does "
+                        "(default: in this process, as napari -w napari-cxrseg does)")
     p.add_argument("--profile", metavar="N", type=int, default=0,
                    help="also profile the GUI thread during the timed clicks; print the top N functions")
     args = p.parse_args(argv)
@@ -149,6 +154,10 @@ def main(argv=None) -> int:
     guard_triton_import()
     s = get_session(viewer)
     s.set_model(_model(args.model, tmp), args.device)
+    if args.process:
+        from cxrseg.serve import PredictorProcess
+
+        s.use_predictor_process(PredictorProcess(s.checkpoint, device=s.device))
     predict = PredictWidget(viewer)
     review = ReviewWidget(viewer)
     viewer.window.add_dock_widget(predict, name="Predict", area="right")

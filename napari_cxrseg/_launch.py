@@ -15,7 +15,9 @@ The colour legend and the R/L markers are drawn on the canvas either way. Every 
 instead of forcing its full height on the window, so the window fits ``--size`` (default:
 the screen's available area, at most 1680 x 1020) on a 1366 x 768 screen too. The first
 case (or ``--case``) is loaded and, unless ``--no-predict`` or the model is missing,
-predicted in a worker -- which also loads and warms up the model for the next Run.
+predicted. The predictions run in a prediction process (:mod:`cxrseg.serve`) started before
+napari is imported, so that torch's import and the model's load happen beside napari's start
+rather than after it; ``--in-process`` runs them in a worker of napari's process instead.
 
 The same workspace is the plugin's first widget, "Review workspace"
 (:class:`napari_cxrseg._widgets._workspace.ReviewWorkspace`):
@@ -39,6 +41,7 @@ __all__ = [
     "focus_region",
     "build_workspace",
     "open_data",
+    "start_predictor_process",
     "DOCKS",
 ]
 
@@ -67,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model checkpoint (.safetensors or a training run folder); default: shipped")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--no-predict", action="store_true", help="do not predict the case on opening")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the model in napari's process (default: in a prediction process started "
+                        "with the window, which loads the model while napari starts)")
     p.add_argument("--postprocess", action="store_true",
                    help="clean the predicted masks (largest component, holes filled)")
     p.add_argument("--screenshot", metavar="PATH",
@@ -221,7 +227,7 @@ def focus_region(viewer, session, region: str, *, margin: float = 0.8) -> bool:
 
 def build_workspace(viewer, *, model: str | None = None, device: str = "auto", predict: bool = True,
                     postprocess: bool = False, height: int | None = None, docked: dict | None = None,
-                    warm: bool = True) -> dict:
+                    warm: bool = True, predictor_process=None) -> dict:
     """Set up the session of ``viewer`` and add every dock, laid out; returns name -> widget.
 
     Parameters
@@ -241,6 +247,8 @@ def build_workspace(viewer, *, model: str | None = None, device: str = "auto", p
     warm : bool
         Load the model in the background when predicting (:func:`_warm_model`); ``False``
         when the caller does that itself.
+    predictor_process : cxrseg.serve.PredictorProcess, optional
+        Runs the session's predictions (see :func:`start_predictor_process`).
     """
     from cxrseg.model import default_checkpoint_path
 
@@ -248,12 +256,35 @@ def build_workspace(viewer, *, model: str | None = None, device: str = "auto", p
 
     session = get_session(viewer)
     session.set_model(model, device)
+    if predictor_process is not None:
+        session.use_predictor_process(predictor_process)
     session.postprocess = bool(postprocess)
     have_model = model is not None or default_checkpoint_path().is_file()
     session.auto_predict = have_model and bool(predict)
     if warm and session.auto_predict:
         _warm_model(model, device)
     return _add_docks(viewer, height=height, docked=docked)
+
+
+def start_predictor_process(model: str | None, device: str):
+    """Start a :class:`cxrseg.serve.PredictorProcess` for ``model`` on ``device``, or return
+    ``None`` where it cannot run (not POSIX, no model file, the process would not start).
+
+    Call it before ``import napari``: the child imports torch and loads the model on another
+    core while napari starts and builds the window, and later runs every prediction of the
+    workspace outside the GUI's process (benchmarks/README.md, "GUI cold start: a prediction
+    process").
+    """
+    from cxrseg.model import default_checkpoint_path
+    from cxrseg.serve import PredictorProcess, PredictorProcessError, supported
+
+    if not supported() or (model is None and not default_checkpoint_path().is_file()):
+        return None
+    try:
+        return PredictorProcess(model, device=device)
+    except PredictorProcessError as exc:
+        print(f"cxrseg-gui: {exc}; predicting in napari's process", file=sys.stderr)
+        return None
 
 
 def _warm_model(model: str | None, device: str) -> None:
@@ -372,13 +403,15 @@ def _focus_once(viewer, session, region: str) -> None:
 
 
 def _report_predictions(session) -> None:
-    """Print a line for every prediction: the case, the model and the forward-pass time."""
+    """Print a line for every prediction: the case, the model, the forward-pass time and
+    the process it ran in."""
 
     def report(model_id) -> None:
         if model_id is not None:
             t = session.last_timing
             print(f"cxrseg-gui: {session.case_id} predicted by model {model_id} (model load "
-                  f"{t.get('load_s', float('nan')):.2f} s, forward pass {t.get('predict_s', float('nan')):.2f} s)",
+                  f"{t.get('load_s', float('nan')):.2f} s, forward pass {t.get('predict_s', float('nan')):.2f} s, "
+                  f"in {session.predicted_in})",
                   flush=True)
 
     session.prediction_changed.connect(report)
@@ -457,20 +490,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         # no warning toasts (e.g. napari's PyQt5 deprecation notice) over the screenshot
         os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
-    import napari
-
-    from ._widgets._state import get_session
-
     root = Path(args.data).expanduser() if args.data else default_data_root()
     if not root.exists():
         print(f"cxrseg-gui: {root}: no such dataset folder or image file", file=sys.stderr)
         return 2
+    proc = None if args.no_predict or args.in_process else start_predictor_process(args.model, args.device)
+    try:
+        return _main(args, root, proc)
+    finally:
+        if proc is not None:
+            proc.close()  # (the session closed it already when the window closed)
+
+
+def _main(args, root: Path, proc) -> int:
+    import napari
+
+    from ._widgets._state import get_session
+
     viewer, size = _new_viewer(args)
     if viewer is None:
         return 2
     w, h = size
     widgets = build_workspace(viewer, model=args.model, device=args.device, predict=not args.no_predict,
-                              postprocess=args.postprocess, height=h, warm=False)
+                              postprocess=args.postprocess, height=h, warm=False, predictor_process=proc)
     session = get_session(viewer)
     viewer.window.resize(w, h)  # the docks' sizes must not override --size
     if not _apply_view_options(viewer, widgets, args):
@@ -490,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     open_data(viewer, widgets, root, args.case)
     if args.screenshot:
         _schedule_screenshot(viewer, session, quality, args, state)
-    if session.auto_predict:
+    if session.auto_predict and session.predictor_process is None:
         _warm_model(args.model, args.device)  # from the event loop's first turn: the window first
     napari.run()
     _wind_down(session)

@@ -18,8 +18,17 @@ def test_parser_and_missing_data(tmp_path, capsys):
 
     a = build_parser().parse_args(["--data", "x", "--case", "C1", "--no-predict", "--screenshot", "s.png"])
     assert (a.data, a.case, a.no_predict, a.screenshot, a.model) == ("x", "C1", True, "s.png", None)
+    assert not a.in_process and build_parser().parse_args(["--in-process"]).in_process
     assert main(["--data", str(tmp_path / "nowhere")]) == 2
     assert "no such dataset" in capsys.readouterr().err
+
+
+def test_no_prediction_process_without_a_model(monkeypatch, tmp_path):
+    import cxrseg.model
+    from napari_cxrseg._launch import start_predictor_process
+
+    monkeypatch.setattr(cxrseg.model, "default_checkpoint_path", lambda: tmp_path / "none.safetensors")
+    assert start_predictor_process(None, "auto") is None  # the first prediction says the model is missing
 
 
 def test_default_data_is_the_bundled_sample():
@@ -43,6 +52,7 @@ def test_screenshot_of_a_predicted_case(tmp_path, phantom_root, tiny_ckpt):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "PHANTOM002 predicted by model" in r.stdout and "screenshot saved" in r.stdout
+    assert "in the prediction process)" in r.stdout  # the default: torch never loaded into napari's process
     # --timings: the window's first event-loop turn, then the first prediction shown (bench_gui reads them)
     stamps = {ln.split("timings: ")[1].rpartition(" at ")[0]: float(ln.rpartition(" at ")[2])
               for ln in r.stdout.splitlines() if "timings: " in ln}
@@ -71,11 +81,12 @@ def test_quality_screenshot_without_ground_truth(tmp_path, phantom_root, tiny_ck
     env = dict(os.environ, CXRSEG_HOME=str(tmp_path / "home"))
     r = subprocess.run(
         [sys.executable, "-m", "napari_cxrseg._launch", "--data", str(film), "--model", str(tiny_ckpt),
-         "--quality", "--screenshot", str(out), "--timeout", "240", "--size", "1400x900"],
+         "--quality", "--screenshot", str(out), "--timeout", "240", "--size", "1400x900", "--in-process"],
         capture_output=True, text=True, timeout=400, env=env,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "PHANTOM001 quality checked" in r.stdout and "screenshot saved" in r.stdout
+    assert "in napari's process)" in r.stdout
     assert out.is_file()
 
 

@@ -462,3 +462,83 @@ def test_recycled_overlays_look_like_a_fresh_viewer(make_napari_viewer, qtbot, r
     assert names_recycled == names_fresh and len(names_fresh) == 8
     assert recycled.shape == fresh.shape and recycled.max() > 50
     assert np.abs(recycled - fresh).max() <= 1
+
+
+def test_predictions_run_in_the_prediction_process(viewer, qtbot, phantom_root, tiny_ckpt, monkeypatch):
+    import os
+    import signal
+
+    from cxrseg.predict import Predictor
+    from cxrseg.serve import PredictorProcess, supported
+
+    if not supported():
+        pytest.skip("the prediction process needs a POSIX system")
+    monkeypatch.setenv("CXRSEG_PRECISION", "fp32")  # here and in the child: the same engine
+    calls = []
+    orig = Predictor.predict
+
+    def spy(self, image, **kw):
+        calls.append(image.shape)
+        return orig(self, image, **kw)
+
+    monkeypatch.setattr(Predictor, "predict", spy)
+    w, s = _predict_widget(viewer, tiny_ckpt)
+    proc = PredictorProcess(str(tiny_ckpt), device=s.device, env={"OMP_NUM_THREADS": "1"})
+    s.use_predictor_process(proc)
+    open_case(qtbot, s, phantom_root)
+    wait_worker(qtbot, w.run())
+    assert calls == []  # not run in this process
+    model_id = proc.info()["model_id"]
+    assert s.model_id == model_id and set(s.probs) == set(REGIONS)
+    want = orig(Predictor(tiny_ckpt, device=s.device, precision="fp32"), s.image.data)
+    for r in REGIONS:
+        np.testing.assert_array_equal(s.probs[r], want[r])
+    assert viewer.layers["PHANTOM001 prediction"].data.any()
+
+    # the process ends (killed, out of memory): the next prediction runs here
+    os.kill(proc._proc.pid, signal.SIGKILL)
+    proc._proc.wait(10)
+    wait_worker(qtbot, w.run())
+    assert len(calls) == 1 and s.model_id == model_id
+
+    # another model: the process, serving the old one, is closed
+    proc2 = PredictorProcess(str(tiny_ckpt), device=s.device, env={"OMP_NUM_THREADS": "1"})
+    s.use_predictor_process(proc2)
+    assert proc._failure  # replaced: closed
+    s.set_model(str(tiny_ckpt), "cpu")
+    assert s.predictor_process is None and not proc2.alive
+
+
+def test_a_session_closes_its_prediction_process(viewer, tiny_ckpt):
+    from cxrseg.serve import PredictorProcess, supported
+    from napari_cxrseg._widgets._state import get_session
+
+    if not supported():
+        pytest.skip("the prediction process needs a POSIX system")
+    s = get_session(viewer)
+    s.set_model(str(tiny_ckpt), "cpu")
+    proc = PredictorProcess(str(tiny_ckpt), device="cpu", env={"OMP_NUM_THREADS": "1"})
+    s.use_predictor_process(proc)
+    assert s._remote() is proc
+    s.refine = False  # another refinement setting: not served by it, predicted here
+    assert s._remote() is None
+    s.refine = True
+    s.close()
+    assert s.predictor_process is None and not proc.alive and proc._proc.poll() is not None
+
+
+def test_a_prediction_whose_process_fails_runs_here(tiny_ckpt):
+    from cxrseg.serve import PredictorProcessError
+    from napari_cxrseg._widgets._jobs import predict_job
+    from napari_cxrseg._widgets._predict import _devices_of
+
+    class Gone:
+        def info(self):
+            raise PredictorProcessError("the prediction process ended (exit status -9)")
+
+        predict = devices = info
+
+    image = np.random.default_rng(0).random((80, 60), dtype=np.float32)
+    res = predict_job(image, str(tiny_ckpt), "cpu", ("heart",), {}, False, True, Gone())
+    assert set(res["probs"]) == {"heart"} and res["probs"]["heart"].shape == image.shape
+    assert "cpu" in _devices_of(Gone())  # the devices are then found here

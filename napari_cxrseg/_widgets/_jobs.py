@@ -14,6 +14,7 @@ on, or after the window closed, cannot touch the layers.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +26,8 @@ from cxrseg.regions import REGIONS, parse_regions
 from .._layers import labels_from_masks
 from ._torch_env import torch_call
 from ._workers import start_worker
+
+log = logging.getLogger("napari_cxrseg")
 
 __all__ = ["Jobs", "compute_masks", "mask_job", "predict_job", "read_case"]
 
@@ -62,26 +65,27 @@ def read_case(case) -> dict:
 
 
 def predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds, postprocess: bool,
-                refine: bool = True):
+                refine: bool = True, remote=None):
     """Worker body of a prediction (torch is imported here, off the GUI thread): the maps,
     the thresholded masks and the painted label image, shown together (one redraw).
-    ``refine=False`` leaves out the clavicles' native-resolution refinement."""
-    from cxrseg.predict import get_predictor
-
+    ``refine=False`` leaves out the clavicles' native-resolution refinement. ``remote``, a
+    :class:`cxrseg.serve.PredictorProcess` serving this model, runs the model in its child
+    process instead; if that process has ended, the prediction runs here."""
     t0 = time.perf_counter()
-    predictor = get_predictor(checkpoint, device=device, refine=None if refine else False)
-    t1 = time.perf_counter()
-    model_regions = tuple(predictor.regions)
-    wanted = model_regions if regions is None else tuple(r for r in parse_regions(regions) if r in model_regions)
-    if not wanted:
-        raise ValueError(
-            f"the model predicts {', '.join(model_regions)}; none of the chosen regions "
-            f"({', '.join(parse_regions(regions))})"
-        )
-    probs = torch_call(predictor.predict, image, regions=wanted)
-    probs = {r: np.asarray(probs[r], dtype=np.float32) for r in wanted}
-    t2 = time.perf_counter()
-    th = dict(predictor.config.thresholds)
+    out = None
+    where = "the prediction process"
+    if remote is not None:
+        from cxrseg.serve import PredictorProcessError
+
+        try:
+            out = _predict_remote(remote, image, regions)
+        except PredictorProcessError as exc:
+            log.warning("napari-cxrseg: %s; predicting in this process", exc)
+    if out is None:
+        where = "napari's process"
+        out = _predict_here(image, checkpoint, device, regions, refine)
+    probs, info, t1, t2 = out
+    th = dict(info["thresholds"])
     th.update(thresholds or {})
     res = mask_job(probs, th, postprocess, image.shape)
     return {
@@ -89,13 +93,45 @@ def predict_job(image: np.ndarray, checkpoint, device: str, regions, thresholds,
         "masks": res["masks"],
         "labels": res["labels"],
         "masks_s": time.perf_counter() - t2,
-        "model_id": str(predictor.model_id),
-        "refine_id": predictor.refine_id,
-        "model_thresholds": dict(predictor.config.thresholds),
-        "model_regions": model_regions,
+        "model_id": str(info["model_id"]),
+        "refine_id": info["refine_id"],
+        "model_thresholds": dict(info["thresholds"]),
+        "model_regions": tuple(info["regions"]),
         "load_s": t1 - t0,
         "predict_s": t2 - t1,
+        "where": where,
     }
+
+
+def _wanted(model_regions: tuple[str, ...], regions) -> tuple[str, ...]:
+    wanted = model_regions if regions is None else tuple(r for r in parse_regions(regions) if r in model_regions)
+    if not wanted:
+        raise ValueError(
+            f"the model predicts {', '.join(model_regions)}; none of the chosen regions "
+            f"({', '.join(parse_regions(regions))})"
+        )
+    return wanted
+
+
+def _predict_here(image, checkpoint, device, regions, refine):
+    from cxrseg.predict import get_predictor
+
+    predictor = get_predictor(checkpoint, device=device, refine=None if refine else False)
+    t1 = time.perf_counter()
+    info = {"model_id": predictor.model_id, "refine_id": predictor.refine_id,
+            "thresholds": predictor.config.thresholds, "regions": tuple(predictor.regions)}
+    wanted = _wanted(info["regions"], regions)
+    probs = torch_call(predictor.predict, image, regions=wanted)
+    probs = {r: np.asarray(probs[r], dtype=np.float32) for r in wanted}
+    return probs, info, t1, time.perf_counter()
+
+
+def _predict_remote(remote, image, regions):
+    info = remote.info()
+    t1 = time.perf_counter()
+    wanted = _wanted(tuple(info["regions"]), regions)
+    probs = remote.predict(image, regions=wanted)
+    return {r: probs[r] for r in wanted}, info, t1, time.perf_counter()
 
 
 class Jobs:

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from cxrseg.device import available_devices
 from cxrseg.regions import DISPLAY_NAMES, REGIONS, SHORT_NAMES
 
 from ._debounce import Debouncer
@@ -40,20 +41,6 @@ from ._state import get_session
 from ._workers import start_worker
 
 __all__ = ["PredictWidget", "available_devices", "model_summary"]
-
-
-def available_devices() -> list[str]:
-    """``["auto", "cpu", ...]`` plus ``cuda`` / ``cuda:N`` / ``mps`` where they exist (imports torch)."""
-    import torch
-
-    out = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        out += ["cuda"] + ([f"cuda:{i}" for i in range(n)] if n > 1 else [])
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
 
 
 def model_summary(checkpoint: str | None) -> dict:
@@ -92,6 +79,21 @@ def model_summary(checkpoint: str | None) -> dict:
         "refine_id": refine_id,
         "refine_error": refine_error,
     }
+
+
+def _devices_of(proc=None) -> list[str]:
+    """Worker body: the devices torch sees, asked of the prediction process ``proc`` when
+    there is one (torch is already imported there), else found here (imports torch)."""
+    if proc is not None:
+        from cxrseg.serve import PredictorProcessError
+
+        try:
+            return proc.devices()
+        except PredictorProcessError:
+            pass
+        except Exception:  # noqa: BLE001 - a model that fails to load: its prediction says why
+            pass
+    return available_devices()
 
 
 class PredictWidget(QWidget):
@@ -322,7 +324,8 @@ class PredictWidget(QWidget):
         self.run_btn.setEnabled(False)
 
     def _detect_devices(self):
-        return start_worker(available_devices, context="Detect devices", progress=False,
+        proc = self.session.predictor_process
+        return start_worker(_devices_of, proc, context="Detect devices", progress=False,
                             returned=self._set_devices, sync=self.session.synchronous)
 
     def _set_devices(self, devices: list[str]) -> None:

@@ -138,6 +138,11 @@ class Session:
         self.device: str = "auto"
         #: Use the model's native-resolution clavicle refinement when it has one.
         self.refine: bool = True
+        #: A :class:`cxrseg.serve.PredictorProcess` serving this model in a child process
+        #: (``cxrseg-gui`` starts one); ``None``: predictions run in this process.
+        self.predictor_process = None
+        #: Where the prediction shown was computed ("the prediction process" or "napari's process").
+        self.predicted_in: str | None = None
         self.thresholds: dict[str, float] = {}
         self.postprocess: bool = False
         #: Predict the case as soon as it is loaded.
@@ -446,14 +451,37 @@ class Session:
         if ck == self.checkpoint and dev == self.device:
             return
         self.checkpoint, self.device = ck, dev
+        if self.predictor_process is not None and not self.predictor_process.matches(ck, dev, self._refine_arg()):
+            self._close_predictor_process()  # another model: it would only hold memory
         self.model_changed.emit(ck)
+
+    def use_predictor_process(self, proc) -> None:
+        """Run this session's predictions in ``proc`` (a :class:`cxrseg.serve.PredictorProcess`)
+        while it serves the session's model, device and refinement; closed with the session."""
+        self._close_predictor_process()
+        self.predictor_process = proc
+
+    def _close_predictor_process(self) -> None:
+        proc, self.predictor_process = self.predictor_process, None
+        if proc is not None:
+            proc.close()
+
+    def _refine_arg(self) -> bool | None:
+        return None if self.refine else False
+
+    def _remote(self):
+        """The prediction process, if it serves the current model and is alive."""
+        proc = self.predictor_process
+        if proc is not None and proc.alive and proc.matches(self.checkpoint, self.device, self._refine_arg()):
+            return proc
+        return None
 
     def _job_args(self, regions):
         if self.image is None:
             raise ValueError("no case is loaded: open a dataset and pick a case first")
         regions = regions if regions is not None else self.regions
         return (self.image.data, self.checkpoint, self.device, regions, dict(self.thresholds), self.postprocess,
-                self.refine)
+                self.refine, self._remote())
 
     def predict_sync(self, regions=None) -> None:
         """Run the model on the current case and show the result (blocking)."""
@@ -489,6 +517,7 @@ class Session:
         self.last_timing = {"load_s": res["load_s"], "predict_s": res["predict_s"], "masks_s": res["masks_s"],
                             "worker_s": t1 - t0}
         self.refine_id = res.get("refine_id")
+        self.predicted_in = res.get("where")
         self.set_prediction(res["probs"], res["model_id"], masks=res["masks"], labels=res["labels"])
         t2 = time.perf_counter()
         self.last_timing.update(gui_s=t2 - t1, total_s=t2 - t0)
@@ -781,6 +810,7 @@ class Session:
         workers to stop, close the ledger. Safe to call more than once."""
         self.closed = True
         self.jobs.close()
+        self._close_predictor_process()
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None

@@ -90,7 +90,7 @@ def _add_section_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         metavar="N",
-        help="gui section: rounds of (reference, cxrseg-gui, cxrseg-gui with the background load), "
+        help="gui section: rounds of (reference, cxrseg-gui, the same --in-process, that with the background load), "
         "median (default 3)",
     )
     p.add_argument(
