@@ -149,11 +149,25 @@ def test_process_sections_print_their_ratios(tmp_path, capsys):
     assert "given-int8" not in res["throughput"]["runs"]  # not calibrated
     # calibrated for int8: the same networks quantised get their own row
     _calibrate_int8(ckpt)
-    assert _bench("--smoke", "--only", "throughput", "--model", ckpt, "--images", "2",
+    # three images in batches of two: on 2 or more torch threads, the default run uses two
+    # streams, and a row runs it with one
+    assert _bench("--smoke", "--only", "throughput", "--model", ckpt, "--images", "3", "--batch-size", "2",
                   "--json", tmp_path / "c.json") == 0
-    assert re.search(r"cxrseg predict given-int8 \(64 px \+ refinement, int8", capsys.readouterr().out)
-    run = json.loads((tmp_path / "c.json").read_text())["throughput"]["runs"]["given-int8"]
+    text = capsys.readouterr().out
+    assert re.search(r"cxrseg predict given-int8 \(64 px \+ refinement, int8", text)
+    runs = json.loads((tmp_path / "c.json").read_text())["throughput"]["runs"]
+    run = runs["given-int8"]
     assert run["precision"] == "int8" and run["refine"] is True and run["whole_s"] > 0
+    import torch
+
+    if torch.get_num_threads() >= 2:
+        assert runs["given"]["streams"] == 2 and set(runs["given"]["model_s_by_streams"]) == {"1", "2"}
+        assert runs["given"]["model_s"] == min(runs["given"]["model_s_by_streams"].values())
+        assert runs["given-one-stream"]["streams"] == 1
+        assert runs["given-one-stream"]["model_s"] == runs["given"]["model_s"]
+        assert re.search(r"cxrseg predict given-one-stream \(64 px \+ refinement, .*, 1 stream\)", text)
+    else:
+        assert "given-one-stream" not in runs
 
 
 def test_refine_section_prints_its_cost_ratios(tmp_path, capsys):

@@ -248,6 +248,8 @@ def test_usage_errors_exit_2(ckpt, data, tmp_path, capsys):
     assert "nope.png" in capsys.readouterr().err
     assert _cli(img, "--out", tmp_path / "o3", "--model", ckpt, "--threshold", "2") == 2
     assert _cli(img, "--out", tmp_path / "o4", "--model", ckpt, "--regions", "spleen") == 2
+    assert _cli(img, "--out", tmp_path / "o6", "--model", ckpt, "--streams", "0") == 2
+    assert "--streams must be >= 1" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert _cli(empty, "--out", tmp_path / "o5", "--model", ckpt) == 2

@@ -27,9 +27,11 @@ take its masks as ground truth. A folder that holds an unmarked ``masks/`` (a da
 ground truth) and the input folder itself are refused as ``--out``.
 
 Pipeline: a torch ``DataLoader`` decodes and pre-processes images in ``--workers``
-processes (they return only the model-sized input, not the full image), the main process
-runs batched forward passes, and a writer thread resizes probabilities back, thresholds,
-cleans up and writes the files of one batch while the next batch runs through the model.
+processes (they return only the model-sized input, not the full image), batched forward
+passes run in ``--streams`` threads (on a CPU, two batches at once with half the torch
+threads each: the cores stay busy when the writer or a decoder takes one of them), and a
+writer thread resizes probabilities back, thresholds, cleans up and writes the files of
+one batch while the next batches run through the model.
 
 Resuming: a case is skipped when its done-marker exists, was made from the same input
 content (path, size, modification time and SHA-256 of the file) with the same model,
@@ -677,20 +679,20 @@ class _Runner:
         refiner = getattr(self.pred, "refiner", None)
         return [] if refiner is None else [j for j, r in enumerate(self.regions) if r in refiner.spec.regions]
 
-    def refine(self, items: list[tuple[_Case, dict]], prob) -> None:
+    def refine(self, items: list[tuple[_Case, dict]], prob, *, exclusive: bool = True) -> None:
         """The refined regions' maps at the written size, for a whole batch at once (the
         crops of all its films share the refinement network's passes): ``item["refined"]``.
         Run in the thread of the forward passes, so the two networks do not compete for
         the CPU's cores. Should it fail, :meth:`finish` refines one case at a time, each
         failing alone."""
         try:
-            self._refine(items, prob)
+            self._refine(items, prob, exclusive)
         except Exception as exc:
             for _c, item in items:
                 item.pop("refined", None)
             self.log(f"cxrseg predict: refining the batch at once failed ({_reason(exc)}); one case at a time")
 
-    def _refine(self, items: list[tuple[_Case, dict]], prob) -> None:
+    def _refine(self, items: list[tuple[_Case, dict]], prob, exclusive: bool = True) -> None:
         import torch
 
         rows = self._refined_rows()
@@ -703,7 +705,8 @@ class _Runner:
                 info = self._info(item)
                 natives.append(self.pred.to_native(prob[k][rows], info))
                 films.append(item["image"])
-        self.pred.refine_natives(films, natives, names, unit=True)  # DecodeDataset's films are unit images
+        # DecodeDataset's films are unit images
+        self.pred.refine_natives(films, natives, names, unit=True, exclusive=exclusive)
         for (_c, item), sub in zip(items, natives, strict=True):
             item["refined"] = sub
 
@@ -902,6 +905,7 @@ def run_predict(
     heatmap_png: bool = False,
     batch_size: int = 8,
     workers: int | None = None,
+    streams: int | None = None,
     postprocess: bool = True,
     overwrite: bool = False,
     mask_format: str = "png",
@@ -937,6 +941,9 @@ def run_predict(
     workers : int, optional
         DataLoader worker processes (``None``: :func:`default_workers`, 0 when the run
         fits in one batch).
+    streams : int, optional
+        Batches run through the model at once, in threads that share the torch threads
+        (``None``: :func:`default_streams`; 1 when the run fits in one batch).
     postprocess : bool
         Largest component + hole filling (:func:`cxrseg.postprocess.postprocess`).
     overwrite : bool
@@ -979,8 +986,11 @@ def run_predict(
     import torch
     from tqdm.auto import tqdm
 
+    from .device import tune_allocator
+
     t_start = time.perf_counter()
-    quality = _check_options(batch_size, workers, mask_format, max_output_side, quality, uncertainty_maps)
+    tune_allocator()  # before any thread of the run allocates (one heap for the streams)
+    quality = _check_options(batch_size, workers, mask_format, max_output_side, quality, uncertainty_maps, streams)
     out_dir = Path(out_dir).expanduser()
     check_out_dir(out_dir, inputs)
     run = _make_runner(
@@ -995,18 +1005,20 @@ def run_predict(
     try:
         todo = _claim_cases(run, cases, overwrite, summary)
         if todo:
-            _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels, tqdm, torch)
+            _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels, tqdm, torch, streams)
     finally:
         run.release_all()
     return _summarise(run, summary, len(todo), t_start)
 
 
-def _check_options(batch_size, workers, mask_format, max_output_side, quality, uncertainty_maps):
+def _check_options(batch_size, workers, mask_format, max_output_side, quality, uncertainty_maps, streams=None):
     """Refuse bad options before anything is read; the quality mode to run."""
     if int(batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if workers is not None and int(workers) < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}")
+    if streams is not None and int(streams) < 1:
+        raise ValueError(f"--streams must be >= 1, got {streams}")
     if mask_format not in ("png", "gif"):
         raise ValueError(f"mask format must be png or gif, got {mask_format!r}")
     if max_output_side is not None and int(max_output_side) < 64:
@@ -1148,9 +1160,8 @@ def _make_loader(run: _Runner, todo: list[_Case], batch_size, workers, max_pixel
     )
 
 
-def _forward(run: _Runner, todo: list[_Case], batch, bar):
-    """Report a decoded batch's failed files and run the others through the model:
-    ``(items, probabilities)``, or None when nothing is left to write."""
+def _good_items(run: _Runner, todo: list[_Case], batch, bar) -> list:
+    """Report a decoded batch's failed files; ``(case, item)`` of the others."""
     good = []
     n_bad = 0
     for item in _as_arrays(batch):
@@ -1163,20 +1174,56 @@ def _forward(run: _Runner, todo: list[_Case], batch, bar):
                 run.log(f"cxrseg predict: {c.path}: {item['note']}")
             good.append((c, item))
     bar.update(n_bad)
+    return good
+
+
+def _compute(run: _Runner, good: list, bar, exclusive: bool = True):
+    """Run decoded cases through the model and the refinement: ``(items,
+    probabilities)``, or None when nothing is left to write."""
     if not good:
         return None
     try:
-        prob = run.pred.forward(np.stack([it_["input"] for _, it_ in good]), regions=run.regions)
+        prob = run.pred.forward(
+            np.stack([it_["input"] for _, it_ in good]), regions=run.regions, exclusive=exclusive
+        )
     except Exception as exc:
         for c, _ in good:
             run.error(c.path, c.name, f"model failed: {_reason(exc)}")
         bar.update(len(good))
         return None
+    run.refine(good, prob, exclusive=exclusive)
     return good, prob
 
 
-def _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels, tqdm, torch):
+def default_streams(predictor) -> int:
+    """Forward passes run at once by :func:`run_predict` on ``predictor``'s device: 2 on a
+    CPU with at least 2 torch threads (each pass then gets half of them), else 1.
+
+    One pass spread over all cores stalls whenever another thread of the run (the
+    writer, a decoder) takes one of them: every core waits for the slowest at each
+    layer. Two passes of half the threads each keep the cores busy around it.
+    ``CXRSEG_STREAMS`` overrides the default.
+    """
+    import torch
+
+    env = os.environ.get("CXRSEG_STREAMS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"CXRSEG_STREAMS must be a whole number, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"CXRSEG_STREAMS must be at least 1, got {n}")
+        return n
+    if not getattr(predictor, "concurrent", False):
+        return 1
+    return 2 if torch.get_num_threads() >= 2 else 1
+
+
+def _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels, tqdm, torch, streams=None):
     """Decode, forward and write ``todo`` (claimed cases); stops on a fatal output error."""
+    from concurrent.futures import ThreadPoolExecutor
+
     loader = _make_loader(run, todo, batch_size, workers, max_pixels, torch)
     bar = tqdm(
         total=len(todo),
@@ -1186,12 +1233,20 @@ def _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels
         dynamic_ncols=True,
         file=sys.stderr,
     )
+    if streams is None:
+        streams = default_streams(run.pred) if len(todo) > int(batch_size) else 1
+    streams = max(1, min(int(streams), -(-len(todo) // int(batch_size))))
+    threads = torch.get_num_threads()
+    compute = None
+    if streams > 1:
+        # each stream's thread takes this count when it first runs an op
+        torch.set_num_threads(max(1, threads // streams))
+        compute = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="cxrseg-stream")
     pool = None
     if overlap:
-        from concurrent.futures import ThreadPoolExecutor
-
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxrseg-writer")
     pending: deque = deque()
+    running: deque = deque()
 
     def drain(limit):
         while len(pending) > limit:
@@ -1199,25 +1254,39 @@ def _predict_cases(run, todo, batch_size, workers, progress, overlap, max_pixels
             fut.result()
             bar.update(n)
 
+    def write(step):
+        if step is None:
+            return
+        if pool is None:
+            bar.update(run.finish(*step))
+        else:
+            pending.append((pool.submit(run.finish, *step), len(step[0])))
+            drain(1)
+
     it = iter(loader)
     try:
         for batch in it:
             if run.fatal is not None:
                 break
-            step = _forward(run, todo, batch, bar)
-            if step is None:
+            good = _good_items(run, todo, batch, bar)
+            if compute is None:
+                write(_compute(run, good, bar))
                 continue
-            run.refine(*step)
-            if pool is None:
-                bar.update(run.finish(*step))
-            else:
-                pending.append((pool.submit(run.finish, *step), len(step[0])))
-                drain(1)
+            running.append(compute.submit(_compute, run, good, bar, False))
+            while len(running) >= streams:
+                write(running.popleft().result())
+        while running:
+            write(running.popleft().result())
         drain(0)
     finally:
+        for fut in running:
+            fut.cancel()
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()  # workers end with the run, also on an interrupt
+        if compute is not None:
+            compute.shutdown(wait=True)
+            torch.set_num_threads(threads)
         if pool is not None:
             pool.shutdown(wait=True)
         bar.close()

@@ -799,6 +799,14 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
     # --precision int8 when it is calibrated, without its clavicle refinement when it has
     # one, and the fast tier (also in int8)
     models = [(main, pred, getattr(pred, "refiner", None) is not None)]
+    # the default run once more with one stream (all the torch threads on one pass at a
+    # time): what the streams gain; its model time is the default run's
+    extra_args: dict = {}
+    from .batch import default_streams
+
+    if default_streams(pred) > 1 and n > args.batch_size:
+        extra_args[f"{main}-one-stream"] = ["--streams", "1"]
+        models.append((f"{main}-one-stream", pred, models[0][2]))
     if models[0][2]:
         models.append((f"{main}-no-refine", pred, False))
     if pred.device.type == "cpu" and int8_path(pred.path).is_file():
@@ -831,12 +839,17 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
     def engine_cmd(tag, p, refine):
         return [_sys.executable, "-m", "cxrseg.cli", "predict", str(folder), "--out", str(tmp / "tp" / f"out-{tag}"),
                 "--quiet", "--model", str(p.path), "--device", str(p.device), "--batch-size", str(bs),
-                "--precision", p.precision, "--overwrite", "--refine" if refine else "--no-refine"]
+                "--precision", p.precision, "--overwrite", "--refine" if refine else "--no-refine",
+                *extra_args.get(tag, ())]
 
-    def model_time(p, refine):
+    def model_time(p, refine, streams=1):
         """Model-only time of the same number of batch passes, in this process: the
         whole-film model's, and the refinement network's on the clavicle crops of each
-        batch (one per clavicle, as the engine batches them) when the model has one."""
+        batch (one per clavicle, as the engine batches them) when the model has one.
+        ``streams`` > 1: the batches split between that many threads, each with its share
+        of the torch threads, as ``cxrseg predict`` runs them on a CPU."""
+        import threading
+
         import torch
 
         sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
@@ -848,17 +861,45 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
                 k = b * len(ref.spec.regions)
                 crops[b] = [torch.zeros((min(ref.BATCH, k - i), len(ref.config.mean) + 1, *ref.spec.crop),
                                         device=p.device) for i in range(0, k, ref.BATCH)]
-        _sync(p.device)
-        t0 = time.perf_counter()
-        for b in sizes:
-            p.forward(zeros[b])
-            for x in crops.get(b, ()):
-                ref.logits(x)
-        _sync(p.device)
-        return time.perf_counter() - t0
 
-    for _, p, refine in models:  # warm-up: oneDNN kernels of this process
-        model_time(p, refine)
+        def run(part):
+            for b in part:
+                p.forward(zeros[b], exclusive=streams == 1)
+                for x in crops.get(b, ()):
+                    ref.logits(x)
+
+        threads = torch.get_num_threads()
+        if streams > 1:
+            torch.set_num_threads(max(1, threads // streams))
+        try:
+            _sync(p.device)
+            t0 = time.perf_counter()
+            if streams == 1:
+                run(sizes)
+            else:
+                ts = [threading.Thread(target=run, args=(sizes[i::streams],)) for i in range(streams)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+            _sync(p.device)
+            return time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(threads)
+
+    def model_times(p, refine):
+        """``{streams: seconds}`` for one stream and for the engine's default streams."""
+        from .batch import default_streams
+
+        got = {1: model_time(p, refine)}
+        k = default_streams(p) if n > bs else 1
+        if k > 1:
+            got[k] = model_time(p, refine, k)
+        return got
+
+    for tag, p, refine in models:  # warm-up: oneDNN kernels of this process
+        if tag not in extra_args:
+            model_times(p, refine)
     t_base_all: list[float] = []
     t_whole_all: dict = {tag: [] for tag, _, _ in models}
     t_model_all: dict = {tag: [] for tag, _, _ in models}
@@ -866,28 +907,39 @@ def bench_throughput(pred, args, out, res, tmp: Path) -> None:
         t_base_all.append(_spawn(base_cmd, env)[1])
         for tag, p, refine in models:
             t_whole_all[tag].append(_spawn(engine_cmd(tag, p, refine), env)[1])
-            t_model_all[tag].append(model_time(p, refine))
+            if tag not in extra_args:
+                t_model_all[tag].append(model_times(p, refine))
+            else:  # the same networks as the default run
+                t_model_all[tag] = t_model_all[main]
     t_base = statistics.median(t_base_all)
     section["baseline_s"] = t_base
     section["baseline_all_s"] = t_base_all
-    out(f"    {'baseline script: 5 per-region fp32 256 px U-Nets, batch 1':<68s} {t_base:7.2f} s  "
+    out(f"    {'baseline script: 5 per-region fp32 256 px U-Nets, batch 1':<80s} {t_base:7.2f} s  "
         f"({n / t_base:5.2f} img/s)")
     for tag, p, refine in models:
         t_whole = statistics.median(t_whole_all[tag])
-        t_model = statistics.median(t_model_all[tag])
+        # the model's own time: the faster of one stream and the engine's streams
+        by_streams = {k: statistics.median(r[k] for r in t_model_all[tag]) for k in t_model_all[tag][0]}
+        t_model = min(by_streams.values())
         section["runs"][tag] = {
             "model": p.path.name, "input_size": p.input_size, "precision": p.precision,
             "channels_last": p.channels_last, "refine": refine, "whole_s": t_whole, "model_s": t_model,
-            "whole_all_s": t_whole_all[tag], "model_all_s": t_model_all[tag],
+            "model_s_by_streams": by_streams,
+            "whole_all_s": t_whole_all[tag], "model_all_s": [min(r.values()) for r in t_model_all[tag]],
             "speedup_vs_baseline": t_base / t_whole, "whole_over_model": t_whole / t_model,
         }
         ref = " + refinement" if refine else ""
         cl = "/cl" if p.channels_last else ""
-        label = f"cxrseg predict {tag} ({p.input_size} px{ref}, {p.precision}{cl}, batch {bs})"
+        k = 1 if tag in extra_args or n <= bs else default_streams(p)
+        section["runs"][tag]["streams"] = k
+        streams = f"{k} stream{'s' * (k > 1)}"
+        label = f"cxrseg predict {tag} ({p.input_size} px{ref}, {p.precision}{cl}, batch {bs}, {streams})"
         out(
-            f"    {label:<68s} {t_whole:7.2f} s  ({n / t_whole:5.2f} img/s)"
+            f"    {label:<80s} {t_whole:7.2f} s  ({n / t_whole:5.2f} img/s)"
             f"  x{t_base / t_whole:.2f} the baseline; whole process x{t_whole / t_model:.2f} its model time "
-            f"({t_model:.2f} s)"
+            f"({t_model:.2f} s" + "".join(
+                f"; {k} stream{'s' if k > 1 else ''} {v:.2f} s" for k, v in by_streams.items() if len(by_streams) > 1
+            ) + ")"
         )
     res["throughput"] = section
 

@@ -49,6 +49,12 @@ def tune_allocator() -> bool:
     the process keeps its peak heap until it ends instead of handing pages back after each
     pass. Called when a :class:`cxrseg.predict.Predictor` or a training run starts.
 
+    Every thread also allocates from the main heap (``M_ARENA_MAX`` = 1): other threads
+    would get heaps of their own of at most 64 MB, so a larger block (a 512 px batch's
+    activations) made in one of them, e.g. by :func:`cxrseg.batch.run_predict`'s
+    streams, would be mapped afresh on every pass again. This holds for threads that
+    start allocating after the call.
+
     Linux with glibc only (a no-op elsewhere). ``CXRSEG_TUNE_ALLOCATOR=0`` turns it off.
     Process-wide, applied once.
 
@@ -67,9 +73,11 @@ def tune_allocator() -> bool:
             import ctypes
 
             libc = ctypes.CDLL("libc.so.6")
-            m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-            tuned = bool(libc.mallopt(m_mmap_threshold, ALLOCATOR_MMAP_THRESHOLD)) and bool(
-                libc.mallopt(m_trim_threshold, ALLOCATOR_TRIM_THRESHOLD)
+            m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
+            tuned = (
+                bool(libc.mallopt(m_mmap_threshold, ALLOCATOR_MMAP_THRESHOLD))
+                and bool(libc.mallopt(m_trim_threshold, ALLOCATOR_TRIM_THRESHOLD))
+                and bool(libc.mallopt(m_arena_max, 1))
             )
         except (OSError, AttributeError):  # not glibc (musl, ...)
             tuned = False

@@ -143,6 +143,7 @@ def _run_part(spec: dict, planned: list, num_parts: int, part_id: int) -> dict:
         heatmap_png=spec["heatmap_png"],
         batch_size=spec["batch_size"],
         workers=0,  # Dask worker processes are daemons: no DataLoader processes under them
+        streams=1,  # the cluster's processes are the streams
         postprocess=spec["postprocess"],
         overwrite=spec["overwrite"],
         mask_format=spec["mask_format"],

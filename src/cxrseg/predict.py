@@ -31,6 +31,7 @@ Speed
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 from collections.abc import Sequence
@@ -324,15 +325,22 @@ class Predictor:
         """The model id of the refinement network in use, or ``None``."""
         return None if self.refiner is None else self.refiner.model_id
 
+    @property
+    def concurrent(self) -> bool:
+        """Whether passes may run in several threads at once (``exclusive=False``): on a
+        CPU, without ``torch.compile``."""
+        return self.device.type == "cpu" and not self.compiled
+
     def refine_native(self, image, native, names) -> None:
         """Refine, in place, the rows of ``native`` (``(R, rows, cols)`` probabilities of
         ``image`` for the regions ``names``) that the refinement network covers."""
         self.refine_natives([image], [native], names)
 
-    def refine_natives(self, images, natives, names, *, unit: bool = False) -> None:
+    def refine_natives(self, images, natives, names, *, unit: bool = False, exclusive: bool = True) -> None:
         """:meth:`refine_native` for several films at once (their crops share the
         network's forward passes). ``unit``: the films are already float32 in [0, 1]
-        (:func:`as_unit_image`'s output), so not scanned again."""
+        (:func:`as_unit_image`'s output), so not scanned again. ``exclusive``: see
+        :meth:`forward`."""
         if self.refiner is None:
             return
         import torch
@@ -351,7 +359,7 @@ class Predictor:
                                     antialias=True)[0, 0].numpy()
             films.append(img)
             maps.append({r: native[j] for j, r in rows})
-        with self._lock:
+        with self._lock if exclusive else contextlib.nullcontext():
             new = self.refiner.refine_many(films, maps)
         with torch.inference_mode():
             for native, got in zip(natives, new, strict=True):
@@ -424,7 +432,7 @@ class Predictor:
 
         return image_to_input(as_unit_image(image), self.input_size)
 
-    def forward(self, inputs, *, regions=None):
+    def forward(self, inputs, *, regions=None, exclusive: bool = True):
         """Probabilities at the model's resolution for pre-processed inputs.
 
         Parameters
@@ -433,6 +441,11 @@ class Predictor:
             [0, 1] images from :meth:`preprocess`.
         regions : optional
             Output channels to keep.
+        exclusive : bool
+            Run one pass at a time (calls from other threads wait), the default: each pass
+            already uses all of the device. ``False`` lets passes of several threads run
+            at once, for callers that split the CPU's cores between them (see
+            :attr:`concurrent`).
 
         Returns
         -------
@@ -460,7 +473,11 @@ class Predictor:
             x = x.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self._lock, torch.inference_mode(), autocast(self.device, self.precision):
+        if not exclusive and not self.concurrent:
+            exclusive = True
+        with self._lock if exclusive else contextlib.nullcontext(), torch.inference_mode(), autocast(
+            self.device, self.precision
+        ):
             logits = self.model(x)
         with torch.inference_mode():
             if len(idx) != logits.shape[1]:

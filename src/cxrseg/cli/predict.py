@@ -107,6 +107,13 @@ def _add_loading_arguments(p: argparse.ArgumentParser) -> None:
         help="DataLoader processes that decode and pre-process images while the model runs "
         "(0: decode in the main process; default: min(4, CPUs/2))",
     )
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="batches run through the model at once, each with its share of the CPU's "
+        "threads (default: 2 on a CPU with 2 or more threads, else 1; CXRSEG_STREAMS)",
+    )
 
 
 def _add_mask_arguments(p: argparse.ArgumentParser) -> None:
@@ -193,6 +200,8 @@ def run_cli(args) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if getattr(args, "streams", None) is not None and args.streams < 1:
+        raise ValueError(f"--streams must be >= 1, got {args.streams}")
     collect_inputs(args.inputs, exclude=args.out)  # fail fast on missing inputs
     check_out_dir(Path(args.out).expanduser(), args.inputs)
     if getattr(args, "dicom_seg", None) == "fractional" and not args.heatmaps:
@@ -230,6 +239,7 @@ def run_cli(args) -> int:
             heatmap_png=args.heatmap_png,
             batch_size=args.batch_size,
             workers=args.workers,
+            streams=getattr(args, "streams", None),
             postprocess=args.postprocess,
             overwrite=args.overwrite,
             mask_format=args.mask_format,
