@@ -33,6 +33,7 @@ def test_smoke_prints_all_ratios(tmp_path, capsys):
     assert re.search(r"with workers vs fully serial: x\d+\.\d\d", text)
     res = json.loads((tmp_path / "bench.json").read_text())
     assert set(res) >= {"env", "models", "flops", "decode", "folder"}
+    assert res["folder"]["serial"]["streams"] == res["folder"]["workers0"]["streams"] == 1
     assert res["models"]["per_region"]["speedup_vs_baseline"] == pytest.approx(1.0)
     assert all(v["ms_per_case"] > 0 for v in res["models"].values())
     assert res["flops"]["counter_unit"] == "FLOPs"

@@ -454,7 +454,7 @@ def _cpu():
 
 def bench_folder(pred, args, out, res, tmp: Path) -> None:
     """Section 4: throughput of the ``cxrseg predict`` pipeline with and without workers."""
-    from .batch import default_workers, run_predict
+    from .batch import default_streams, default_workers, run_predict
     from .io import write_jsrt_img
     from .phantom import _write_png8, make_phantom
 
@@ -487,18 +487,20 @@ def bench_folder(pred, args, out, res, tmp: Path) -> None:
         batch_size=args.batch_size,
     )
     section = {}
+    streams = default_streams(pred) if n > args.batch_size else 1
     variants = [
-        ("serial", "no workers, files written after each batch (fully serial)", 0, False),
-        ("workers0", "no workers, writer thread overlaps the next batch", 0, True),
-        ("workers", f"{workers} DataLoader worker(s) + writer thread", workers, True),
+        ("serial", "no workers, files written after each batch (fully serial)", 0, False, 1),
+        ("workers0", "no workers, writer thread overlaps the next batch", 0, True, 1),
+        ("workers", f"{workers} DataLoader worker(s) + writer thread, {streams} stream(s)", workers, True, streams),
     ]
-    for key, label, nw, overlap in variants:
+    for key, label, nw, overlap, k in variants:
         s = run_predict(
             [folder],
             tmp / f"out-{key}",
             predictor=pred,
             progress=False,
             workers=nw,
+            streams=k,
             batch_size=args.batch_size,
             overwrite=True,
             overlap=overlap,
@@ -508,6 +510,7 @@ def bench_folder(pred, args, out, res, tmp: Path) -> None:
         section[key] = {
             "label": label,
             "workers": nw,
+            "streams": k,
             "images_per_s": s.images_per_second,
             "seconds": s.seconds,
         }
